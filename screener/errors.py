@@ -1,0 +1,41 @@
+"""Typed exceptions. Each carries the process exit code the CLI returns for it, so cron can tell them apart."""
+
+
+class ScreenerError(Exception):
+    """Base class. The message says what was expected, what was found and what to do."""
+
+    exit_code = 1
+
+
+class ConfigError(ScreenerError):
+    exit_code = 2
+
+
+class InputError(ScreenerError):
+    """The archive is missing, unreadable or does not have the expected table, columns or types."""
+
+    exit_code = 3
+
+
+class AlreadyRunningError(ScreenerError):
+    """Another process holds the results database open for writing."""
+
+    exit_code = 4
+
+
+class ModelError(ScreenerError):
+    """The model could not be found or loaded."""
+
+    exit_code = 5
+
+
+class SchemaError(ScreenerError):
+    """The results database carries a schema version this release does not know."""
+
+    exit_code = 6
+
+
+class StorageError(ScreenerError):
+    """Writing results failed (disk full, I/O error); earlier results are intact."""
+
+    exit_code = 7
