@@ -1,0 +1,42 @@
+"""The Alpaca prompt and label words shared by LLM training (training/) and LLM scoring (screener/).
+
+Training and scoring must build byte-identical prompts and read the same label tokens, so both import this module.
+"""
+
+from __future__ import annotations
+
+INSTRUCTION = "Classify the sentiment of the following text."
+
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+
+# Index 0 is the negative class everywhere in screener: P(negative) is what the engine stores.
+LABEL_WORDS = ("negative", "positive")
+
+
+def alpaca_prompt(text: str, instruction: str = INSTRUCTION) -> str:
+    """The prompt up to and including 'Response:\\n'; the label word is the next token."""
+    return ALPACA_TEMPLATE.format(instruction=instruction, input=text)
+
+
+def prompt_prefix_and_suffix(instruction: str = INSTRUCTION) -> tuple[str, str]:
+    """The constant text before and after the message, so a scorer can cache the prefix's KV once."""
+    marker = "\x00"
+    prefix, suffix = alpaca_prompt(marker, instruction).split(marker)
+    return prefix, suffix
+
+
+def label_token_ids(tokenizer, words: tuple[str, str] = LABEL_WORDS) -> tuple[int, int]:
+    """First token id of each label word as it follows the prompt (no leading space after the newline)."""
+    ids = []
+    for word in words:
+        toks = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if not toks:
+            raise ValueError(f"label word {word!r} tokenizes to nothing")
+        ids.append(toks[0])
+    if ids[0] == ids[1]:
+        raise ValueError(f"label words {words} share their first token {ids[0]}; pick words that differ")
+    return ids[0], ids[1]
