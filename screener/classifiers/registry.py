@@ -1,0 +1,72 @@
+"""Resolve a model name or folder to a loaded classifier.
+
+A model folder holds ``screener_model.json`` with at least ``{"kind": ...}``; the kind names the module that loads
+it. Shipped models live in ``screener/models/<name>/``; ``default`` is the CPU model ``screener scan`` uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from importlib import resources
+from pathlib import Path
+
+from screener.errors import ModelError
+
+MANIFEST = "screener_model.json"
+DEFAULT_MODEL = "default"
+
+# kind -> module with a ``load(folder: Path, manifest: dict, device: str) -> Classifier`` function
+LOADERS = {
+    "hf-seqcls": "screener.classifiers.hf",
+    "llm-labeltoken": "screener.classifiers.llm",
+}
+
+
+def shipped_models_dir() -> Path:
+    return Path(str(resources.files("screener") / "models"))
+
+
+def shipped_model_names() -> list[str]:
+    root = shipped_models_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+
+
+def resolve_model_dir(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / MANIFEST).is_file():
+            raise ModelError(
+                f"model folder {path} has no {MANIFEST}: expected a folder written by `screener train` "
+                f"or one of the shipped models ({', '.join(shipped_model_names()) or 'none installed'})"
+            )
+        return path
+    shipped = shipped_models_dir() / name_or_path
+    if (shipped / MANIFEST).is_file():
+        return shipped
+    raise ModelError(
+        f"unknown model {name_or_path!r}: expected a shipped model name "
+        f"({', '.join(shipped_model_names()) or 'none installed'}) or a folder with {MANIFEST}; "
+        "run `screener models` to list them"
+    )
+
+
+def read_manifest(folder: Path) -> dict:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {folder / MANIFEST}: {exc}") from exc
+    if manifest.get("kind") not in LOADERS:
+        raise ModelError(
+            f"{folder / MANIFEST}: kind {manifest.get('kind')!r} is not one of {sorted(LOADERS)}"
+        )
+    return manifest
+
+
+def load_classifier(name_or_path: str = DEFAULT_MODEL, device: str = "auto"):
+    folder = resolve_model_dir(name_or_path)
+    manifest = read_manifest(folder)
+    module = importlib.import_module(LOADERS[manifest["kind"]])
+    return module.load(folder, manifest, device=device)
