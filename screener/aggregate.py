@@ -1,0 +1,151 @@
+"""Per-user window statistics, the flag rule and the data the report shows, all computed by SQL in ``sql/``."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+from screener.settings import Settings
+from screener.store import Store
+
+
+def stats_params(settings: Settings, model_id: str, as_of: datetime) -> dict[str, Any]:
+    return {
+        "as_of": as_of,
+        "model_id": model_id,
+        "threshold": settings.negative_threshold,
+        "short_days": settings.short_window_days,
+        "long_days": settings.long_window_days,
+        "baseline_days": settings.baseline_days,
+        "baseline_min_messages": settings.baseline_min_messages,
+        "last_n": settings.last_n,
+        "z": settings.confidence_z,
+        "min_messages": settings.min_messages,
+        "min_ratio": settings.min_ratio,
+        "escalation_delta": settings.escalation_delta,
+    }
+
+
+def compute_user_stats(store: Store, settings: Settings, model_id: str, as_of: datetime) -> None:
+    """Fill the temp table ``screener_user_stats`` (all users with scored messages up to ``as_of``)."""
+    store.run("user_stats", stats_params(settings, model_id, as_of))
+
+
+def user_stats_rows(store: Store) -> list[dict[str, Any]]:
+    return _rows(store.run("user_stats_rows"))
+
+
+def store_flags(store: Store, run_id: int) -> tuple[int, int]:
+    """Insert the run's flags from ``screener_user_stats``; returns (users seen, users flagged)."""
+    store.run("flags_insert", {"run_id": run_id})
+    return int(store.scalar("users_seen")), int(store.scalar("flags_count", {"run_id": run_id}))
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).isoformat()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _rows(cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def run_record(store: Store, run_id: int) -> dict[str, Any]:
+    rows = _rows(store.run("run_get", {"run_id": run_id}))
+    if not rows:
+        raise KeyError(run_id)
+    return rows[0]
+
+
+def flags(store: Store, run_id: int) -> list[dict[str, Any]]:
+    return _rows(store.run("flags_for_run", {"run_id": run_id}))
+
+
+def flags_json(store: Store, run_id: int) -> list[dict[str, Any]]:
+    """The ``screener flags --json`` objects."""
+    out = []
+    for f in flags(store, run_id):
+        out.append({
+            "rank": f["rank"], "user_id": f["user_id"], "n_messages": f["n_messages"],
+            "n_negative": f["n_negative"], "ratio": f["ratio"], "wilson_lower": f["wilson_lower"],
+            "ratio_long": f["ratio_long"], "ratio_last_n": f["ratio_last"], "baseline_ratio": f["baseline_ratio"],
+            "escalating": f["escalating"], "first_flagged": _iso(f["first_flagged"]),
+        })
+    return out
+
+
+def report_data(store: Store, run_id: int, generated_at: datetime | None = None) -> dict[str, Any]:
+    """Everything the report shows for one run, as plain JSON-serialisable values."""
+    run = run_record(store, run_id)
+    settings_used = json.loads(run["config"])
+    s = Settings(**settings_used)
+    as_of = run["as_of"]
+    model_id = run["model_id"]
+    flagged = flags(store, run_id)
+    days = max(s.chart_days, s.long_window_days)
+    daily: dict[str, list] = defaultdict(list)
+    for r in _rows(store.run("daily_series", {"run_id": run_id, "model_id": model_id, "as_of": as_of,
+                                              "days": days, "threshold": s.negative_threshold})):
+        daily[r["user_id"]].append({"day": r["day"].isoformat(), "n": int(r["n"]), "neg": int(r["neg"]),
+                                    "ratio": (r["neg"] / r["n"]) if r["n"] else None})
+    evidence: dict[str, list] = defaultdict(list)
+    for r in _rows(store.run("evidence", {"run_id": run_id, "model_id": model_id, "as_of": as_of,
+                                          "short_days": s.short_window_days, "per_user": s.evidence_per_user})):
+        evidence[r["user_id"]].append({"message_id": r["message_id"], "sent_at": _iso(r["sent_at"]),
+                                       "p_negative": float(r["p_negative"]), "text": r["text"]})
+    earlier: dict[str, list] = defaultdict(list)
+    for r in _rows(store.run("earlier_flags", {"run_id": run_id})):
+        earlier[r["user_id"]].append(_iso(r["as_of"])[:10])
+    users = []
+    for f in flagged:
+        uid = f["user_id"]
+        users.append({
+            "rank": int(f["rank"]), "user_id": uid,
+            "n_messages": int(f["n_messages"]), "n_negative": int(f["n_negative"]),
+            "ratio": float(f["ratio"]), "wilson_lower": float(f["wilson_lower"]),
+            "windows": [
+                {"days": s.short_window_days, "n": int(f["n_messages"]), "neg": int(f["n_negative"]),
+                 "ratio": float(f["ratio"])},
+                {"days": s.long_window_days, "n": int(f["n_long"]), "neg": int(f["neg_long"]),
+                 "ratio": f["ratio_long"]},
+            ],
+            "last_n": {"n": int(f["n_last"]), "neg": int(f["neg_last"]), "ratio": f["ratio_last"]},
+            "baseline_ratio": f["baseline_ratio"],
+            "escalating": bool(f["escalating"]),
+            "first_flagged": _iso(f["first_flagged"])[:10],
+            "earlier_flags": sorted(set(earlier.get(uid, []))),
+            "daily": daily.get(uid, []),
+            "evidence": evidence.get(uid, []),
+        })
+    return {
+        "generated_at": _iso(generated_at or datetime.now(timezone.utc)),
+        "run": {
+            "id": int(run["run_id"]), "started_at": _iso(run["started_at"]), "finished_at": _iso(run["finished_at"]),
+            "status": run["status"], "as_of": _iso(as_of), "model_name": run["model_name"], "model_id": model_id,
+            "messages_scored": int(run["messages_scored"] or 0), "messages_total": int(run["messages_total"] or 0),
+            "messages_skipped": int(run["messages_skipped"] or 0),
+            "skipped_by_reason": json.loads(run["skipped_by_reason"] or "{}"),
+            "users_seen": int(run["users_seen"] or 0), "users_flagged": int(run["users_flagged"] or 0),
+            "seconds": float(run["seconds"] or 0.0),
+        },
+        "settings": {
+            "windows_days": [s.short_window_days, s.long_window_days],
+            "last_n": s.last_n,
+            "flag_window_days": s.short_window_days,
+            "min_ratio": s.min_ratio,
+            "min_messages": s.min_messages,
+            "confidence_z": s.confidence_z,
+            "baseline_days": s.baseline_days,
+            "escalation_delta": s.escalation_delta,
+            "negative_threshold": s.negative_threshold,
+        },
+        "flagged": users,
+    }

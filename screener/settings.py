@@ -1,0 +1,119 @@
+"""One validated settings object: defaults, then ``screener.toml``, then command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from screener.errors import ConfigError
+
+CONFIG_FILE = "screener.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Input: where the messages are and what their columns are called.
+    table: str = "messages"
+    id_column: str = "message_id"
+    user_column: str = "user_id"
+    time_column: str = "sent_at"
+    text_column: str = "text"
+    # Scoring.
+    model: str = "default"
+    device: str = "auto"
+    batch_size: int = 64
+    # Rows read, length-sorted and committed together; bounds memory and the work a kill can lose.
+    window_rows: int = 4096
+    negative_threshold: float = 0.5
+    # Aggregation and the flag rule.
+    short_window_days: int = 7
+    long_window_days: int = 30
+    last_n: int = 20
+    min_ratio: float = 0.6
+    min_messages: int = 5
+    confidence_z: float = 1.96
+    baseline_days: int = 30
+    baseline_min_messages: int = 5
+    escalation_delta: float = 0.3
+    # Report.
+    evidence_per_user: int = 5
+    chart_days: int = 60
+    # DuckDB resources: a bounded memory limit keeps a nightly run's footprint flat as the archive grows.
+    memory_limit: str = "1GB"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("batch_size", "window_rows", "short_window_days", "long_window_days", "last_n",
+                     "min_messages", "baseline_days", "evidence_per_user", "chart_days"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("negative_threshold", "min_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.confidence_z <= 0:
+            problems.append(f"confidence_z must be positive, got {self.confidence_z}")
+        if self.baseline_min_messages < 1:
+            problems.append(f"baseline_min_messages must be at least 1, got {self.baseline_min_messages}")
+        if not -1.0 <= self.escalation_delta <= 1.0:
+            problems.append(f"escalation_delta must be between -1 and 1, got {self.escalation_delta}")
+        if self.threads < 0:
+            problems.append(f"threads must be 0 (all cores) or more, got {self.threads}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            problems.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    expected = type(getattr(Settings(), name))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{source}: {name} must be {expected.__name__}, found {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Defaults, then the TOML file (``config_path``, else ``./screener.toml`` if present), then ``overrides``.
+
+    Overrides whose value is None are ignored, so unset command-line flags keep the file's values.
+    """
+    values: dict[str, Any] = {}
+    path = Path(config_path) if config_path is not None else Path(CONFIG_FILE)
+    if config_path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist: expected a TOML file like examples/screener.toml")
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        # Sections are for readability only; keys are unique across them.
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, dict):
+                flat.update(value)
+            else:
+                flat[key] = value
+        unknown = sorted(set(flat) - set(_FIELDS))
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {unknown}; known: {sorted(_FIELDS)}")
+        values.update({k: _coerce(k, v, str(path)) for k, v in flat.items()})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = _coerce(key, value, "command line")
+    return dataclasses.replace(Settings(), **values)

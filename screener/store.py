@@ -1,0 +1,209 @@
+"""The results database (DuckDB) and the archive it reads: schema, locking, source view, runs, scores."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from screener import queries
+from screener.errors import AlreadyRunningError, InputError, SchemaError, StorageError
+from screener.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SOURCE_VIEW = "screener_source"
+PARQUET_VIEW = "screener_parquet"
+
+_TIME_TYPES = ("TIMESTAMP", "DATE", "VARCHAR")
+_TEXT_TYPES = ("VARCHAR",)
+
+
+def is_parquet_source(source: str) -> bool:
+    return source.lower().endswith(".parquet") or any(ch in source for ch in "*?[")
+
+
+def _classify_open_error(path: Path, exc: Exception) -> Exception:
+    text = str(exc)
+    if "lock" in text.lower():
+        return AlreadyRunningError(
+            f"{path} is open for writing by another process (a scan is probably running): {text.splitlines()[0]}. "
+            "Wait for it to finish; screener never writes to a database another process holds."
+        )
+    if "not a valid DuckDB database" in text or "Unsupported" in text or "corrupt" in text.lower():
+        return InputError(
+            f"{path} is not a readable DuckDB database ({text.splitlines()[0]}); it was left untouched. "
+            "Pass the DuckDB file that holds the messages table, or --db for a new results file."
+        )
+    return InputError(f"cannot open {path}: {text.splitlines()[0]}")
+
+
+@dataclass
+class Source:
+    """Where the messages come from: a table of the results database, or Parquet files."""
+
+    location: str  # the table name, or the Parquet path/glob
+    parquet: bool
+
+
+class Store:
+    """One DuckDB connection for writing and a second for streaming reads, with the source view on both."""
+
+    def __init__(self, path: str | Path, settings: Settings, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.settings = settings
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise InputError(f"{self.path} does not exist: expected a DuckDB file written by `screener scan`")
+        if not read_only and self.path.exists() and self.path.is_dir():
+            raise InputError(f"{self.path} is a folder: expected a DuckDB file")
+        config: dict[str, Any] = {"memory_limit": settings.memory_limit}
+        if settings.threads:
+            config["threads"] = settings.threads
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        except duckdb.Error as exc:
+            raise _classify_open_error(self.path, exc) from exc
+        self.con.execute(queries.load("session_setup"))
+        self.source: Source | None = None
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- statements -------------------------------------------------------------------------------------------
+    def run(self, name: str, params: dict | None = None, con=None):
+        try:
+            return (con or self.con).execute(queries.load(name), params or {})
+        except duckdb.IOException as exc:
+            raise StorageError(
+                f"writing to {self.path} failed while running {name}: {str(exc).splitlines()[0]}. "
+                "Earlier results are intact; free disk space and run the scan again to resume."
+            ) from exc
+
+    def scalar(self, name: str, params: dict | None = None, con=None):
+        row = self.run(name, params, con).fetchone()
+        return None if row is None else row[0]
+
+    # --- schema -----------------------------------------------------------------------------------------------
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self.run("tables_list").fetchall()}
+
+    def schema_version(self) -> int | None:
+        if "screener_meta" not in self._tables():
+            return None
+        value = self.scalar("schema_version_get")
+        try:
+            return None if value is None else int(value)
+        except ValueError:
+            raise SchemaError(f"{self.path}: screener_meta holds schema_version {value!r}, not a number") from None
+
+    def ensure_schema(self) -> None:
+        version = self.schema_version()
+        if version is not None and version != SCHEMA_VERSION:
+            newer = version > SCHEMA_VERSION
+            raise SchemaError(
+                f"{self.path} has screener schema version {version}; this release reads version {SCHEMA_VERSION}. "
+                + ("Upgrade screener to read it." if newer else "Re-create the results with this release.")
+            )
+        if version is None:
+            if self.read_only:
+                raise InputError(f"{self.path} has no screener results: run `screener scan` on it first")
+            self.con.begin()
+            self.con.execute(queries.load("schema_create"))
+            self.run("schema_version_set", {"version": str(SCHEMA_VERSION)})
+            self.con.commit()
+
+    # --- source -----------------------------------------------------------------------------------------------
+    def attach_source(self, source: Source, con=None) -> None:
+        """Create the canonical ``screener_source`` view on ``con`` (default: the main connection)."""
+        con = con or self.con
+        s = self.settings
+        if source.parquet:
+            if not glob.glob(source.location) and "://" not in source.location:
+                raise InputError(f"no Parquet files match {source.location!r}: expected a file or a glob such as "
+                                 "'archive/*.parquet'")
+            try:
+                con.read_parquet(source.location, union_by_name=True).create_view(PARQUET_VIEW, replace=True)
+            except duckdb.Error as exc:
+                raise InputError(f"cannot read Parquet {source.location!r}: {str(exc).splitlines()[0]}") from exc
+            table, schema = PARQUET_VIEW, None
+        else:
+            table, schema = source.location, None
+        columns = dict(con.execute(queries.load("table_columns"), {"table": table, "schema": schema}).fetchall())
+        if not columns:
+            found = sorted(t for t in self._tables() if not t.startswith("screener_"))
+            raise InputError(
+                f"{self.path}: no table {table!r}. Expected the messages table (set `table` in screener.toml or "
+                f"--table); found tables: {found or 'none'}"
+            )
+        wanted = {"message_id": s.id_column, "user_id": s.user_column, "sent_at": s.time_column,
+                  "text": s.text_column}
+        missing = [f"{slot} -> {col!r}" for slot, col in wanted.items() if col not in columns]
+        if missing:
+            raise InputError(
+                f"{self._where(source)}: missing column(s) {', '.join(missing)}; found columns {sorted(columns)}. "
+                "Name the columns with --id-column/--user-column/--time-column/--text-column or screener.toml."
+            )
+        checks = {"sent_at": (s.time_column, _TIME_TYPES), "text": (s.text_column, _TEXT_TYPES)}
+        for slot, (col, types) in checks.items():
+            if not columns[col].startswith(types):
+                raise InputError(
+                    f"{self._where(source)}: column {col!r} ({slot}) has type {columns[col]}; expected one of "
+                    f"{', '.join(types)}. Convert it (e.g. CAST) in a view and point --table at the view."
+                )
+        allowed_columns = set(columns)
+        allowed = {"table": {table}, "message_id": allowed_columns, "user_id": allowed_columns,
+                   "sent_at": allowed_columns, "text": allowed_columns}
+        idents = dict(table=table, message_id=s.id_column, user_id=s.user_column, sent_at=s.time_column,
+                      text=s.text_column)
+        con.execute(queries.with_identifiers("source_view", allowed, **idents))
+        self.source = source
+        self._source_sql_idents = (allowed, idents)
+
+    def _where(self, source: Source) -> str:
+        return f"Parquet {source.location!r}" if source.parquet else f"{self.path} table {source.location!r}"
+
+    def source_quality(self, as_of: datetime) -> dict[str, int]:
+        allowed, idents = self._source_sql_idents
+        row = self.con.execute(queries.with_identifiers("source_quality", allowed, **idents),
+                               {"as_of": as_of}).fetchone()
+        cols = ["total", "null_message_id", "duplicate_message_id", "null_user_id", "null_sent_at", "after_as_of"]
+        return dict(zip(cols, (int(v) for v in row)))
+
+    def reader_cursor(self):
+        """A second connection for streaming the pending messages while the first one writes."""
+        cur = self.con.cursor()
+        cur.execute(queries.load("session_setup"))
+        self.attach_source(self.source, con=cur)
+        return cur
+
+
+def conversion_error(exc: Exception, settings: Settings) -> InputError | None:
+    """Turn DuckDB's cast failures on archive columns into an error naming the column and the value."""
+    text = str(exc)
+    if isinstance(exc, duckdb.ConversionException) or "Could not convert" in text or "invalid timestamp" in text.lower():
+        value = re.search(r"'([^']*)'", text)
+        return InputError(
+            f"a value in the archive could not be read ({text.splitlines()[0]}); "
+            f"check column {settings.time_column!r} (timestamps) and {settings.text_column!r} (UTF-8 text)"
+            + (f"; offending value {value.group(1)!r}" if value else "")
+        )
+    return None
+
+
+def json_dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

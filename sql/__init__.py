@@ -1,0 +1,1 @@
+"""SQL statements of screener, one file per query. Installed as the package ``screener.sql``."""

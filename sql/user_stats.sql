@@ -1,0 +1,62 @@
+-- name: user_stats
+-- Per-user negative counts and ratios as of $as_of over the short, long and baseline windows and the last N messages,
+-- the Wilson lower bound of the short-window ratio, the flag rule and the escalation mark.
+-- Windows are half-open: (as_of - days, as_of]. A message exactly `days` before as_of is outside the window.
+-- The baseline is the stretch just before the short window: (as_of - short - baseline, as_of - short].
+CREATE OR REPLACE TEMP TABLE screener_user_stats AS
+WITH scored AS (
+    SELECT s.user_id, s.sent_at, CAST(sc.p_negative >= $threshold AS INTEGER) AS neg
+    FROM screener_source s
+    JOIN screener_scores sc ON sc.message_id = s.message_id AND sc.model_id = $model_id
+    WHERE s.user_id IS NOT NULL AND s.sent_at IS NOT NULL AND s.sent_at <= $as_of
+),
+recent AS (
+    SELECT user_id, neg,
+           row_number() OVER (PARTITION BY user_id ORDER BY sent_at DESC) AS recency
+    FROM scored
+),
+last_n AS (
+    SELECT user_id, count(*) AS n_last, sum(neg) AS neg_last
+    FROM recent WHERE recency <= $last_n GROUP BY user_id
+),
+windows AS (
+    SELECT
+        user_id,
+        count(*) FILTER (WHERE sent_at > $as_of - to_days(CAST($short_days AS INTEGER))) AS n_short,
+        coalesce(sum(neg) FILTER (WHERE sent_at > $as_of - to_days(CAST($short_days AS INTEGER))), 0) AS neg_short,
+        count(*) FILTER (WHERE sent_at > $as_of - to_days(CAST($long_days AS INTEGER))) AS n_long,
+        coalesce(sum(neg) FILTER (WHERE sent_at > $as_of - to_days(CAST($long_days AS INTEGER))), 0) AS neg_long,
+        count(*) FILTER (
+            WHERE sent_at <= $as_of - to_days(CAST($short_days AS INTEGER))
+              AND sent_at > $as_of - to_days(CAST($short_days AS INTEGER) + CAST($baseline_days AS INTEGER))
+        ) AS baseline_n,
+        coalesce(sum(neg) FILTER (
+            WHERE sent_at <= $as_of - to_days(CAST($short_days AS INTEGER))
+              AND sent_at > $as_of - to_days(CAST($short_days AS INTEGER) + CAST($baseline_days AS INTEGER))
+        ), 0) AS baseline_neg
+    FROM scored
+    GROUP BY user_id
+),
+stats AS (
+    SELECT
+        w.user_id, w.n_short, w.neg_short, w.n_long, w.neg_long, w.baseline_n, w.baseline_neg,
+        coalesce(l.n_last, 0) AS n_last, coalesce(l.neg_last, 0) AS neg_last,
+        CASE WHEN w.n_short > 0 THEN w.neg_short / w.n_short END AS ratio_short,
+        CASE WHEN w.n_long > 0 THEN w.neg_long / w.n_long END AS ratio_long,
+        CASE WHEN l.n_last > 0 THEN l.neg_last / l.n_last END AS ratio_last,
+        CASE WHEN w.baseline_n >= $baseline_min_messages THEN w.baseline_neg / w.baseline_n END AS baseline_ratio,
+        -- Wilson score interval, lower end: p + z^2/2n - z*sqrt(p(1-p)/n + z^2/4n^2), over 1 + z^2/n.
+        CASE WHEN w.n_short > 0 THEN
+            (w.neg_short / w.n_short + $z * $z / (2 * w.n_short)
+             - $z * sqrt((w.neg_short / w.n_short) * (1 - w.neg_short / w.n_short) / w.n_short
+                         + $z * $z / (4 * w.n_short * w.n_short)))
+            / (1 + $z * $z / w.n_short)
+        ELSE 0 END AS wilson_lower
+    FROM windows w
+    LEFT JOIN last_n l ON l.user_id = w.user_id
+)
+SELECT
+    *,
+    n_short >= $min_messages AND ratio_short >= $min_ratio AS flagged,
+    coalesce(ratio_short - baseline_ratio >= $escalation_delta, false) AS escalating
+FROM stats;

@@ -1,0 +1,78 @@
+"""Shared fixtures: small archives with known content and a deterministic keyword classifier.
+
+The keyword classifier is a test double for the pipeline tests, where what matters is which messages are negative
+and the engine's bookkeeping, not a model's accuracy; the real models have their own tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Sequence
+
+import duckdb
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class KeywordClassifier:
+    """P(negative) = 0.9 when the text contains 'bad', else 0.1."""
+
+    name = "keyword-test"
+
+    def __init__(self, word: str = "bad") -> None:
+        self.word = word
+        self.model_id = hashlib.sha256(f"keyword:{word}".encode()).hexdigest()[:16]
+        self.calls = 0
+
+    def predict_negative(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls += 1
+        return np.array([0.9 if self.word in t else 0.1 for t in texts], dtype=np.float32)
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
+
+
+@pytest.fixture
+def keyword_classifier() -> KeywordClassifier:
+    return KeywordClassifier()
+
+
+AS_OF = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def write_archive(path: Path, rows: list[tuple], tz: bool = True) -> Path:
+    """rows: (message_id, user_id, sent_at, text). sent_at as datetime."""
+    con = duckdb.connect(str(path))
+    ts_type = "TIMESTAMPTZ" if tz else "TIMESTAMP"
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"CREATE TABLE messages (message_id VARCHAR, user_id VARCHAR, sent_at {ts_type}, text VARCHAR)")
+    con.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)", rows)
+    con.close()
+    return path
+
+
+def generated_rows(n_users: int = 12, per_user: int = 10, seed: int = 7, start_id: int = 0) -> list[tuple]:
+    """Users u00.. with messages over the 10 days before AS_OF; every third user writes mostly 'bad' messages."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    mid = start_id
+    for u in range(n_users):
+        negative_share = 0.8 if u % 3 == 0 else 0.1
+        for _ in range(per_user):
+            when = AS_OF - timedelta(hours=float(rng.uniform(1, 240)))
+            text = "this is bad news" if rng.random() < negative_share else "all good here"
+            rows.append((f"m{mid:06d}", f"u{u:02d}", when, text))
+            mid += 1
+    return rows
+
+
+@pytest.fixture
+def archive(tmp_path) -> Path:
+    return write_archive(tmp_path / "messages.duckdb", generated_rows())
