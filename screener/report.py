@@ -59,7 +59,7 @@ _URL = re.compile(
 )
 _EMAIL = re.compile(r"[\w.%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 _HANDLE = re.compile(r"(?<![\w@])@\w(?:[\w.]*\w)?")
-_PHONE_CANDIDATE = re.compile(r"(?<![\w.+-])(?:\+|\b)\(?\d+\)?(?:[ .-]?\(?\d+\)?)*(?![\w])")
+_PHONE_CANDIDATE = re.compile(r"(?<![\w.+(-])\+?\(?\d+\)?(?:[ .-]?\(?\d+\)?)*(?!\w)")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DECIMAL = re.compile(r"\d+\.\d+")
 
