@@ -76,3 +76,34 @@ def generated_rows(n_users: int = 12, per_user: int = 10, seed: int = 7, start_i
 @pytest.fixture
 def archive(tmp_path) -> Path:
     return write_archive(tmp_path / "messages.duckdb", generated_rows())
+
+
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
+    set("this is bad news all good here hello world the a an and or not very great awful support help".split())
+) + list("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A random-weight 1-layer BERT sequence classifier with a WordPiece tokenizer, as a screener model folder."""
+    import json
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(TINY_VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "screener_model.json").write_text(
+        json.dumps({"kind": "hf-seqcls", "name": "tiny-random", "max_length": 32}), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")

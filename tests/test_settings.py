@@ -1,0 +1,49 @@
+import pytest
+
+from screener.errors import ConfigError
+from screener.settings import Settings, load_settings
+
+
+def test_defaults_are_the_documented_flag_rule(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert (s.min_ratio, s.min_messages, s.short_window_days, s.long_window_days) == (0.6, 5, 7, 30)
+
+
+def test_toml_overrides_defaults_and_flags_override_toml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "screener.toml").write_text('[flag]\nmin_ratio = 0.7\nmin_messages = 3\n[input]\ntable = "msgs"\n')
+    s = load_settings(min_messages=9, table=None)
+    assert (s.min_ratio, s.min_messages, s.table) == (0.7, 9, "msgs")
+
+
+def test_integer_accepted_where_float_expected(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("min_ratio = 1\n")
+    assert load_settings(path).min_ratio == 1.0
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("min_ratoi = 0.5\n", "unknown setting"),
+    ('min_messages = "five"\n', "min_messages must be int"),
+    ("min_ratio = 1.5\n", "between 0 and 1"),
+    ("short_window_days = 0\n", "at least 1"),
+    ("min_ratio = [\n", "not valid TOML"),
+])
+def test_bad_config_file_gives_config_error_naming_the_problem(tmp_path, content, fragment):
+    path = tmp_path / "s.toml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(path)
+
+
+def test_missing_explicit_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_example_config_file_loads_and_matches_defaults():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "screener.toml"
+    assert load_settings(example) == Settings()
