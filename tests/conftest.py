@@ -53,7 +53,8 @@ def write_archive(path: Path, rows: list[tuple], tz: bool = True) -> Path:
     ts_type = "TIMESTAMPTZ" if tz else "TIMESTAMP"
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"CREATE TABLE messages (message_id VARCHAR, user_id VARCHAR, sent_at {ts_type}, text VARCHAR)")
-    con.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)", rows)
+    if rows:
+        con.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)", rows)
     con.close()
     return path
 

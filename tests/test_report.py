@@ -62,6 +62,11 @@ class Page(HTMLParser):
     def visible_text(self) -> str:
         return "".join(self.text)
 
+    @property
+    def words(self) -> str:
+        """The text with runs of whitespace collapsed, as a browser shows it outside pre-formatted blocks."""
+        return " ".join(self.visible_text.split())
+
 
 def _sha256(source: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode()).digest()).decode() + "'"
@@ -193,7 +198,7 @@ def test_chart_leaves_gaps_for_days_without_messages_and_stubs_for_days_with_non
 def test_summary_states_rule_confidence_and_skips():
     data = sample_data()
     data["settings"]["confidence_z"] = 2.576
-    text = Page(report.render(data)).visible_text
+    text = Page(report.render(data)).words
     assert "at least 60% of their messages in the last 7 days are negative, with at least 5 messages" in text
     assert "99% Wilson interval" in text
     assert "empty text: 2" in text and "null user id: 1" in text

@@ -21,6 +21,7 @@ if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         f"no Chromium at {CHROMIUM}: install Debian's 'chromium' package or set SCREENER_CHROMIUM",
         allow_module_level=True,
     )
+pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api", reason="the 'playwright' Python package is not installed")
 
 # Playwright adds --headless and a fresh temporary --user-data-dir itself (and deletes it afterwards).

@@ -1,0 +1,150 @@
+"""The scan pipeline: incremental scoring, Parquet input, skipped rows, model changes, schema and input errors."""
+
+from datetime import timedelta
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import AS_OF, KeywordClassifier, generated_rows, write_archive
+from screener.errors import InputError, ModelError, SchemaError
+from screener.scan import scan
+from screener.settings import Settings
+
+
+def run(db, **kw):
+    kw.setdefault("classifier", KeywordClassifier())
+    return scan(db, kw.pop("settings", Settings()), as_of=AS_OF, progress=False, **kw)
+
+
+def score_counts(db):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute("SELECT count(*), count(DISTINCT message_id) FROM screener_scores").fetchone()
+    finally:
+        con.close()
+
+
+def test_second_scan_scores_nothing_and_added_messages_alone_are_scored_next(archive):
+    first = run(archive)
+    assert first.messages_scored == 120 and first.users == 12
+    second = run(archive)
+    assert second.messages_scored == 0
+    assert (second.users, second.users_flagged) == (first.users, first.users_flagged)
+    con = duckdb.connect(str(archive))
+    con.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)",
+                    [(f"new{i}", "u99", AS_OF - timedelta(hours=i + 1), "bad again") for i in range(7)])
+    con.close()
+    clf = KeywordClassifier()
+    third = run(archive, classifier=clf)
+    assert third.messages_scored == 7
+    assert score_counts(archive) == (127, 127)
+    assert third.users == 13 and third.users_flagged == first.users_flagged + 1
+
+
+def test_window_rows_smaller_than_archive_commits_in_several_windows(archive):
+    result = run(archive, settings=Settings(window_rows=16, batch_size=5))
+    assert result.messages_scored == 120 and score_counts(archive) == (120, 120)
+
+
+def test_parquet_glob_input_writes_results_to_separate_db(tmp_path):
+    rows = generated_rows()
+    table = pa.table({"message_id": [r[0] for r in rows], "user_id": [r[1] for r in rows],
+                      "sent_at": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
+                      "text": [r[3] for r in rows]})
+    (tmp_path / "archive").mkdir()
+    pq.write_table(table.slice(0, 50), tmp_path / "archive" / "part-0.parquet")
+    pq.write_table(table.slice(50), tmp_path / "archive" / "part-1.parquet")
+    results = tmp_path / "results.duckdb"
+    parquet = run(results, source=str(tmp_path / "archive" / "*.parquet"))
+    duck = run(write_archive(tmp_path / "same.duckdb", rows))
+    assert parquet.messages_scored == 120
+    assert (parquet.users, parquet.users_flagged) == (duck.users, duck.users_flagged)
+
+
+def test_missing_parquet_files_are_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="no Parquet files match"):
+        run(tmp_path / "r.duckdb", source=str(tmp_path / "none" / "*.parquet"))
+
+
+def test_blank_texts_are_skipped_counted_and_not_reread(tmp_path):
+    rows = generated_rows(n_users=2, per_user=3) + [
+        ("e1", "u00", AS_OF - timedelta(hours=1), ""), ("e2", "u00", AS_OF - timedelta(hours=1), "   \n"),
+        ("e3", "u01", AS_OF - timedelta(hours=1), None)]
+    db = write_archive(tmp_path / "a.duckdb", rows)
+    first = run(db)
+    assert first.messages_scored == 6
+    assert first.skipped_by_reason == {"empty_text": 3} and first.messages_skipped == 3
+    second = run(db)
+    assert second.messages_scored == 0 and second.skipped_by_reason == {"empty_text": 3}
+
+
+def test_duplicate_ids_null_users_and_null_times_are_counted_not_lost(tmp_path):
+    rows = generated_rows(n_users=1, per_user=3) + [
+        ("m000000", "u00", AS_OF - timedelta(hours=2), "dup of first id"),
+        ("n1", None, AS_OF - timedelta(hours=1), "bad, no user"),
+        ("n2", "u00", None, "bad, no time"),
+        (None, "u00", AS_OF - timedelta(hours=1), "no id")]
+    db = write_archive(tmp_path / "a.duckdb", rows)
+    result = run(db)
+    assert result.messages_total == 7
+    assert result.messages_scored == 5          # 3 + no-user + no-time; the duplicate and the id-less are not
+    assert result.skipped_by_reason == {"duplicate_message_id": 1, "null_user_id": 1, "null_sent_at": 1,
+                                        "null_message_id": 1}
+    assert score_counts(db) == (5, 5)
+
+
+def test_model_change_needs_rescore_and_rescore_scores_everything_again(archive):
+    run(archive)
+    other = KeywordClassifier(word="good")
+    with pytest.raises(ModelError, match="--rescore"):
+        run(archive, classifier=other)
+    rescored = run(archive, classifier=other, rescore=True)
+    assert rescored.messages_scored == 120 and rescored.rescored
+    con = duckdb.connect(str(archive), read_only=True)
+    by_model = dict(con.execute("SELECT model_id, count(*) FROM screener_scores GROUP BY 1").fetchall())
+    con.close()
+    assert by_model == {KeywordClassifier().model_id: 120, other.model_id: 120}
+
+
+def test_newer_schema_version_is_refused_without_changes(archive):
+    run(archive)
+    con = duckdb.connect(str(archive))
+    con.execute("UPDATE screener_meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(SchemaError, match="version 99.*Upgrade screener"):
+        run(archive)
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    (Settings(table="msgs"), "no table 'msgs'.*found tables: \\['messages'\\]"),
+    (Settings(text_column="body"), "missing column\\(s\\) text -> 'body'"),
+])
+def test_wrong_table_or_column_names_the_problem(archive, settings, fragment):
+    with pytest.raises(InputError, match=fragment):
+        run(archive, settings=settings)
+
+
+def test_wrong_column_type_names_column_and_type(tmp_path):
+    db = tmp_path / "a.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE messages (message_id INT, user_id INT, sent_at INT, text VARCHAR)")
+    con.close()
+    with pytest.raises(InputError, match="column 'sent_at' \\(sent_at\\) has type INTEGER"):
+        run(db)
+
+
+def test_empty_archive_completes_with_zero_counts(tmp_path):
+    db = write_archive(tmp_path / "a.duckdb", [])
+    result = run(db)
+    assert (result.messages_total, result.messages_scored, result.users, result.users_flagged) == (0, 0, 0, 0)
+
+
+def test_run_records_completed_status_and_config(archive):
+    result = run(archive)
+    con = duckdb.connect(str(archive), read_only=True)
+    status, config, model = con.execute(
+        "SELECT status, config, model_id FROM screener_runs WHERE run_id = ?", [result.run_id]).fetchone()
+    con.close()
+    assert status == "completed" and '"min_ratio": 0.6' in config and model == KeywordClassifier().model_id
