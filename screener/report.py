@@ -53,13 +53,21 @@ _CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 # 4. Phone numbers: 7 to 15 digits, optionally starting with "+" (or "00"), grouped by single spaces, dots,
 #    hyphens or parentheses. ISO dates (2026-11-29) and decimals with a single point (3.14159265) are left alone;
 #    other long digit runs (order or account numbers) are masked too, which errs on the side of privacy.
+# Message text is attacker-controlled, so every pattern is linear: matches may only start where a run of their
+# characters starts (lookbehinds), and digit runs and groups are possessive/atomic so a failed match cannot retry
+# every way of splitting a long number.
 _URL = re.compile(
-    r"(?:\b[a-zA-Z][a-zA-Z0-9+.-]*://|(?<![\w@.])www\.|\b(?:javascript|data|vbscript):)[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}]",
-    re.IGNORECASE,
+    r"""(?: (?<![a-z0-9+.-])[a-z][a-z0-9+.-]*+://   # scheme://
+          | (?<![\w@.])www\.                        # www.example.org
+          | (?<![\w.-])(?:javascript|data|vbscript):  # script and inline-data URIs
+        )
+        [^\s<>"'`]*[^\s<>"'`.,;:!?)\]}]""",
+    re.IGNORECASE | re.VERBOSE,
 )
-_EMAIL = re.compile(r"[\w.%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+_DOMAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_EMAIL = re.compile(rf"(?<![\w.%+-])[\w.%+-]++@{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})+")
 _HANDLE = re.compile(r"(?<![\w@])@\w(?:[\w.]*\w)?")
-_PHONE_CANDIDATE = re.compile(r"(?<![\w.+(-])\+?\(?\d+\)?(?:[ .-]?\(?\d+\)?)*(?!\w)")
+_PHONE_CANDIDATE = re.compile(r"(?<![\w.+(-])(?>\+?\(?\d++\)?(?:[ .-]?\(?\d++\)?)*+)(?!\w)")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DECIMAL = re.compile(r"\d+\.\d+")
 
@@ -94,7 +102,6 @@ def _environment():
     )
     env.filters["pct"] = _pct
     env.filters["when"] = _when
-    env.filters["shown"] = _shown_text
     return env
 
 
@@ -138,10 +145,13 @@ def _when(value: str | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M ") + zone
 
 
-def _shown_text(text: str | None) -> str:
+def _evidence_text(text: str | None, redacted: bool) -> str:
+    """What the page shows of a message: redacted first (so a cut cannot leave half an address), control
+    characters made visible, the longest shortened to head and tail."""
     if text is None:
         return ""
-    text = _CONTROL_CHARS.sub("\ufffd", str(text))
+    text = redact(text) if redacted else text
+    text = _CONTROL_CHARS.sub("\ufffd", text)
     if len(text) > EVIDENCE_MAX_CHARS:
         half = EVIDENCE_MAX_CHARS // 2
         text = f"{text[:half]} … [{len(text) - 2 * half} characters omitted] … {text[-half:]}"
@@ -254,10 +264,7 @@ def _html_context(data: dict, redacted: bool) -> dict:
     users = []
     for user in data["flagged"]:
         long_window = _window(user, long_days)
-        evidence = [
-            {**item, "text": redact(item["text"]) if redacted and item["text"] is not None else item["text"]}
-            for item in user["evidence"]
-        ]
+        evidence = [{**item, "text": _evidence_text(item["text"], redacted)} for item in user["evidence"]]
         users.append(
             {
                 "u": user,

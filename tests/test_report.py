@@ -240,6 +240,13 @@ def test_redact(text, expected):
     assert report.redact(text) == expected
 
 
+def test_redact_stays_linear_on_inputs_that_make_backtracking_patterns_explode():
+    # A naive phone pattern needs 2**n steps on n digits followed by a letter; 5000 would never finish.
+    assert report.redact("1" * 5000 + "a") == "1" * 5000 + "a"
+    assert report.redact("1-" * 5000 + "x") == "1-" * 5000 + "x"
+    assert report.redact("a." * 5000 + "@") == "a." * 5000 + "@"
+
+
 def test_redacted_html_masks_evidence_but_keeps_user_ids():
     data = sample_data()
     data["flagged"][0]["user_id"] = "bob@example.com"
@@ -250,6 +257,13 @@ def test_redacted_html_masks_evidence_but_keeps_user_ids():
     assert "write to [email] or call [phone]" in masked
     assert "bob@example.com" in masked  # the user id: staff need it to reach out
     assert "555-123-4567" not in masked
+
+
+def test_redaction_happens_before_a_huge_message_is_shortened():
+    data = sample_data()
+    data["flagged"][0]["evidence"][0]["text"] = "x" * 590 + " https://example.com/" + "secret/" * 200 + " end"
+    text = Page(report.render(data, redact=True)).visible_text
+    assert "secret" not in text and "x" * 590 + " [url] end" in text
 
 
 def test_csv_has_one_row_per_user_with_hand_checked_values():
