@@ -48,8 +48,8 @@ def _user(rng, rank, user_id, n, neg, wilson, ratio_30, last_n, baseline, escala
         "daily": _daily(rng, 31, late, early),
         "evidence": [
             {"message_id": f"m-{rank}{k:03d}", "sent_at": f"2026-11-{28 - k:02d}T{9 + k:02d}:1{k}:00+00:00",
-             "p_negative": round(0.99 - 0.04 * k, 2), "text": rng.choice(NEGATIVE_TEXTS)}
-            for k in range(4)
+             "p_negative": round(0.99 - 0.04 * k, 2), "text": text}
+            for k, text in enumerate(rng.sample(NEGATIVE_TEXTS, 4))
         ],
     }
 
