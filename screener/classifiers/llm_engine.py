@@ -1,0 +1,574 @@
+"""The fast GPU engine for ``llm-labeltoken`` models: the reference classifier's probabilities at the GPU's limit.
+
+It computes exactly what ``screener.classifiers.llm`` computes (softmax over the two label-token logits at the last
+position of the Alpaca prompt, never ``generate()``), but spends the GPU only on work that differs per message:
+
+- The Alpaca prefix is the same for every message: its keys and values are computed once per engine, and every
+  batch attends to them instead of recomputing about 40 tokens per message. A message whose first characters merge
+  with the prefix's last token (a text starting with a newline, say) reuses the longest prefix its own tokenization
+  shares with the cached one, so results never depend on where the tokenizer splits.
+- Messages are sorted by token count and cut into batches under a token budget, so padding is a few percent.
+  Right padding under a causal mask needs no per-row mask: no real token attends to the padding after it.
+- q/k/v and gate/up are one matrix product each (the model's own projections become views into the fused weights,
+  so no memory is added and the model still works), normalisation uses torch's fused RMSNorm, and grouped-query
+  heads are folded into the query length so keys and values are never repeated.
+- The last layer runs attention and MLP at each row's last position only, and the head multiplies by the two label
+  rows only: the vocabulary projection is never computed.
+- A producer thread tokenizes and packs the next batches into pinned memory while the GPU runs the current one;
+  results stay on the GPU until the call ends, so the loop never waits for a device-to-host copy.
+- Several GPUs of one host: ``MultiGPUEngine`` runs one worker process per GPU and gives each a disjoint,
+  token-balanced share of every call, so no message is scored twice.
+
+The same code runs on CPU (torch's SDPA), which is how the tests check it against a plain padded forward.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from screener.errors import ModelError
+from screener.prompt import INSTRUCTION, alpaca_prompt, prompt_prefix_and_suffix
+
+SUPPORTED_MODEL_TYPES = ("llama",)
+DEFAULT_MAX_TEXT_TOKENS = 512
+
+
+def shared_prefix_length(ids: Sequence[int], prefix_ids: Sequence[int]) -> int:
+    """How many leading tokens of a prompt's ids can reuse the cached prefix's keys and values.
+
+    Causality makes the cached keys and values of positions ``< n`` valid for any prompt whose first ``n`` tokens
+    equal the prefix's. At least one token is left to compute, because the last position's output is the result.
+    """
+    n = len(prefix_ids)
+    if len(ids) > n and list(ids[:n]) == list(prefix_ids):
+        return n
+    limit = min(n, len(ids) - 1)
+    shared = 0
+    while shared < limit and ids[shared] == prefix_ids[shared]:
+        shared += 1
+    return shared
+
+
+def prompt_ids(tokenizer, texts: Sequence[str], instruction: str, max_text_tokens: int) -> list[list[int]]:
+    """Token ids of each text's Alpaca prompt, tokenized whole as the reference classifier does.
+
+    Texts longer than ``max_text_tokens`` are cut to their first ``max_text_tokens`` tokens (decoded and prompted
+    again), the reference's rule, so both give the same probability for every text.
+    """
+    encoded = tokenizer([alpaca_prompt(t, instruction) for t in texts])["input_ids"]
+    for i, text in enumerate(texts):
+        if len(encoded[i]) <= max_text_tokens:
+            continue
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_text_tokens:
+            cut = tokenizer.decode(ids[:max_text_tokens])
+            encoded[i] = tokenizer(alpaca_prompt(cut, instruction))["input_ids"]
+    return encoded
+
+
+def plan_batches(lengths: np.ndarray, shared: np.ndarray, token_budget: int, max_batch: int) -> list[np.ndarray]:
+    """Indices of each batch: rows sorted by (shared prefix, length), cut so that rows x longest <= budget.
+
+    A batch never mixes shared-prefix lengths (they need different cached keys); a row longer than the budget gets
+    a batch of its own.
+    """
+    order = np.lexsort((lengths, shared))
+    batches = []
+    start, n = 0, len(order)
+    while start < n:
+        end = start + 1
+        while (end < n and end - start < max_batch and shared[order[end]] == shared[order[start]]
+               and (end - start + 1) * lengths[order[end]] <= token_budget):
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
+@dataclass
+class _Batch:
+    ids: object  # LongTensor [rows, width], right padded, pinned when the engine is on CUDA
+    last: object  # LongTensor [rows]: index of each row's last real token
+    rows: object  # LongTensor [rows]: position of each row in the caller's texts
+    shared: int  # cached prefix tokens every row reuses
+
+
+@dataclass
+class _Layer:
+    wqkv: object
+    bqkv: object
+    wo: object
+    bo: object
+    ln1: object
+    eps1: float
+    ln2: object
+    eps2: float
+    wgu: object
+    bgu: object
+    wdown: object
+    bdown: object
+    act: Callable
+
+
+def _fuse(linears):
+    """One weight (and bias) for several projections of the same input; the modules keep views into it."""
+    import torch
+    from torch import nn
+
+    for m in linears:
+        if type(m) is not nn.Linear:
+            raise ModelError(
+                f"the GPU engine needs plain nn.Linear projections, found {type(m).__name__}: merge LoRA adapters "
+                "into the base (PeftModel.merge_and_unload()) before building the engine")
+    weight = torch.cat([m.weight.detach() for m in linears], 0)
+    bias = None
+    if any(m.bias is not None for m in linears):
+        bias = torch.cat([m.bias.detach() if m.bias is not None
+                          else weight.new_zeros(m.weight.shape[0]) for m in linears])
+    start = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight = nn.Parameter(weight[start:start + rows], requires_grad=False)
+        if m.bias is not None:
+            m.bias = nn.Parameter(bias[start:start + rows], requires_grad=False)
+        start += rows
+    return weight, bias
+
+
+def _norm_weight(norm) -> tuple[object, float]:
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None or not type(norm).__name__.endswith("RMSNorm"):
+        raise ModelError(f"the GPU engine supports RMSNorm layers with weight * x / rms(x), found {type(norm).__name__}")
+    return norm.weight.detach(), float(eps)
+
+
+def _weight_fingerprint(model) -> str:
+    """A cheap content hash of the weights: a strided sample of every tensor, rounded to bf16 so that the same
+    weights loaded in fp32 or bf16 give the same id."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 64)][:64].to(torch.bfloat16).float().cpu().numpy()
+        digest.update(name.encode() + str(tuple(tensor.shape)).encode() + sample.tobytes())
+    return digest.hexdigest()
+
+
+class LabelTokenEngine:
+    """``Classifier`` for a causal LM with the label-token head; see the module docstring for how it is fast."""
+
+    def __init__(self, model, tokenizer, label_ids: tuple[int, int], instruction: str = INSTRUCTION, *,
+                 name: str = "llm-engine", model_id: str | None = None,
+                 max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, token_budget: int | None = None,
+                 max_batch: int = 4096, chunk_size: int = 16384, prefetch: int = 4):
+        import torch
+
+        config = model.config
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ModelError(f"the GPU engine supports model types {SUPPORTED_MODEL_TYPES}, found "
+                             f"{config.model_type!r}: use the reference classifier (screener.classifiers.llm)")
+        self.name = name
+        self.tokenizer = tokenizer
+        self.instruction = instruction
+        self.label_ids = tuple(int(i) for i in label_ids)
+        self.max_text_tokens = max_text_tokens
+        self.max_batch = max_batch
+        self.chunk_size = chunk_size
+        self.prefetch = prefetch
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        self.on_cuda = self.device.type == "cuda"
+        # About 32k tokens per batch keep an 8B model's matrix products at full speed with a few GB of activations;
+        # smaller models need more rows per batch to keep the GPU busy.
+        self.token_budget = token_budget or (max(32768, 2**27 // config.hidden_size) if self.on_cuda else 2048)
+        prefix, suffix = prompt_prefix_and_suffix(instruction)
+        if model_id is None:
+            digest = hashlib.sha256(b"llm-labeltoken-engine\x00" + _weight_fingerprint(model).encode())
+            digest.update(json.dumps([prefix, suffix, list(self.label_ids)]).encode())
+            model_id = digest.hexdigest()[:16]
+        self.model_id = model_id
+
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+        self.hidden = config.hidden_size
+        decoder = model.get_decoder()
+        self._embed = model.get_input_embeddings()
+        self._rotary = decoder.rotary_emb
+        self._scaling = decoder.layers[0].self_attn.scaling
+        with torch.no_grad():
+            self._layers = [self._take_layer(layer) for layer in decoder.layers]
+            self._final_norm = _norm_weight(decoder.norm)
+            head = model.get_output_embeddings()
+            ids = torch.as_tensor(self.label_ids, device=self.device)
+            self._head = head.weight.detach()[ids].clone()
+            self._head_bias = head.bias.detach()[ids].clone() if getattr(head, "bias", None) is not None else None
+        self._cos = self._sin = None
+        self._masks: dict[tuple[int, int], object] = {}
+        self.prefix_ids = list(tokenizer(prefix)["input_ids"])
+        self._prefix_kv = self._compute_prefix_kv()
+
+    def _take_layer(self, layer) -> _Layer:
+        attn, mlp = layer.self_attn, layer.mlp
+        wqkv, bqkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+        wgu, bgu = _fuse([mlp.gate_proj, mlp.up_proj])
+        ln1, eps1 = _norm_weight(layer.input_layernorm)
+        ln2, eps2 = _norm_weight(layer.post_attention_layernorm)
+        return _Layer(wqkv=wqkv, bqkv=bqkv, wo=attn.o_proj.weight.detach(),
+                      bo=None if attn.o_proj.bias is None else attn.o_proj.bias.detach(),
+                      ln1=ln1, eps1=eps1, ln2=ln2, eps2=eps2, wgu=wgu, bgu=bgu,
+                      wdown=mlp.down_proj.weight.detach(),
+                      bdown=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
+                      act=mlp.act_fn)
+
+    # ---- Classifier protocol -------------------------------------------------------------------------------
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def predict_negative(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        texts = list(texts)
+        if not texts:
+            return np.empty(0, dtype=np.float32)
+        out = torch.empty(len(texts), dtype=torch.float32, device=self.device)
+        batches: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        producer = threading.Thread(target=self._produce, args=(texts, batches, stop), daemon=True)
+        producer.start()
+        try:
+            with torch.inference_mode():
+                while (item := batches.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    ids = item.ids.to(self.device, non_blocking=True)
+                    last = item.last.to(self.device, non_blocking=True)
+                    rows = item.rows.to(self.device, non_blocking=True)
+                    out.index_copy_(0, rows, self._probabilities(ids, last, item.shared))
+        finally:
+            stop.set()
+            producer.join()
+        return out.cpu().numpy()
+
+    # ---- producer thread ------------------------------------------------------------------------------------
+
+    def _produce(self, texts: list[str], batches: queue.Queue, stop: threading.Event) -> None:
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    batches.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            start, size = 0, min(1024, self.chunk_size)
+            while start < len(texts):
+                for batch in self._pack(texts[start:start + size], start):
+                    if not put(batch):
+                        return
+                # A small first chunk gets the GPU going sooner; later ones are large enough to sort well.
+                start, size = start + size, min(4 * size, self.chunk_size)
+            put(None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it in the caller's thread
+            put(exc)
+
+    def _pack(self, texts: list[str], offset: int):
+        import torch
+
+        encoded = prompt_ids(self.tokenizer, texts, self.instruction, self.max_text_tokens)
+        shared = np.array([shared_prefix_length(ids, self.prefix_ids) for ids in encoded], dtype=np.int64)
+        lengths = np.array([len(ids) for ids in encoded], dtype=np.int64) - shared
+        for idx in plan_batches(lengths, shared, self.token_budget, self.max_batch):
+            skip = int(shared[idx[0]])
+            width = int(lengths[idx].max())
+            ids = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                ids[row, : lengths[i]] = encoded[i][skip:]
+            tensors = [torch.from_numpy(a) for a in (ids, lengths[idx] - 1, idx + offset)]
+            if self.on_cuda:
+                tensors = [t.pin_memory() for t in tensors]
+            yield _Batch(*tensors, shared=skip)
+
+    # ---- the forward ----------------------------------------------------------------------------------------
+
+    def _rope_tables(self, positions: int):
+        """cos/sin for positions [0, positions), from the model's own rotary module (same values as its forward)."""
+        import torch
+
+        if self._cos is None or self._cos.shape[0] < positions:
+            size = max(positions, 2 * (0 if self._cos is None else self._cos.shape[0]), 1024)
+            pos = torch.arange(size, device=self.device)[None]
+            probe = torch.empty(0, dtype=self.dtype, device=self.device)
+            cos, sin = self._rotary(probe, pos)
+            self._cos, self._sin = cos[0], sin[0]
+        return self._cos, self._sin
+
+    def _mask(self, shared: int, width: int):
+        """Additive mask [groups * width, shared + width]: all of the prefix, causal over the row's own tokens.
+
+        Query row r is position r % width (the grouped heads are folded into the query length)."""
+        import torch
+
+        key = (shared, width)
+        if key not in self._masks:
+            groups = self.n_heads // self.n_kv
+            q_pos = torch.arange(width, device=self.device).repeat(groups)
+            k_pos = torch.arange(shared + width, device=self.device) - shared
+            blocked = k_pos[None, :] > q_pos[:, None]
+            mask = torch.zeros(blocked.shape, dtype=self.dtype, device=self.device)
+            self._masks[key] = mask.masked_fill_(blocked, float("-inf"))
+        return self._masks[key]
+
+    @staticmethod
+    def _rotate(x, cos, sin):
+        """Rotary embedding, the same operations in the same dtype as transformers' apply_rotary_pos_emb."""
+        import torch
+
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+    def _keys_values(self, h, layer: _Layer, cos, sin):
+        """Rotated keys and values [rows, kv_heads, width, head_dim] of normalised hidden states h."""
+        import torch.nn.functional as F
+
+        rows, width, _ = h.shape
+        q_size = self.n_heads * self.head_dim
+        kv = F.linear(h, layer.wqkv[q_size:], None if layer.bqkv is None else layer.bqkv[q_size:])
+        k, v = kv.view(rows, width, 2, self.n_kv, self.head_dim).unbind(2)
+        k = self._rotate(k, cos[:, None, :], sin[:, None, :])
+        return k.transpose(1, 2), v.transpose(1, 2)
+
+    def _block(self, x, layer: _Layer, cos, sin, prefix_kv, mask):
+        """One decoder layer over every position of x [rows, width, hidden]."""
+        import torch
+        import torch.nn.functional as F
+
+        rows, width, _ = x.shape
+        groups = self.n_heads // self.n_kv
+        q_size = self.n_heads * self.head_dim
+        h = F.rms_norm(x, (self.hidden,), layer.ln1, layer.eps1)
+        qkv = F.linear(h, layer.wqkv, layer.bqkv)
+        q = qkv[..., :q_size].view(rows, width, self.n_kv, groups, self.head_dim)
+        k, v = qkv[..., q_size:].view(rows, width, 2, self.n_kv, self.head_dim).unbind(2)
+        q = self._rotate(q, cos[:, None, None, :], sin[:, None, None, :])
+        k = self._rotate(k, cos[:, None, :], sin[:, None, :])
+        q = q.permute(0, 2, 3, 1, 4).reshape(rows, self.n_kv, groups * width, self.head_dim)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if prefix_kv is not None:
+            pk, pv = prefix_kv
+            k = torch.cat((pk.expand(rows, -1, -1, -1), k), 2)
+            v = torch.cat((pv.expand(rows, -1, -1, -1), v), 2)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self._scaling)
+        o = o.view(rows, self.n_kv, groups, width, self.head_dim).permute(0, 3, 1, 2, 4).reshape(rows, width, -1)
+        x = x + F.linear(o, layer.wo, layer.bo)
+        return x + self._mlp(F.rms_norm(x, (self.hidden,), layer.ln2, layer.eps2), layer)
+
+    def _mlp(self, h, layer: _Layer):
+        import torch.nn.functional as F
+
+        gate, up = F.linear(h, layer.wgu, layer.bgu).chunk(2, dim=-1)
+        return F.linear(layer.act(gate) * up, layer.wdown, layer.bdown)
+
+    def _last_block(self, x, layer: _Layer, cos, sin, prefix_kv, last, shared: int):
+        """The last decoder layer, evaluated at each row's last real position only: [rows, hidden]."""
+        import torch
+        import torch.nn.functional as F
+
+        rows, width, _ = x.shape
+        groups = self.n_heads // self.n_kv
+        q_size = self.n_heads * self.head_dim
+        h = F.rms_norm(x, (self.hidden,), layer.ln1, layer.eps1)
+        k, v = self._keys_values(h, layer, cos, sin)
+        if prefix_kv is not None:
+            k = torch.cat((prefix_kv[0].expand(rows, -1, -1, -1), k), 2)
+            v = torch.cat((prefix_kv[1].expand(rows, -1, -1, -1), v), 2)
+        index = torch.arange(rows, device=x.device)
+        x_last = x[index, last]
+        q = F.linear(h[index, last], layer.wqkv[:q_size], None if layer.bqkv is None else layer.bqkv[:q_size])
+        q = q.view(rows, self.n_kv, groups, self.head_dim)
+        full_cos, full_sin = self._rope_tables(shared + width)
+        q = self._rotate(q, full_cos[shared + last][:, None, None, :], full_sin[shared + last][:, None, None, :])
+        blocked = torch.arange(shared + width, device=x.device)[None, :] > (shared + last)[:, None]
+        mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill_(blocked, float("-inf"))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=self._scaling)
+        x_last = x_last + F.linear(o.reshape(rows, -1), layer.wo, layer.bo)
+        return x_last + self._mlp(F.rms_norm(x_last, (self.hidden,), layer.ln2, layer.eps2), layer)
+
+    def _probabilities(self, ids, last, shared: int):
+        """P(negative) [rows] float32 for right-padded ids whose prompts start with ``shared`` cached tokens."""
+        import torch
+        import torch.nn.functional as F
+
+        width = ids.shape[1]
+        cos, sin = self._rope_tables(shared + width)
+        cos, sin = cos[shared:shared + width], sin[shared:shared + width]
+        mask = self._mask(shared, width)
+        x = self._embed(ids)
+        prefix = [(k[:, :, :shared], v[:, :, :shared]) if shared else None for k, v in self._prefix_kv]
+        for layer, kv in zip(self._layers[:-1], prefix[:-1]):
+            x = self._block(x, layer, cos, sin, kv, mask)
+        x = self._last_block(x, self._layers[-1], cos, sin, prefix[-1], last, shared)
+        x = F.rms_norm(x, (self.hidden,), self._final_norm[0], self._final_norm[1])
+        logits = F.linear(x, self._head, self._head_bias).float()
+        return torch.softmax(logits, dim=-1)[:, 0]
+
+    def _compute_prefix_kv(self):
+        """Keys and values [1, kv_heads, prefix, head_dim] of every layer for the cached prompt prefix."""
+        import torch
+        import torch.nn.functional as F
+
+        if not self.prefix_ids:
+            return [(None, None)] * len(self._layers)
+        with torch.inference_mode():
+            ids = torch.as_tensor([self.prefix_ids], device=self.device)
+            width = ids.shape[1]
+            cos, sin = self._rope_tables(width)
+            cos, sin = cos[:width], sin[:width]
+            mask = self._mask(0, width)
+            x = self._embed(ids)
+            cache = []
+            for i, layer in enumerate(self._layers):
+                h = F.rms_norm(x, (self.hidden,), layer.ln1, layer.eps1)
+                cache.append(self._keys_values(h, layer, cos, sin))
+                if i + 1 < len(self._layers):
+                    x = self._block(x, layer, cos, sin, None, mask)
+        return cache
+
+
+# ---- several GPUs ---------------------------------------------------------------------------------------------
+
+
+def _worker(build: Callable[[str], object], device: str, conn) -> None:
+    try:
+        engine = build(device)
+        conn.send(("ready", engine.model_id, engine.name))
+    except BaseException as exc:  # reported to the parent, which raises a ModelError
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    while True:
+        command, payload = conn.recv()
+        if command == "stop":
+            return
+        try:
+            result = engine.predict_negative(payload) if command == "score" else engine.token_lengths(payload)
+            conn.send(("ok", result))
+        except BaseException as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class MultiGPUEngine:
+    """One worker process per GPU of this host, each with its own engine, sharing every call without overlap.
+
+    Each ``predict_negative`` call is split into disjoint slices, one per worker: texts sorted by length and dealt
+    round-robin, so every GPU gets about the same number of tokens. ``build(device)`` must be picklable (a
+    module-level function or a functools.partial of one) and return a classifier on that device. Workers start
+    with ``spawn`` because CUDA cannot be used in a forked child.
+    """
+
+    def __init__(self, build: Callable[[str], object], devices: Sequence[str], start_method: str = "spawn"):
+        import multiprocessing
+
+        if not devices:
+            raise ModelError("MultiGPUEngine needs at least one device")
+        context = multiprocessing.get_context(start_method)
+        self._workers = []
+        for device in devices:
+            parent, child = context.Pipe()
+            process = context.Process(target=_worker, args=(build, device, child), daemon=True)
+            process.start()
+            child.close()
+            self._workers.append((process, parent))
+        replies = [conn.recv() for _, conn in self._workers]
+        errors = [f"{d}: {r[1]}" for d, r in zip(devices, replies) if r[0] == "error"]
+        if errors:
+            self.close()
+            raise ModelError("a GPU worker could not load the model: " + "; ".join(errors))
+        ids = {r[1] for r in replies}
+        if len(ids) != 1:
+            self.close()
+            raise ModelError(f"GPU workers loaded different weights (model ids {sorted(ids)}): expected one model")
+        self.model_id, self.name = replies[0][1], replies[0][2]
+        self.devices = list(devices)
+
+    def _ask(self, command: str, parts: list[list[str]]) -> list:
+        """Send part i to worker i (as many workers as parts) and collect their results in the same order."""
+        workers = self._workers[: len(parts)]
+        for (_, conn), part in zip(workers, parts):
+            conn.send((command, part))
+        replies = [conn.recv() for _, conn in workers]
+        errors = [r[1] for r in replies if r[0] == "error"]
+        if errors:
+            raise ModelError("a GPU worker failed: " + "; ".join(errors))
+        return [r[1] for r in replies]
+
+    def predict_negative(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        out = np.empty(len(texts), dtype=np.float32)
+        if not texts:
+            return out
+        order = np.argsort(np.array([len(t) for t in texts]), kind="stable")
+        slices = [order[i::len(self._workers)] for i in range(len(self._workers))]
+        results = self._ask("score", [[texts[i] for i in s] for s in slices])
+        for s, probs in zip(slices, results):
+            out[s] = probs
+        return out
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        return self._ask("lengths", [list(texts)])[0]
+
+    def close(self) -> None:
+        for process, conn in self._workers:
+            if process.is_alive():
+                try:
+                    conn.send(("stop", None))
+                except OSError:
+                    pass
+            process.join(timeout=30)
+        self._workers = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---- loading from a model folder -------------------------------------------------------------------------------
+
+
+def build_engine(folder: Path, manifest: dict, device: str, *, name: str, model_id: str) -> LabelTokenEngine:
+    """An engine on one device for a model folder, loaded by the reference classifier's loader."""
+    import torch
+
+    from screener.classifiers.llm import load_model_and_tokenizer
+
+    model, tokenizer, label_ids = load_model_and_tokenizer(folder, manifest, device, torch.bfloat16)
+    return LabelTokenEngine(model, tokenizer, label_ids, manifest.get("instruction", INSTRUCTION), name=name,
+                            model_id=model_id,
+                            max_text_tokens=int(manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)))
+
+
+def load_engine(folder: Path, manifest: dict, *, name: str, model_id: str, devices: Sequence[str] | None = None):
+    """What ``llm.load`` returns on CUDA: one engine, or one worker per GPU when the host has several."""
+    import torch
+
+    devices = list(devices) if devices else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    build = functools.partial(build_engine, Path(folder), manifest, name=name, model_id=model_id)
+    if len(devices) == 1:
+        return build(devices[0])
+    return MultiGPUEngine(build, devices)

@@ -1,0 +1,214 @@
+"""The GPU engine computes the reference's probabilities: checked on CPU against a plain padded transformers forward.
+
+The model is a tiny random-weight LlamaForCausalLM (fixed seed, weights scaled up so that probabilities spread
+well away from 0.5); the tokenizer is a byte-level BPE trained here on a few lines, with Llama 3's pre-tokenizer
+pattern, so that a text starting with a newline merges with the prompt prefix's last token as with Llama 3.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from screener.classifiers.base import Classifier  # noqa: E402
+from screener.classifiers.llm_engine import (  # noqa: E402
+    LabelTokenEngine,
+    MultiGPUEngine,
+    plan_batches,
+    prompt_ids,
+    shared_prefix_length,
+)
+from screener.errors import ModelError  # noqa: E402
+from screener.prompt import INSTRUCTION, alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
+
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+TEXTS = [
+    "a great movie",
+    "",
+    "\nstarts with a newline",
+    "\n\nstarts with two newlines",
+    " starts with a space",
+    "the worst film i have seen in years , dull and far too long !",
+    "ok",
+    "ends with newlines\n\n",
+    "numbers 12345 and punctuation ?!",
+    "négatif : très mauvais",
+    "this one is a little longer than the others and keeps going for a while so the batch has varied lengths",
+]
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    # Blank lines dominate the corpus, so the "\n\n" merge outranks ":\n" and a text starting with a newline
+    # changes the prefix's last token.
+    corpus = [alpaca_prompt(t) for t in TEXTS] + ["\n\n".join(TEXTS)] * 20 + ["negative positive"] * 5
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<pad>", "<s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>")
+
+
+def tiny_model(seed: int = 0, dtype=None):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.25)
+    return model.to(dtype or torch.float32).eval()
+
+
+def padded_forward(model, tokenizer, label_ids, texts, batch_size=4):
+    """The plain way: whole prompts, left padded with an attention mask, label logits at the last position."""
+    tokenizer.padding_side = "left"
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer([alpaca_prompt(t) for t in texts[i:i + batch_size]], return_tensors="pt", padding=True)
+            logits = model(**enc).logits[:, -1, list(label_ids)].float()
+            out.append(torch.softmax(logits, -1)[:, 0])
+    return torch.cat(out).numpy()
+
+
+def make_engine(seed=0, **kwargs):
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(seed)
+    label_ids = label_token_ids(tokenizer)
+    return model, tokenizer, label_ids, LabelTokenEngine(model, tokenizer, label_ids, **kwargs)
+
+
+def build_tiny_engine(device: str) -> LabelTokenEngine:
+    torch.set_num_threads(1)
+    return make_engine(0, name="tiny")[3]
+
+
+def test_tokenizer_makes_a_newline_text_straddle_the_cached_prefix():
+    tokenizer = tiny_tokenizer()
+    prefix_ids = tokenizer(prompt_prefix_and_suffix()[0])["input_ids"]
+    full = tokenizer(alpaca_prompt("\nstarts with a newline"))["input_ids"]
+    plain = tokenizer(alpaca_prompt("a great movie"))["input_ids"]
+    assert shared_prefix_length(plain, prefix_ids) == len(prefix_ids)
+    assert shared_prefix_length(full, prefix_ids) < len(prefix_ids)
+
+
+def test_engine_equals_padded_forward_in_fp32():
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(0)
+    label_ids = label_token_ids(tokenizer)
+    expected = padded_forward(model, tokenizer, label_ids, TEXTS)
+    engine = LabelTokenEngine(model, tokenizer, label_ids, name="tiny")
+    got = engine.predict_negative(TEXTS)
+    assert got.dtype == np.float32 and got.shape == (len(TEXTS),)
+    assert expected.max() - expected.min() > 0.2  # the comparison is not between near-constant outputs
+    np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
+    # The model's own forward still works after its projections became views into the fused weights.
+    np.testing.assert_allclose(padded_forward(model, tokenizer, label_ids, TEXTS), expected, atol=1e-6, rtol=0)
+
+
+def test_engine_is_invariant_to_order_and_batch_size():
+    _, _, _, engine = make_engine(0, token_budget=4096)
+    base = engine.predict_negative(TEXTS)
+    perm = np.random.default_rng(1).permutation(len(TEXTS))
+    np.testing.assert_allclose(engine.predict_negative([TEXTS[i] for i in perm]), base[perm], atol=1e-6, rtol=0)
+    engine.token_budget, engine.chunk_size = 40, 3  # about one row per batch, many chunks
+    np.testing.assert_allclose(engine.predict_negative(TEXTS), base, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(engine.predict_negative(TEXTS[2:3]), base[2:3], atol=1e-6, rtol=0)
+
+
+def test_engine_scores_no_texts_and_satisfies_the_classifier_protocol():
+    _, tokenizer, _, engine = make_engine(0)
+    assert isinstance(engine, Classifier)
+    assert engine.predict_negative([]).shape == (0,)
+    assert engine.token_lengths(["a great movie", ""]) == [
+        len(tokenizer("a great movie", add_special_tokens=False)["input_ids"]), 0]
+
+
+def test_model_id_follows_weights_and_prompt_not_dtype():
+    tokenizer = tiny_tokenizer()
+    label_ids = label_token_ids(tokenizer)
+    ids = {
+        "a": LabelTokenEngine(tiny_model(0), tokenizer, label_ids).model_id,
+        "a-bf16": LabelTokenEngine(tiny_model(0, torch.bfloat16), tokenizer, label_ids).model_id,
+        "b": LabelTokenEngine(tiny_model(1), tokenizer, label_ids).model_id,
+        "a-other-prompt": LabelTokenEngine(tiny_model(0), tokenizer, label_ids, "Is this text negative?").model_id,
+    }
+    assert ids["a"] == ids["a-bf16"]
+    assert len({ids["a"], ids["b"], ids["a-other-prompt"]}) == 3
+    assert LabelTokenEngine(tiny_model(0), tokenizer, label_ids, model_id="given").model_id == "given"
+
+
+def test_engine_refuses_unmerged_adapter_layers():
+    class LoraLinear(torch.nn.Linear):
+        pass
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(0)
+    old = model.model.layers[0].self_attn.q_proj
+    model.model.layers[0].self_attn.q_proj = LoraLinear(old.in_features, old.out_features, bias=False)
+    with pytest.raises(ModelError, match="merge LoRA"):
+        LabelTokenEngine(model, tokenizer, label_token_ids(tokenizer))
+
+
+def test_plan_batches_groups_by_shared_prefix_and_respects_the_budget():
+    lengths = np.array([5, 3, 3, 8, 2])
+    shared = np.array([4, 4, 3, 4, 4])
+    batches = [b.tolist() for b in plan_batches(lengths, shared, token_budget=10, max_batch=8)]
+    # shared 3: [2]; shared 4 sorted by length: 4 (2), 1 (3), 0 (5), 3 (8); 3 rows x 5 > 10 cuts before 0.
+    assert batches == [[2], [4, 1], [0], [3]]
+    assert [b.tolist() for b in plan_batches(lengths, shared, token_budget=100, max_batch=2)] == [
+        [2], [4, 1], [0, 3]]
+
+
+def test_shared_prefix_length_keeps_one_token_to_compute():
+    assert shared_prefix_length([1, 2, 3, 9], [1, 2, 3]) == 3
+    assert shared_prefix_length([1, 2, 7, 9], [1, 2, 3]) == 2
+    assert shared_prefix_length([1, 2, 3], [1, 2, 3]) == 2
+    assert shared_prefix_length([5], [1, 2, 3]) == 0
+
+
+def test_prompt_ids_cut_long_texts_to_their_first_tokens():
+    tokenizer = tiny_tokenizer()
+    text = "the worst film i have seen in years , dull and far too long !"
+    first = tokenizer(text, add_special_tokens=False)["input_ids"][:4]
+    short_prompt_len = len(tokenizer(alpaca_prompt("ok"))["input_ids"])
+    got = prompt_ids(tokenizer, ["ok", text], INSTRUCTION, max_text_tokens=short_prompt_len)
+    assert got[0] == tokenizer(alpaca_prompt("ok"))["input_ids"]
+    cut = tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:short_prompt_len])
+    assert got[1] == tokenizer(alpaca_prompt(cut))["input_ids"]
+    assert prompt_ids(tokenizer, [text], INSTRUCTION, max_text_tokens=4)[0] == tokenizer(
+        alpaca_prompt(tokenizer.decode(first)))["input_ids"]
+
+
+def test_multi_gpu_engine_splits_one_call_across_workers_without_overlap():
+    _, _, _, single = make_engine(0, name="tiny")
+    expected = single.predict_negative(TEXTS)
+    # fork keeps the test fast (no second torch import); on GPUs the engine spawns, as CUDA requires.
+    with MultiGPUEngine(build_tiny_engine, ["cpu", "cpu"], start_method="fork") as multi:
+        assert multi.model_id == single.model_id and multi.name == "tiny"
+        np.testing.assert_allclose(multi.predict_negative(TEXTS), expected, atol=1e-6, rtol=0)
+        assert multi.token_lengths(TEXTS[:2]) == single.token_lengths(TEXTS[:2])
