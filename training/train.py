@@ -1,0 +1,35 @@
+"""``screener train``: one entry point for every recipe kind."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+
+from training.recipes import load_recipe
+
+log = logging.getLogger(__name__)
+
+
+def run_train(base: str, recipe: str, data_dir: str, output: str, max_steps: int | None = None,
+              device: str = "auto") -> dict:
+    """Train ``base`` on SST-2 train from ``data_dir`` with a named or file recipe; write a model folder.
+
+    Returns a summary: output path, steps, seconds, and for LLM recipes the backend used ("unsloth" or "peft"),
+    tokens/s and the share of the GPU's bf16 peak.
+    """
+    settings = load_recipe(recipe)
+    if settings["kind"] == "encoder":
+        encoder = importlib.import_module("training.encoder")
+        start = time.perf_counter()
+        result = encoder.train(base, settings, data_dir, output, max_steps)
+        if isinstance(result, dict):
+            return result
+        return {"output": str(result), "recipe": settings["name"], "backend": "transformers",
+                "seconds": round(time.perf_counter() - start, 3)}
+    from training.data import load_sst2
+    from training.llm import train_llm
+
+    train = load_sst2("train", data_dir)
+    log.info("training %s with recipe %s on %d examples", base, settings["name"], len(train))
+    return train_llm(base, settings, train.texts, train.labels, output, max_steps=max_steps, device=device)
