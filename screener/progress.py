@@ -10,14 +10,14 @@ log = logging.getLogger("screener.scan")
 
 
 class Progress:
-    def __init__(self, total: int, enabled: bool = True, interval_s: float = 30.0) -> None:
+    def __init__(self, total: int, bar: bool = True, interval_s: float = 30.0) -> None:
         self.total = total
         self.done = 0
         self.interval_s = interval_s
         self._start = time.monotonic()
         self._last_log = self._start
         self._bar = None
-        if enabled and sys.stderr.isatty():
+        if bar and sys.stderr.isatty():
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
 
@@ -28,7 +28,7 @@ class Progress:
             )
             self._task = self._bar.add_task("scan", total=total, rate=0.0)
             self._bar.start()
-        elif enabled:
+        else:
             log.info("scoring %d messages", total)
 
     def advance(self, n: int) -> None:
@@ -45,3 +45,5 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+        else:
+            log.info("scored %d messages in %.1f s", self.done, time.monotonic() - self._start)

@@ -146,7 +146,7 @@ def _check_model_change(store: Store, model_id: str, name: str, rescore: bool) -
 
 def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Settings, progress: bool) -> int:
     total = int(store.scalar("pending_count", {"model_id": clf.model_id}))
-    bar = Progress(total, enabled=progress)
+    bar = Progress(total, bar=progress)
     reader_con = store.reader_cursor()
     scored = 0
     try:
@@ -156,6 +156,7 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
         for batch in reader:
             scored += _score_batch(store, clf, run_id, batch, settings)
             bar.advance(batch.num_rows)
+            log.debug("committed a window of %d messages; %d scored in this run", batch.num_rows, scored)
     finally:
         bar.close()
         reader_con.close()

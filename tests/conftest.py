@@ -97,7 +97,8 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(TINY_VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, num_labels=2)
+                        intermediate_size=32, max_position_embeddings=64, num_labels=2,
+                        initializer_range=1.0)
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (folder / "screener_model.json").write_text(
@@ -108,3 +109,14 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_threshold(tiny_model) -> float:
+    """A negative_threshold that splits the tiny model's scores of the two texts generated_rows() uses, so one
+    group of users is flagged and the other is not, whatever the random weights."""
+    from screener.classifiers.registry import load_classifier
+
+    bad, good = load_classifier(str(tiny_model), device="cpu").predict_negative(["this is bad news", "all good here"])
+    assert abs(bad - good) > 1e-4, "the tiny model must tell the two texts apart"
+    return float((bad + good) / 2)
