@@ -151,7 +151,7 @@ def _scored(db):
 
 def test_sigkill_mid_scan_then_rerun_gives_exactly_one_score_each_and_same_flags(tmp_path, tiny_model,
                                                                                  tiny_threshold):
-    rows = generated_rows(n_users=40, per_user=300, seed=3)
+    rows = generated_rows(n_users=40, per_user=100, seed=3)
     total = len(rows)
     (tmp_path / "screener.toml").write_text(
         f"window_rows = 32\nbatch_size = 16\nnegative_threshold = {tiny_threshold}\n")
