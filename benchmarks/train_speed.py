@@ -7,6 +7,8 @@ Stages (``--stages``, comma separated, in this order):
   teacher   P(negative) of the ``full`` model on all of SST-2 train, as a Parquet file (right after its dev run)
   ship      each trained folder as a tar file right after its training (``model_full.tar`` with the manifest
             pointing at ``--ship-base`` and named ``--name``; ``model_paper.tar``)
+  full-graphs    the ``full`` recipe with CUDA-graph steps for 300 steps: tokens/s, losses beside the eager
+            run's, dev accuracy at that point (an experiment; nothing of it is shipped)
   peft-baseline  the ``full`` recipe for 200 steps in a plain PEFT loop (run it alone, in its own process)
 
 Evaluation loads each trained folder through ``screener.classifiers.llm.load`` (the reference classifier), so
@@ -186,6 +188,32 @@ def main() -> int:
             results["stages"]["teacher"] = write_teacher(clf, train_x, train_y, out / "teacher.parquet")
             save()
         del clf
+
+    if "full-graphs" in stages:
+        # The full recipe with whole steps captured as CUDA graphs, for a few hundred steps: its tokens/s against
+        # the eager run's, and its losses beside the eager run's at the same steps (same seed, same batches).
+        recipe = load_recipe("full")
+        recipe["backend"] = args.backend or recipe["backend"]
+        recipe["cuda_graphs"] = True
+        folder = work / "full-graphs"
+        summary = train_llm(args.base, recipe, train_x, train_y, folder, max_steps=args.max_steps or 300,
+                            device=args.device)
+        summary.pop("recipe_settings", None)
+        entry = {"train": summary}
+        manifest = json.loads((folder / "screener_model.json").read_text())
+        manifest["base"] = prepare_base(args.base)[1]
+        manifest.pop("base_sha256", None)
+        entry["dev"], clf = dev_metrics(folder, manifest, dev_x, dev_y, args.device)
+        del clf
+        eager = results["stages"].get("full", {}).get("train")
+        if eager:
+            eager_loss = {e["step"]: e["loss"] for e in eager["loss_log"]}
+            entry["loss_vs_eager"] = [(e["step"], e["loss"], eager_loss.get(e["step"])) for e in summary["loss_log"]]
+            entry["speedup_vs_eager_tokens_per_s"] = summary["tokens_per_s"] / eager["tokens_per_s"]
+        results["stages"]["full-graphs"] = entry
+        log.info("full-graphs: %.0f tokens/s, dev accuracy after %d steps %.4f", summary["tokens_per_s"],
+                 summary["steps"], entry["dev"]["accuracy"])
+        save()
 
     if "peft-baseline" in stages:
         # The same recipe in a plain PEFT loop, for the speed ratio; run it in its own process so that no Unsloth

@@ -133,3 +133,36 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
     assert f(59) == pytest.approx(1 / 55)
     assert lr_lambda("constant", 0, 10)(9) == 1.0
     assert lr_lambda("cosine", 0, 10)(5) == pytest.approx(0.5)
+
+
+def test_fixed_shape_batches_give_the_loss_of_the_unpadded_batch(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from screener.classifiers.llm import label_logits, pad_batch
+    from training.llm import fixed_shape_batch, weighted_cross_entropy
+
+    base = make_tiny_llama(tmp_path / "base")
+    model = AutoModelForCausalLM.from_pretrained(base).eval()
+    rows = [[1, 5, 6, 7], [1, 8, 9], [1, 10, 11, 12, 13]]
+    targets = [0, 1, 1]
+    ids, lens, y, w = fixed_shape_batch(rows, targets, n_rows=8, pad_id=3, multiple=16)
+    assert ids.shape == (8, 16) and w.tolist() == [1, 1, 1, 0, 0, 0, 0, 0] and lens.tolist()[:3] == [4, 3, 5]
+    with torch.no_grad():
+        padded = weighted_cross_entropy(label_logits(model, ids, lens, (29, 30)), y, w)
+        plain_ids, plain_lens = pad_batch(rows, 3)
+        plain = torch.nn.functional.cross_entropy(label_logits(model, plain_ids, plain_lens, (29, 30)),
+                                                  torch.tensor(targets))
+    assert padded.item() == pytest.approx(plain.item(), abs=1e-6)
+
+
+def test_cuda_graphs_on_a_cpu_say_so_and_train_eagerly(tmp_path, caplog):
+    base = make_tiny_llama(tmp_path / "base")
+    recipe = load_recipe("full")
+    recipe.update(backend="peft", batch_size=4, cuda_graphs=True)
+    texts, labels = zip(*TOY)
+    with caplog.at_level("WARNING", logger="training.llm"):
+        summary = train_llm(str(base), recipe, list(texts), list(labels), tmp_path / "out", max_steps=2,
+                            device="cpu")
+    assert "cuda_graphs needs a CUDA device" in caplog.text
+    assert summary["cuda_graphs"] is None and summary["steps"] == 2

@@ -206,13 +206,24 @@ def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[in
     steps_per_epoch = math.ceil(len(rows) / (micro * accum))
     total_steps = max_steps or recipe["max_steps"] or math.ceil(recipe["epochs"] * steps_per_epoch)
 
-    fused = model_device.type == "cuda"
-    optimizer = torch.optim.AdamW(trainable, lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"],
-                                  fused=fused)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(recipe["lr_scheduler"], recipe["warmup_steps"], total_steps))
     use_autocast = model_device.type == "cuda" and dtype != torch.float32
     scaler = torch.amp.GradScaler("cuda") if use_autocast and dtype == torch.float16 else None
+    use_graphs = (recipe["cuda_graphs"] and model_device.type == "cuda" and targets is not None and accum == 1
+                  and scaler is None)
+    if recipe["cuda_graphs"] and not use_graphs:
+        log.warning("cuda_graphs needs a CUDA device, the label-token objective, grad_accum = 1 and bf16 or fp32; "
+                    "training eagerly")
+    fused = model_device.type == "cuda"
+    factor = lr_lambda(recipe["lr_scheduler"], recipe["warmup_steps"], total_steps)
+    if use_graphs:
+        # A captured optimizer step reads its learning rate from device memory, updated in place every step.
+        optimizer = torch.optim.AdamW(trainable, lr=torch.tensor(recipe["learning_rate"] * factor(0),
+                                                                 device=model_device),
+                                      weight_decay=recipe["weight_decay"], fused=True, capturable=True)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"],
+                                      fused=fused)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor) if not use_graphs else None
     rng = random.Random(recipe["seed"])
     pad_id = tokenizer.pad_token_id
 
@@ -225,37 +236,46 @@ def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[in
     real_tokens = padded_tokens = examples = 0
     loss_sum = torch.zeros((), device=model_device)
     loss_log = []
+    graphed = GraphedLabelTokenSteps(model, optimizer, label_ids, dtype, micro, pad_id) if use_graphs else None
     if model_device.type == "cuda":
         torch.cuda.synchronize()
     t_train = time.perf_counter()
     for step in range(total_steps):
-        for _ in range(accum):
+        if graphed is not None:
             idx = next(batches)
-            ids, lens = pad_batch([rows[i] for i in idx], pad_id)
-            ids = ids.to(model_device, non_blocking=True)
-            lens = lens.to(model_device, non_blocking=True)
+            optimizer.param_groups[0]["lr"].fill_(recipe["learning_rate"] * factor(step))
+            loss_sum += graphed.step([rows[i] for i in idx], [targets[i] for i in idx])
             real_tokens += sum(lengths[i] for i in idx)
-            padded_tokens += ids.numel()
+            padded_tokens += graphed.last_width * micro
             examples += len(idx)
-            with torch.autocast(device_type=model_device.type, dtype=dtype, enabled=use_autocast):
-                if targets is not None:
-                    y = torch.as_tensor([targets[i] for i in idx], device=model_device)
-                    loss = torch.nn.functional.cross_entropy(label_logits(model, ids, lens, label_ids), y)
-                else:
-                    lab = torch.full_like(ids, -100)
-                    for j, i in enumerate(idx):
-                        lab[j, response_starts[i]:lengths[i]] = ids[j, response_starts[i]:lengths[i]]
-                    loss = model(input_ids=ids, labels=lab).loss
-            loss = loss / accum
-            (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += loss.detach()
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
         else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+            for _ in range(accum):
+                idx = next(batches)
+                ids, lens = pad_batch([rows[i] for i in idx], pad_id)
+                ids = ids.to(model_device, non_blocking=True)
+                lens = lens.to(model_device, non_blocking=True)
+                real_tokens += sum(lengths[i] for i in idx)
+                padded_tokens += ids.numel()
+                examples += len(idx)
+                with torch.autocast(device_type=model_device.type, dtype=dtype, enabled=use_autocast):
+                    if targets is not None:
+                        y = torch.as_tensor([targets[i] for i in idx], device=model_device)
+                        loss = torch.nn.functional.cross_entropy(label_logits(model, ids, lens, label_ids), y)
+                    else:
+                        lab = torch.full_like(ids, -100)
+                        for j, i in enumerate(idx):
+                            lab[j, response_starts[i]:lengths[i]] = ids[j, response_starts[i]:lengths[i]]
+                        loss = model(input_ids=ids, labels=lab).loss
+                loss = loss / accum
+                (scaler.scale(loss) if scaler else loss).backward()
+                loss_sum += loss.detach()
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
         if (step + 1) % 50 == 0 or step + 1 == total_steps:
             mean = (loss_sum / ((step % 50) + 1)).item()
             loss_log.append({"step": step + 1, "loss": round(mean, 5)})
@@ -266,6 +286,11 @@ def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[in
     train_seconds = time.perf_counter() - t_train
 
     output = Path(output)
+    graph_info = None
+    if graphed is not None:
+        graph_info = {"widths": sorted(graphed.graphs), "eager_steps": graphed.eager_steps,
+                      "capture_failed": graphed.disabled}
+        graphed.release()
     save_adapter(model, output / "adapter")
     summary = {
         "base": base, "recipe": recipe["name"] if "name" in recipe else None, "recipe_settings": recipe,
@@ -280,6 +305,7 @@ def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[in
         "model_flops": 6 * n_params * real_tokens,
         "share_of_bf16_peak": round(6 * n_params * real_tokens / train_seconds / BF16_PEAK_FLOPS, 4),
         "loss_log": loss_log, "torch": torch.__version__,
+        "cuda_graphs": graph_info,
     }
     manifest = {
         "kind": "llm-labeltoken", "name": output.name, "base": base, "adapter": "adapter",
@@ -295,6 +321,127 @@ def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[in
     summary["seconds"] = round(time.perf_counter() - t_start, 3)
     (output / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def fixed_shape_batch(rows: list[list[int]], targets: list[int], n_rows: int, pad_id: int, multiple: int):
+    """(ids, lengths, targets, weights) padded to ``n_rows`` rows and a width in multiples of ``multiple``.
+
+    Extra rows repeat the first one with weight zero, so a short batch fits a graph captured for full ones.
+    """
+    import torch
+
+    ids, lens = pad_batch(rows, pad_id, multiple)
+    n = len(rows)
+    if n < n_rows:
+        ids = torch.cat([ids, ids[:1].expand(n_rows - n, -1)])
+        lens = torch.cat([lens, lens[:1].expand(n_rows - n)])
+        targets = list(targets) + [targets[0]] * (n_rows - n)
+    weights = torch.zeros(n_rows)
+    weights[:n] = 1.0
+    return ids, lens, torch.as_tensor(targets, dtype=torch.long), weights
+
+
+def weighted_cross_entropy(logits, targets, weights):
+    """Mean cross-entropy over the rows of weight one (the weights are 0 or 1)."""
+    import torch
+
+    ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    return (ce * weights).sum() / weights.sum()
+
+
+class GraphedLabelTokenSteps:
+    """Whole training steps (forward, label-token loss, backward, AdamW) replayed as CUDA graphs.
+
+    A small model's step is bound by launching some 10^4 kernels from Python, not by arithmetic; a captured step
+    launches them all at once. Batches are padded to widths in multiples of 16 and to a fixed row count (extra rows
+    weigh zero in the loss), so a handful of graphs, one per width, covers an epoch. The first two batches of each
+    width run eagerly on a side stream (they warm up kernels and lazily created state, and train like any step);
+    the third is captured and every later one replayed.
+    """
+
+    WIDTH_MULTIPLE = 16
+    WARMUP = 2
+
+    def __init__(self, model, optimizer, label_ids, dtype, rows: int, pad_id: int):
+        import torch
+
+        self.model, self.optimizer, self.dtype, self.rows, self.pad_id = model, optimizer, dtype, rows, pad_id
+        self.device = next(model.parameters()).device
+        # A device tensor: label_logits must not copy from the host while a graph is being captured.
+        self.label_ids = torch.as_tensor(label_ids, device=self.device)
+        self.graphs: dict[int, tuple] = {}
+        self.seen: dict[int, int] = {}
+        self.eager_steps = 0
+        self.disabled: str | None = None
+        self.last_width = 0
+        self.side = torch.cuda.Stream(device=self.device)
+
+    def _loss(self, ids, lens, y, w):
+        import torch
+
+        with torch.autocast(device_type="cuda", dtype=self.dtype, enabled=self.dtype != torch.float32,
+                            cache_enabled=False):
+            logits = label_logits(self.model, ids, lens, self.label_ids)
+        return weighted_cross_entropy(logits, y, w)
+
+    def _host_batch(self, rows: list[list[int]], targets: list[int]):
+        return tuple(t.pin_memory() for t in fixed_shape_batch(rows, targets, self.rows, self.pad_id,
+                                                                self.WIDTH_MULTIPLE))
+
+    def step(self, rows: list[list[int]], targets: list[int]):
+        import torch
+
+        host = self._host_batch(rows, targets)
+        width = host[0].shape[1]
+        self.last_width = width
+        if width in self.graphs:
+            graph, static, loss = self.graphs[width]
+            for dst, src in zip(static, host):
+                dst.copy_(src, non_blocking=True)
+            graph.replay()
+            return loss.detach().clone()
+        batch = [t.to(self.device, non_blocking=True) for t in host]
+        self.seen[width] = self.seen.get(width, 0) + 1
+        if self.disabled is None and self.seen[width] > self.WARMUP:
+            try:
+                return self._capture_and_run(width, batch)
+            except RuntimeError as exc:  # e.g. a kernel that synchronizes; the eager step below still trains
+                self.disabled = f"{type(exc).__name__}: {exc}"
+                log.warning("CUDA graph capture failed (%s); training eagerly from here", self.disabled)
+                torch.cuda.synchronize()
+        self.eager_steps += 1
+        # Captured graphs leave .grad pointing into their own buffers: an eager backward must start from None,
+        # or it would add to them.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            loss = self._loss(*batch)
+            loss.backward()
+            self.optimizer.step()
+        torch.cuda.current_stream().wait_stream(self.side)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def _capture_and_run(self, width: int, batch):
+        import torch
+
+        torch.cuda.synchronize()
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss = self._loss(*batch)
+            loss.backward()
+            self.optimizer.step()
+        self.graphs[width] = (graph, batch, loss)
+        graph.replay()  # capturing records the step without running it
+        return loss.detach().clone()
+
+    def release(self) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+        self.graphs.clear()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 def save_adapter(model, folder: Path) -> None:

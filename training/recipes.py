@@ -37,6 +37,8 @@ LLM_LORA_SCHEMA: dict[str, tuple[tuple[type, ...], object]] = {
     "lora_dropout": ((float, int), 0.0),
     "target_modules": ((list,), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
     "gradient_checkpointing": ((bool,), False),
+    # Capture whole training steps as CUDA graphs (label-token objective, grad_accum 1, bf16/fp32 on a GPU only).
+    "cuda_graphs": ((bool,), False),
     "max_seq_length": ((int,), 512),
     "length_grouped": ((bool,), True),
     "seed": ((int,), 3407),
