@@ -137,3 +137,25 @@ def test_compare_writes_the_table_with_lexicon_baselines_and_escaped_html(tmp_pa
     parser = Tags()
     parser.feed(html)
     assert "script" not in parser.tags and "img" not in parser.tags and parser.tags.count("svg") == 3 and "table" in parser.tags
+
+
+def test_text_report_shows_the_headline_figures():
+    from training.evaluate import format_report
+
+    r = metrics(LABELS, P_NEG, ["a b", "c", "d e f", "g", "h"])
+    r.update(model="stub", model_id="x", data="d.tsv", seconds=0.5, msgs_per_s=10.0)
+    text = format_report(r)
+    assert "accuracy  0.6000" in text and "f1 0.6667" in text and "[[     2,      1]," in text
+    assert "1-5 words    n=5" in text
+
+
+def test_missing_or_malformed_data_is_an_input_error(tmp_path):
+    from screener.errors import InputError
+    from training.evaluate import evaluate
+
+    with pytest.raises(InputError, match="no such data file"):
+        evaluate("default", str(tmp_path / "missing.tsv"))
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("text\tlabel\nhello\tmaybe\n")
+    with pytest.raises(InputError, match="label 'maybe'"):
+        evaluate("default", str(bad))

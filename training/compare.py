@@ -73,9 +73,9 @@ def compare(models: list[str], data: str, out_md: str, out_html: str, text_col: 
 
     Returns one evaluation dict per model (see ``training.evaluate.metrics``), with ``label`` and ``load_seconds``.
     """
-    from training.data import read_labelled
+    from training.evaluate import read_data
 
-    rows = read_labelled(data, text_col, label_col, positive, negative)
+    rows = read_data(data, text_col, label_col, positive, negative)
     names = list(models) + [b for b in BASELINES if baselines and b not in models]
     results = []
     for name in names:

@@ -104,13 +104,52 @@ def evaluate_classifier(classifier, texts: Sequence[str], labels: Sequence[int],
     return result
 
 
+def read_data(data: str, text_col: str, label_col: str, positive, negative):
+    """``training.data.read_labelled`` with its file and format errors as InputError (exit code 3)."""
+    from screener.errors import InputError
+    from training.data import read_labelled
+
+    try:
+        return read_labelled(data, text_col, label_col, positive, negative)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(f"cannot use {data} as labelled data: {exc}") from exc
+
+
+def format_report(result: dict) -> str:
+    """A plain-text summary of an :func:`evaluate` result for a terminal."""
+    cm = result["confusion_matrix"]["matrix"]
+    lines = [
+        f"model     {result.get('model')}  ({result.get('model_id')})",
+        f"data      {result.get('data')}  n={result['n']}",
+        f"accuracy  {result['accuracy']:.4f}",
+        f"negative class: precision {result['precision']:.4f}  recall {result['recall']:.4f}  f1 {result['f1']:.4f}",
+        f"log loss  {result['log_loss']:.4f}  (binary cross-entropy on P(negative))",
+        f"ECE       {result['ece']:.4f}  ({len(result['reliability'])} confidence bins)",
+        "confusion (rows actual, columns predicted; negative first)",
+        f"          [[{cm[0][0]:>6}, {cm[0][1]:>6}],",
+        f"           [{cm[1][0]:>6}, {cm[1][1]:>6}]]",
+        "reliability: bin  count  confidence  accuracy",
+    ]
+    for b in result["reliability"]:
+        if b["count"]:
+            lines.append(f"  {b['lo']:.1f}-{b['hi']:.1f}  {b['count']:>6}  {b['mean_confidence']:.3f}      "
+                         f"{b['accuracy']:.3f}")
+    lines.append("accuracy by length:")
+    for b in result.get("by_length", []):
+        acc = "-" if b["accuracy"] is None else f"{b['accuracy']:.4f}"
+        lines.append(f"  {b['bucket']:<12} n={b['n']:<6} {acc}")
+    speed = result.get("msgs_per_s")
+    lines.append(f"speed     {speed:.1f} messages/s, {result['seconds']:.2f} s scoring"
+                 + (f", {result['load_seconds']:.2f} s loading" if "load_seconds" in result else ""))
+    return "\n".join(lines)
+
+
 def evaluate(model: str, data: str, text_col: str = "text", label_col: str = "label", positive=None,
              negative=None, device: str = "auto", batch_size: int | None = None) -> dict:
     """Load ``model`` (shipped name or folder) and evaluate it on a labelled TSV, CSV or Parquet file."""
     from screener.classifiers.registry import load_classifier
-    from training.data import read_labelled
 
-    rows = read_labelled(data, text_col, label_col, positive, negative)
+    rows = read_data(data, text_col, label_col, positive, negative)
     start = time.perf_counter()
     classifier = load_classifier(model, device=device)
     load_seconds = time.perf_counter() - start

@@ -6,6 +6,7 @@ import importlib
 import logging
 import time
 
+from screener.errors import InputError
 from training.recipes import load_recipe
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,9 @@ def run_train(base: str, recipe: str, data_dir: str, output: str, max_steps: int
     from training.data import load_sst2
     from training.llm import train_llm
 
-    train = load_sst2("train", data_dir)
+    try:
+        train = load_sst2("train", data_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(f"cannot read SST-2 training data from {data_dir}: {exc}") from exc
     log.info("training %s with recipe %s on %d examples", base, settings["name"], len(train))
     return train_llm(base, settings, train.texts, train.labels, output, max_steps=max_steps, device=device)
