@@ -135,7 +135,8 @@ td:first-child,th:first-child{text-align:left}th{background:#f4f4f4}
 <p>n = {{ n }}. Precision, recall and F1 treat <b>negative</b> as the class to find. Log loss is binary
 cross-entropy on P(negative); ECE over {{ nbins }} confidence bins.</p>
 <table><thead><tr><th>Model</th><th>Accuracy</th><th>Precision</th><th>Recall</th><th>F1</th><th>Log loss</th>
-<th>ECE</th><th>Confusion [[TN<sub>neg</sub>, FN], [FP, TN<sub>pos</sub>]]</th><th>Msgs/s</th></tr></thead><tbody>
+<th>ECE</th><th>Confusion (rows actual, columns predicted; negative first)</th><th>Msgs/s</th></tr></thead>
+<tbody>
 {% for r in rows %}<tr><td><span style="color:{{ r.color }}">&#9632;</span> {{ r.label }}</td>
 <td>{{ r.accuracy }}</td><td>{{ r.precision }}</td><td>{{ r.recall }}</td><td>{{ r.f1 }}</td>
 <td>{{ r.log_loss }}</td><td>{{ r.ece }}</td><td>{{ r.matrix }}</td><td>{{ r.msgs_per_s }}</td></tr>
