@@ -59,12 +59,12 @@ def test_unsloth_path_trains_both_recipes_and_the_output_loads(tmp_path):
         assert "Unsloth unavailable:" in proc.stdout + proc.stderr
     else:
         expected_backend = "unsloth"
-    for recipe, steps_batch in (("full", 8), ("paper", 8)):
+    for recipe in ("full", "paper"):
         summary = result[recipe]
         assert summary["backend"] == expected_backend
         assert summary["steps"] == 2
-        # full: 2 steps of batch 64 capped by the 8 toy rows; paper: 2 steps of 2 x 4 accumulation
-        assert summary["examples_seen"] == (16 if recipe == "paper" else steps_batch * 2)
+        # full: 2 steps of one batch holding all 8 toy rows; paper: 2 steps of 2 rows x 4 accumulation
+        assert summary["examples_seen"] == 16
         p = load_classifier(summary["output"], device="cpu").predict_negative(["good movie", "bad plot"])
         assert p.shape == (2,) and np.all((p > 0) & (p < 1))
 
