@@ -19,12 +19,13 @@ from screener.classifiers.base import Classifier  # noqa: E402
 from screener.classifiers.llm_engine import (  # noqa: E402
     LabelTokenEngine,
     MultiGPUEngine,
+    PromptTokenizer,
+    load_engine,
     plan_batches,
-    prompt_ids,
     shared_prefix_length,
 )
 from screener.errors import ModelError  # noqa: E402
-from screener.prompt import INSTRUCTION, alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
+from screener.prompt import alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
@@ -177,11 +178,17 @@ def test_engine_refuses_unmerged_adapter_layers():
 def test_plan_batches_groups_by_shared_prefix_and_respects_the_budget():
     lengths = np.array([5, 3, 3, 8, 2])
     shared = np.array([4, 4, 3, 4, 4])
-    batches = [b.tolist() for b in plan_batches(lengths, shared, token_budget=10, max_batch=8)]
+    plan = functools.partial(plan_batches, lengths, shared, max_padding=100.0)
     # shared 3: [2]; shared 4 sorted by length: 4 (2), 1 (3), 0 (5), 3 (8); 3 rows x 5 > 10 cuts before 0.
-    assert batches == [[2], [4, 1], [0], [3]]
-    assert [b.tolist() for b in plan_batches(lengths, shared, token_budget=100, max_batch=2)] == [
-        [2], [4, 1], [0, 3]]
+    assert [b.tolist() for b in plan(token_budget=10, max_batch=8)] == [[2], [4, 1], [0], [3]]
+    assert [b.tolist() for b in plan(token_budget=100, max_batch=2)] == [[2], [4, 1], [0, 3]]
+
+
+def test_plan_batches_bounds_padding():
+    lengths, shared = np.array([10, 11, 20, 10]), np.zeros(4, dtype=int)
+    # 10+10+11 padded to 3 x 11 = 33 <= 1.1 x 31; adding 20 would pad 51 real tokens to 80.
+    assert [b.tolist() for b in plan_batches(lengths, shared, 100, 8, max_padding=0.1)] == [[0, 3, 1], [2]]
+    assert [b.tolist() for b in plan_batches(lengths, shared, 100, 8, max_padding=1.0)] == [[0, 3, 1, 2]]
 
 
 def test_shared_prefix_length_keeps_one_token_to_compute():
@@ -191,17 +198,43 @@ def test_shared_prefix_length_keeps_one_token_to_compute():
     assert shared_prefix_length([5], [1, 2, 3]) == 0
 
 
-def test_prompt_ids_cut_long_texts_to_their_first_tokens():
+def tricky_texts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    pieces = ["\n", "\n\n", " ", "  ", ":", "#", "!", "'s", "12", "ok", "Bad", "é", "日", "\t", "Input", "###"]
+    return ["".join(rng.choice(pieces, size=rng.integers(0, 8))) for _ in range(n)]
+
+
+def test_prompt_tokenizer_anchored_ids_equal_whole_prompt_ids():
     tokenizer = tiny_tokenizer()
+    prompts = PromptTokenizer(tokenizer)
+    assert prompts.anchored
+    texts = TEXTS + tricky_texts(300)
+    assert prompts.encode(texts) == tokenizer([alpaca_prompt(t) for t in texts])["input_ids"]
+
+
+def test_prompt_tokenizer_tokenizes_whole_prompts_when_the_string_start_is_marked():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
+    tok.train_from_iterator([alpaca_prompt(t) for t in TEXTS] * 3, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>"], show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    prompts = PromptTokenizer(tokenizer)
+    assert not prompts.anchored
+    assert prompts.encode(TEXTS) == tokenizer([alpaca_prompt(t) for t in TEXTS])["input_ids"]
+
+
+def test_prompt_tokenizer_cuts_long_texts_to_their_first_tokens():
+    tokenizer = tiny_tokenizer()
+    prompts = PromptTokenizer(tokenizer)
     text = "the worst film i have seen in years , dull and far too long !"
-    first = tokenizer(text, add_special_tokens=False)["input_ids"][:4]
-    short_prompt_len = len(tokenizer(alpaca_prompt("ok"))["input_ids"])
-    got = prompt_ids(tokenizer, ["ok", text], INSTRUCTION, max_text_tokens=short_prompt_len)
+    limit = 4  # shorter than every prompt: only texts of more than 4 tokens are cut
+    got = prompts.encode(["ok", text], max_text_tokens=limit)
     assert got[0] == tokenizer(alpaca_prompt("ok"))["input_ids"]
-    cut = tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:short_prompt_len])
-    assert got[1] == tokenizer(alpaca_prompt(cut))["input_ids"]
-    assert prompt_ids(tokenizer, [text], INSTRUCTION, max_text_tokens=4)[0] == tokenizer(
-        alpaca_prompt(tokenizer.decode(first)))["input_ids"]
+    cut = tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:limit])
+    assert cut != text and got[1] == tokenizer(alpaca_prompt(cut))["input_ids"]
 
 
 def test_multi_gpu_engine_splits_one_call_across_workers_without_overlap():
@@ -212,3 +245,15 @@ def test_multi_gpu_engine_splits_one_call_across_workers_without_overlap():
         assert multi.model_id == single.model_id and multi.name == "tiny"
         np.testing.assert_allclose(multi.predict_negative(TEXTS), expected, atol=1e-6, rtol=0)
         assert multi.token_lengths(TEXTS[:2]) == single.token_lengths(TEXTS[:2])
+
+
+def test_load_engine_scores_a_model_folder_like_the_reference_classifier(tmp_path):
+    from screener.classifiers import llm
+
+    tiny_model(0).save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    manifest = {"kind": "llm-labeltoken", "base": str(tmp_path / "base")}
+    reference = llm.load(tmp_path, manifest, device="cpu")
+    engine = load_engine(tmp_path, manifest, "cpu", name=reference.name, model_id=reference.model_id)
+    assert isinstance(engine, LabelTokenEngine) and engine.model_id == reference.model_id
+    np.testing.assert_allclose(engine.predict_negative(TEXTS), reference.predict_negative(TEXTS), atol=2e-5, rtol=0)

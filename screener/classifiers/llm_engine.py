@@ -7,15 +7,18 @@ position of the Alpaca prompt, never ``generate()``), but spends the GPU only on
   batch attends to them instead of recomputing about 40 tokens per message. A message whose first characters merge
   with the prefix's last token (a text starting with a newline, say) reuses the longest prefix its own tokenization
   shares with the cached one, so results never depend on where the tokenizer splits.
-- Messages are sorted by token count and cut into batches under a token budget, so padding is a few percent.
-  Right padding under a causal mask needs no per-row mask: no real token attends to the padding after it.
+- Messages are sorted by token count and cut into batches under a token budget and a padding bound (10% by
+  default), so padding costs a few percent. Right padding under a causal mask needs no per-row mask: no real
+  token attends to the padding after it.
 - q/k/v and gate/up are one matrix product each (the model's own projections become views into the fused weights,
   so no memory is added and the model still works), normalisation uses torch's fused RMSNorm, and grouped-query
   heads are folded into the query length so keys and values are never repeated.
 - The last layer runs attention and MLP at each row's last position only, and the head multiplies by the two label
   rows only: the vocabulary projection is never computed.
 - A producer thread tokenizes and packs the next batches into pinned memory while the GPU runs the current one;
-  results stay on the GPU until the call ends, so the loop never waits for a device-to-host copy.
+  results stay on the GPU until the call ends, so the loop never waits for a device-to-host copy. Where the
+  tokenizer allows (checked once), only the prompt's last line, the message and the suffix are tokenized per
+  message, with ids identical to tokenizing whole prompts: a third of the tokenizer work.
 - Several GPUs of one host: ``MultiGPUEngine`` runs one worker process per GPU and gives each a disjoint,
   token-balanced share of every call, so no message is scored twice.
 
@@ -58,25 +61,78 @@ def shared_prefix_length(ids: Sequence[int], prefix_ids: Sequence[int]) -> int:
     return shared
 
 
-def prompt_ids(tokenizer, texts: Sequence[str], instruction: str, max_text_tokens: int) -> list[list[int]]:
-    """Token ids of each text's Alpaca prompt, tokenized whole as the reference classifier does.
+# Texts that probe where a tokenizer could join a message to the prompt around it: leading and trailing
+# whitespace, newlines, punctuation, digits, non-Latin letters and bytes that need several tokens.
+_PROBES = ("", "x", " x", "  x", "\n", "\nx", "\n\nx", " \n x", "x\n", "x\n\n", "x ", ":", "###", "#x", "'s",
+           "123", "é", "日本語", "😀", "\t", "\r\nx", "a" * 40, "Response:", "\n\n### Response:\n")
+
+
+class PromptTokenizer:
+    """Token ids of each text's Alpaca prompt, exactly as ``tokenizer(alpaca_prompt(text))`` gives them.
+
+    Most of every prompt is the constant text before the message. When the tokenizer always splits before the
+    prompt's last line ("### Input:\n", checked once on probe texts), only that line, the message and the suffix
+    are tokenized per message, and ``head`` holds the constant ids before them: about a third of the tokenizer
+    work. A tokenizer that does not split there (one that marks the start of a string, say) gets whole prompts,
+    and ``head`` is empty.
 
     Texts longer than ``max_text_tokens`` are cut to their first ``max_text_tokens`` tokens (decoded and prompted
-    again), the reference's rule, so both give the same probability for every text.
+    again), the reference classifier's rule, so both give the same probability for every text.
     """
-    encoded = tokenizer([alpaca_prompt(t, instruction) for t in texts])["input_ids"]
-    for i, text in enumerate(texts):
-        if len(encoded[i]) <= max_text_tokens:
-            continue
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > max_text_tokens:
-            cut = tokenizer.decode(ids[:max_text_tokens])
-            encoded[i] = tokenizer(alpaca_prompt(cut, instruction))["input_ids"]
-    return encoded
+
+    def __init__(self, tokenizer, instruction: str = INSTRUCTION):
+        self.tokenizer = tokenizer
+        self.instruction = instruction
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        prefix, self._suffix = prompt_prefix_and_suffix(instruction)
+        self.prefix_ids = list(tokenizer(prefix)["input_ids"])
+        cut = prefix.rfind("\n\n") + 2
+        self._anchor = prefix[cut:]
+        # The head's ids are read off a whole prompt, not tokenized alone: alone, its trailing blank line can
+        # tokenize differently (a lookahead sees the end of the string instead of the "###" that follows).
+        wholes = self._whole(list(_PROBES))
+        tails = self._tails(list(_PROBES))
+        head = wholes[0][: len(wholes[0]) - len(tails[0])]
+        self.anchored = (cut > 1 and self.prefix_ids[: len(head)] == head
+                         and all(w == head + t for w, t in zip(wholes, tails)))
+        self.head = head if self.anchored else []
+
+    def _whole(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer([alpaca_prompt(t, self.instruction) for t in texts])["input_ids"]
+
+    def _tails(self, texts: list[str]) -> list[list[int]]:
+        strings = [self._anchor + t + self._suffix for t in texts]
+        backend = self._backend
+        # The backend tokenizer skips transformers' per-text dictionaries (a third of the CPU time here); it is
+        # used only while no truncation or padding is set on it, when it returns what tokenizer(...) returns.
+        if backend is not None and backend.truncation is None and backend.padding is None:
+            return [e.ids for e in backend.encode_batch(strings, add_special_tokens=False)]
+        return self.tokenizer(strings, add_special_tokens=False)["input_ids"]
+
+    def split(self, texts: Sequence[str], max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS) -> list[list[int]]:
+        """Each text's prompt ids after ``head`` (so that ``head + ids`` is the whole prompt's)."""
+        texts = list(texts)
+        if not texts:
+            return []
+        part = self._tails if self.anchored else self._whole
+        out = part(texts)
+        limit = max_text_tokens - len(self.head)
+        for i, text in enumerate(texts):
+            if len(out[i]) <= limit:
+                continue
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > max_text_tokens:
+                out[i] = part([self.tokenizer.decode(ids[:max_text_tokens])])[0]
+        return out
+
+    def encode(self, texts: Sequence[str], max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS) -> list[list[int]]:
+        return [self.head + ids for ids in self.split(texts, max_text_tokens)]
 
 
-def plan_batches(lengths: np.ndarray, shared: np.ndarray, token_budget: int, max_batch: int) -> list[np.ndarray]:
-    """Indices of each batch: rows sorted by (shared prefix, length), cut so that rows x longest <= budget.
+def plan_batches(lengths: np.ndarray, shared: np.ndarray, token_budget: int, max_batch: int,
+                 max_padding: float = 0.1) -> list[np.ndarray]:
+    """Indices of each batch: rows sorted by (shared prefix, length) and cut so that rows x longest stays within
+    the token budget and within ``1 + max_padding`` times the batch's real tokens.
 
     A batch never mixes shared-prefix lengths (they need different cached keys); a row longer than the budget gets
     a batch of its own.
@@ -85,9 +141,12 @@ def plan_batches(lengths: np.ndarray, shared: np.ndarray, token_budget: int, max
     batches = []
     start, n = 0, len(order)
     while start < n:
-        end = start + 1
-        while (end < n and end - start < max_batch and shared[order[end]] == shared[order[start]]
-               and (end - start + 1) * lengths[order[end]] <= token_budget):
+        end, real = start + 1, int(lengths[order[start]])
+        while end < n and end - start < max_batch and shared[order[end]] == shared[order[start]]:
+            padded = (end - start + 1) * int(lengths[order[end]])
+            if padded > token_budget or padded > (1 + max_padding) * (real + lengths[order[end]]):
+                break
+            real += int(lengths[order[end]])
             end += 1
         batches.append(order[start:end])
         start = end
@@ -170,7 +229,7 @@ class LabelTokenEngine:
     def __init__(self, model, tokenizer, label_ids: tuple[int, int], instruction: str = INSTRUCTION, *,
                  name: str = "llm-engine", model_id: str | None = None,
                  max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, token_budget: int | None = None,
-                 max_batch: int = 4096, chunk_size: int = 16384, prefetch: int = 4):
+                 max_batch: int = 4096, max_padding: float = 0.1, chunk_size: int = 65536, prefetch: int = 4):
         import torch
 
         config = model.config
@@ -183,6 +242,7 @@ class LabelTokenEngine:
         self.label_ids = tuple(int(i) for i in label_ids)
         self.max_text_tokens = max_text_tokens
         self.max_batch = max_batch
+        self.max_padding = max_padding
         self.chunk_size = chunk_size
         self.prefetch = prefetch
         first = next(model.parameters())
@@ -215,7 +275,8 @@ class LabelTokenEngine:
             self._head_bias = head.bias.detach()[ids].clone() if getattr(head, "bias", None) is not None else None
         self._cos = self._sin = None
         self._masks: dict[tuple[int, int], object] = {}
-        self.prefix_ids = list(tokenizer(prefix)["input_ids"])
+        self.prompts = PromptTokenizer(tokenizer, instruction)
+        self.prefix_ids = self.prompts.prefix_ids
         self._prefix_kv = self._compute_prefix_kv()
 
     def _take_layer(self, layer) -> _Layer:
@@ -276,33 +337,43 @@ class LabelTokenEngine:
             return False
 
         try:
-            start, size = 0, min(1024, self.chunk_size)
-            while start < len(texts):
-                for batch in self._pack(texts[start:start + size], start):
-                    if not put(batch):
-                        return
-                # A small first chunk gets the GPU going sooner; later ones are large enough to sort well.
-                start, size = start + size, min(4 * size, self.chunk_size)
+            for batch in self.batches(texts):
+                if not put(batch):
+                    return
             put(None)
         except BaseException as exc:  # handed to the consumer, which re-raises it in the caller's thread
             put(exc)
 
+    def batches(self, texts: Sequence[str]):
+        """The batches ``predict_negative`` runs, in order: what the producer thread does, without the GPU."""
+        texts = list(texts)
+        start, size = 0, min(1024, self.chunk_size)
+        while start < len(texts):
+            yield from self._pack(texts[start:start + size], start)
+            # A small first chunk gets the GPU going sooner; later ones are large, so that sorting leaves little
+            # padding.
+            start, size = start + size, min(4 * size, self.chunk_size)
+
     def _pack(self, texts: list[str], offset: int):
         import torch
 
-        encoded = prompt_ids(self.tokenizer, texts, self.instruction, self.max_text_tokens)
-        shared = np.array([shared_prefix_length(ids, self.prefix_ids) for ids in encoded], dtype=np.int64)
-        lengths = np.array([len(ids) for ids in encoded], dtype=np.int64) - shared
-        for idx in plan_batches(lengths, shared, self.token_budget, self.max_batch):
-            skip = int(shared[idx[0]])
+        # Prompts come as head + part, the head's ids shared by all; only the parts are per message.
+        head = len(self.prompts.head)
+        rest = self.prefix_ids[head:]
+        parts = self.prompts.split(texts, self.max_text_tokens)
+        shared = np.array([shared_prefix_length(ids, rest) for ids in parts], dtype=np.int64)
+        lengths = np.array([len(ids) for ids in parts], dtype=np.int64) - shared
+        shared += head
+        for idx in plan_batches(lengths, shared, self.token_budget, self.max_batch, self.max_padding):
+            skip = int(shared[idx[0]]) - head
             width = int(lengths[idx].max())
             ids = np.zeros((len(idx), width), dtype=np.int64)
             for row, i in enumerate(idx):
-                ids[row, : lengths[i]] = encoded[i][skip:]
+                ids[row, : lengths[i]] = parts[i][skip:]
             tensors = [torch.from_numpy(a) for a in (ids, lengths[idx] - 1, idx + offset)]
             if self.on_cuda:
                 tensors = [t.pin_memory() for t in tensors]
-            yield _Batch(*tensors, shared=skip)
+            yield _Batch(*tensors, shared=skip + head)
 
     # ---- the forward ----------------------------------------------------------------------------------------
 
@@ -551,24 +622,31 @@ class MultiGPUEngine:
 # ---- loading from a model folder -------------------------------------------------------------------------------
 
 
-def build_engine(folder: Path, manifest: dict, device: str, *, name: str, model_id: str) -> LabelTokenEngine:
-    """An engine on one device for a model folder, loaded by the reference classifier's loader."""
+def build_engine(folder: Path, manifest: dict, device: str, *, name: str, model_id: str):
+    """A classifier on one device for a model folder, loaded by the reference classifier's loader: the engine, or
+    the reference classifier for model types the engine does not support."""
     import torch
 
-    from screener.classifiers.llm import load_model_and_tokenizer
+    from screener.classifiers.llm import LabelTokenClassifier, load_model_and_tokenizer
 
-    model, tokenizer, label_ids = load_model_and_tokenizer(folder, manifest, device, torch.bfloat16)
-    return LabelTokenEngine(model, tokenizer, label_ids, manifest.get("instruction", INSTRUCTION), name=name,
-                            model_id=model_id,
-                            max_text_tokens=int(manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)))
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model, tokenizer, label_ids = load_model_and_tokenizer(folder, manifest, device, dtype)
+    instruction = manifest.get("instruction", INSTRUCTION)
+    max_text_tokens = int(manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS))
+    if model.config.model_type not in SUPPORTED_MODEL_TYPES:
+        return LabelTokenClassifier(model, tokenizer, label_ids, name=name, model_id=model_id, device=device,
+                                    instruction=instruction, max_text_tokens=max_text_tokens)
+    return LabelTokenEngine(model, tokenizer, label_ids, instruction, name=name, model_id=model_id,
+                            max_text_tokens=max_text_tokens)
 
 
-def load_engine(folder: Path, manifest: dict, *, name: str, model_id: str, devices: Sequence[str] | None = None):
-    """What ``llm.load`` returns on CUDA: one engine, or one worker per GPU when the host has several."""
+def load_engine(folder: Path, manifest: dict, device: str = "cuda", *, name: str, model_id: str):
+    """What ``llm.load`` returns on CUDA: one engine on the named device, or, for ``cuda``, one worker process per
+    visible GPU when there are several."""
     import torch
 
-    devices = list(devices) if devices else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    build = functools.partial(build_engine, Path(folder), manifest, name=name, model_id=model_id)
-    if len(devices) == 1:
-        return build(devices[0])
-    return MultiGPUEngine(build, devices)
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return MultiGPUEngine(functools.partial(build_engine, Path(folder), manifest, name=name, model_id=model_id),
+                              devices)
+    return build_engine(Path(folder), manifest, device, name=name, model_id=model_id)
