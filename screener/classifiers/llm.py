@@ -304,11 +304,15 @@ class LabelTokenClassifier:
 def load(folder: Path, manifest: dict, device: str = "auto") -> LabelTokenClassifier:
     folder = Path(folder)
     device = resolve_device(device)
-    model, tokenizer, label_ids = load_model_and_tokenizer(folder, manifest, device)
     base = BaseRef(manifest["base"], folder, manifest.get("revision"))
     instruction = manifest.get("instruction", INSTRUCTION)
     adapter_dir = folder / manifest["adapter"] if manifest.get("adapter") else None
     model_id = model_id_for(base.identity, adapter_dir, instruction, manifest.get("label_words", LABEL_WORDS))
+    if device.startswith("cuda"):
+        from screener.classifiers.llm_engine import load_engine
+
+        return load_engine(folder, manifest, device, name=manifest.get("name", folder.name), model_id=model_id)
+    model, tokenizer, label_ids = load_model_and_tokenizer(folder, manifest, device)
     return LabelTokenClassifier(
         model, tokenizer, label_ids, name=manifest.get("name", folder.name), model_id=model_id, device=device,
         instruction=instruction, max_text_tokens=int(manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)),
