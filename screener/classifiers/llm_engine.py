@@ -526,6 +526,11 @@ class LabelTokenEngine:
 
 def _worker(build: Callable[[str], object], device: str, conn) -> None:
     try:
+        if device.startswith("cuda"):
+            import torch
+
+            # Otherwise every worker also opens a context (and its memory) on GPU 0.
+            torch.cuda.set_device(device)
         engine = build(device)
         conn.send(("ready", engine.model_id, engine.name))
     except BaseException as exc:  # reported to the parent, which raises a ModelError
