@@ -378,7 +378,8 @@ class LabelTokenEngine:
     # ---- the forward ----------------------------------------------------------------------------------------
 
     def _rope_tables(self, positions: int):
-        """cos/sin for positions [0, positions), from the model's own rotary module (same values as its forward)."""
+        """cos and signed sin for positions [0, positions), from the model's own rotary module (the values its
+        forward uses)."""
         import torch
 
         if self._cos is None or self._cos.shape[0] < positions:
@@ -386,7 +387,10 @@ class LabelTokenEngine:
             pos = torch.arange(size, device=self.device)[None]
             probe = torch.empty(0, dtype=self.dtype, device=self.device)
             cos, sin = self._rotary(probe, pos)
-            self._cos, self._sin = cos[0], sin[0]
+            half = sin.shape[-1] // 2
+            # sin with its first half negated: rotate_half(x) * sin == swap_halves(x) * signed_sin, exactly
+            # (negation is exact), one kernel fewer per rotation.
+            self._cos, self._sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
         return self._cos, self._sin
 
     def _mask(self, shared: int, width: int):
@@ -406,12 +410,12 @@ class LabelTokenEngine:
         return self._masks[key]
 
     @staticmethod
-    def _rotate(x, cos, sin):
-        """Rotary embedding, the same operations in the same dtype as transformers' apply_rotary_pos_emb."""
+    def _rotate(x, cos, signed_sin):
+        """Rotary embedding, bit for bit transformers' apply_rotary_pos_emb in the same dtype."""
         import torch
 
         half = x.shape[-1] // 2
-        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+        return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin
 
     def _keys_values(self, h, layer: _Layer, cos, sin):
         """Rotated keys and values [rows, kv_heads, width, head_dim] of normalised hidden states h."""
@@ -431,15 +435,16 @@ class LabelTokenEngine:
 
         rows, width, _ = x.shape
         groups = self.n_heads // self.n_kv
-        q_size = self.n_heads * self.head_dim
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         h = F.rms_norm(x, (self.hidden,), layer.ln1, layer.eps1)
         qkv = F.linear(h, layer.wqkv, layer.bqkv)
-        q = qkv[..., :q_size].view(rows, width, self.n_kv, groups, self.head_dim)
-        k, v = qkv[..., q_size:].view(rows, width, 2, self.n_kv, self.head_dim).unbind(2)
-        q = self._rotate(q, cos[:, None, None, :], sin[:, None, None, :])
-        k = self._rotate(k, cos[:, None, :], sin[:, None, :])
+        # q and k are adjacent in the fused output: one rotation covers both heads' kinds.
+        qk = qkv[..., : q_size + kv_size].view(rows, width, self.n_heads + self.n_kv, self.head_dim)
+        qk = self._rotate(qk, cos[:, None, :], sin[:, None, :])
+        q = qk[:, :, : self.n_heads].view(rows, width, self.n_kv, groups, self.head_dim)
         q = q.permute(0, 2, 3, 1, 4).reshape(rows, self.n_kv, groups * width, self.head_dim)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        k = qk[:, :, self.n_heads:].transpose(1, 2)
+        v = qkv[..., q_size + kv_size:].view(rows, width, self.n_kv, self.head_dim).transpose(1, 2)
         if prefix_kv is not None:
             pk, pv = prefix_kv
             k = torch.cat((pk.expand(rows, -1, -1, -1), k), 2)
