@@ -1,0 +1,167 @@
+"""End-to-end `screener scan` speed and memory, and aggregation + report time at scale.
+
+How to run (from the repository root, ../shared beside it for real message texts):
+    .venv/bin/python benchmarks/scan_e2e.py --messages 100000 --big 1000000 --out benchmarks/results/scan_e2e.json
+
+What it measures, all in one run on this machine:
+1. `screener scan` of an N-message archive with the default model, as a subprocess: messages/s and peak RSS
+   (the child's ru_maxrss). Baseline in the same run: the default classifier alone over the same texts
+   (length-sorted batches, no DuckDB), so the ratio shows what the pipeline around the model costs.
+2. Memory flatness: the same scan with a tiny random-weight model (same code path, negligible model cost) on
+   N and on BIG messages; the ratio of peak RSS BIG/N should stay near 1.
+3. Aggregation, flags and report for BIG messages from 50k users with scores in place: seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+AS_OF = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+def message_texts() -> list[str]:
+    shared = ROOT.parent / "shared" / "data"
+    texts: list[str] = []
+    if (shared / "sms" / "SMSSpamCollection.tsv").exists():
+        for line in (shared / "sms" / "SMSSpamCollection.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+            texts.append(line.split("\t", 1)[1])
+        for line in (shared / "sst2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+            texts.append(line.split("\t")[0])
+    else:
+        import pyarrow.parquet as pq
+
+        texts = pq.read_table(ROOT / "screener" / "demo_data" / "archive.parquet")["text"].to_pylist()
+    return texts
+
+
+def build_archive(path: Path, n: int, n_users: int, texts: list[str], seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    con = duckdb.connect(str(path))
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("CREATE TABLE messages (message_id VARCHAR, user_id VARCHAR, sent_at TIMESTAMPTZ, text VARCHAR)")
+    chunk = 200_000
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        table = pa.table({
+            "message_id": pa.array([f"m{i:09d}" for i in range(start, start + m)]),
+            "user_id": pa.array([f"u{u:06d}" for u in rng.integers(0, n_users, m)]),
+            "sent_at": pa.array([AS_OF - timedelta(seconds=float(s)) for s in rng.uniform(0, 90 * 86400, m)],
+                                pa.timestamp("us", tz="UTC")),
+            "text": pa.array([texts[i] for i in rng.integers(0, len(texts), m)]),
+        })
+        con.register("chunk", table)
+        con.execute("INSERT INTO messages SELECT * FROM chunk")
+        con.unregister("chunk")
+    con.close()
+
+
+def timed_scan(db: Path, model: str) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "screener.cli", "-q", "scan", str(db), "--model", model,
+                           "--as-of", AS_OF.isoformat(), "--json", "--no-progress"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    summary = json.loads(proc.stdout)
+    return {"model": model, "messages": summary["messages_scored"], "wall_s": round(wall, 2),
+            "scan_s": summary["seconds"], "msgs_per_s": round(summary["messages_scored"] / wall, 1),
+            # ru_maxrss of children is the largest child so far; runs go smallest first so this is this run's.
+            "peak_rss_mb": round(max(peak, before) / 1024, 1)}
+
+
+def classifier_alone(texts: list[str]) -> dict:
+    from screener.classifiers.registry import load_classifier
+    from screener.scan import _score_window
+
+    clf = load_classifier("default", device="cpu")
+    _score_window(clf, texts[:256], 64)
+    start = time.perf_counter()
+    for i in range(0, len(texts), 4096):
+        _score_window(clf, texts[i:i + 4096], 64)
+    seconds = time.perf_counter() - start
+    return {"messages": len(texts), "seconds": round(seconds, 2), "msgs_per_s": round(len(texts) / seconds, 1)}
+
+
+def aggregation_time(db: Path, n_users: int) -> dict:
+    """Scores for every message under a synthetic model id, then the scan's aggregation and the report."""
+    from screener import aggregate, report
+    from screener.settings import Settings
+    from screener.store import Source, Store
+
+    model_id = "bench-synthetic"
+    con = duckdb.connect(str(db))
+    con.execute(
+        "INSERT INTO screener_scores SELECT message_id, $m, random()::FLOAT, 'x', now(), 0 FROM messages", {"m": model_id})
+    con.close()
+    settings = Settings()
+    with Store(db, settings) as store:
+        store.attach_source(Source("messages", parquet=False))
+        start = time.perf_counter()
+        aggregate.compute_user_stats(store, settings, model_id, AS_OF)
+        store.con.execute(
+            "INSERT INTO screener_runs (run_id, started_at, status, source, model_name, model_id, as_of, config) "
+            "VALUES (999, now(), 'completed', 'messages', 'bench', $m, $a, $c)",
+            {"m": model_id, "a": AS_OF, "c": json.dumps(settings.as_dict())})
+        seen, flagged = aggregate.store_flags(store, 999)
+        t_agg = time.perf_counter() - start
+        data = aggregate.report_data(store, 999)
+        html = report.render(data, "html")
+        total = time.perf_counter() - start
+    return {"users_seen": seen, "users_flagged": flagged, "aggregation_s": round(t_agg, 2),
+            "aggregation_and_report_s": round(total, 2), "report_mb": round(len(html) / 1e6, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--big", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=50_000)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    from conftest import build_tiny_model
+
+    texts = message_texts()
+    out: dict = {"machine": {"cpus": os.cpu_count()}, "command": " ".join(sys.argv)}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tiny = build_tiny_model(tmp / "tiny")
+        small, big = tmp / "small.duckdb", tmp / "big.duckdb"
+        build_archive(small, args.messages, max(args.messages // 20, 1), texts)
+        out["tiny_small"] = timed_scan(small, str(tiny))
+        build_archive(big, args.big, args.users, texts, seed=1)
+        out["tiny_big"] = timed_scan(big, str(tiny))
+        out["rss_ratio_big_over_small"] = round(out["tiny_big"]["peak_rss_mb"] / out["tiny_small"]["peak_rss_mb"], 3)
+        out["aggregation_big"] = aggregation_time(big, args.users)
+        default_db = tmp / "default.duckdb"
+        build_archive(default_db, args.messages, max(args.messages // 20, 1), texts, seed=2)
+        out["default_scan"] = timed_scan(default_db, "default")
+        sample = [texts[i] for i in np.random.default_rng(3).integers(0, len(texts), min(args.messages, 20_000))]
+        out["default_classifier_alone"] = classifier_alone(sample)
+        out["pipeline_efficiency"] = round(out["default_scan"]["msgs_per_s"]
+                                           / out["default_classifier_alone"]["msgs_per_s"], 3)
+    print(json.dumps(out, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
