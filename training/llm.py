@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
 from typing import Sequence
 
-from screener.classifiers.llm import (BaseRef, label_logits, load_tokenizer, pad_batch, prompt_token_ids,
-                                      resolve_device)
+from screener.classifiers.llm import (BaseRef, dequantized_dir, label_logits, load_tokenizer, pad_batch,
+                                      prompt_token_ids, resolve_device)
 from screener.errors import ConfigError, ModelError
 from screener.prompt import INSTRUCTION, LABEL_WORDS, label_token_ids
 
@@ -32,42 +31,11 @@ log = logging.getLogger(__name__)
 BF16_PEAK_FLOPS = 790e12  # dense bf16 matrix product measured on one H200 (device notes), the share's baseline
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SCREENER_CACHE", Path.home() / ".cache" / "screener"))
-
-
 def prepare_base(spec: str) -> tuple[BaseRef, str]:
-    """The base reference and a folder that ``from_pretrained`` (Unsloth's included) can load.
-
-    GGUF bases are dequantized once into a cache folder of safetensors, since Unsloth loads folders, not GGUF
-    files; the folder is keyed by the GGUF's content hash.
-    """
+    """The base reference and a folder that ``from_pretrained`` (Unsloth's included) can load: GGUF bases are
+    dequantized once into a cache folder, since Unsloth loads folders, not GGUF files."""
     ref = BaseRef(spec)
-    if not ref.gguf_file:
-        return ref, ref.location
-    folder = cache_root() / "bases" / ref.identity.replace("sha256:", "")[:24]
-    if not (folder / "config.json").is_file():
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        log.info("dequantizing %s into %s (once)", spec, folder)
-        tokenizer = load_tokenizer(ref)
-        model = AutoModelForCausalLM.from_pretrained(ref.location, dtype=torch.float32,
-                                                     **ref.from_pretrained_kwargs())
-        # The dequantized weights are plain tensors now; a quantization entry would make loaders expect GGUF.
-        model.config.quantization_config = None
-        if hasattr(model.config, "_pre_quantization_dtype"):
-            del model.config._pre_quantization_dtype
-        model.hf_quantizer = None
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        cfg_path = tmp / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg.pop("quantization_config", None)
-        cfg_path.write_text(json.dumps(cfg, indent=2))
-        tmp.rename(folder)
-    return ref, str(folder)
+    return ref, str(dequantized_dir(ref)) if ref.gguf_file else ref.location
 
 
 def training_dtype(precision: str, device: str):

@@ -26,6 +26,8 @@ import hashlib
 import importlib
 import json
 import logging
+import os
+import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
@@ -148,10 +150,57 @@ def default_dtype(device: str):
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("SCREENER_CACHE", Path.home() / ".cache" / "screener"))
+
+
+def dequantized_dir(base: BaseRef) -> Path:
+    """A folder of safetensors holding a GGUF base dequantized to fp32, written once, keyed by the GGUF's hash.
+
+    Loading it takes seconds where parsing the GGUF again takes tens (its reader is pure Python), and it is what
+    Unsloth, which loads folders only, trains on. The weights are exactly those a GGUF load gives.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = cache_root() / "bases" / base.identity.replace("sha256:", "")[:24]
+    if (folder / "config.json").is_file():
+        return folder
+    log.info("dequantizing %s into %s (once)", base.spec, folder)
+    tokenizer = AutoTokenizer.from_pretrained(base.location, **base.from_pretrained_kwargs())
+    model = AutoModelForCausalLM.from_pretrained(base.location, dtype=torch.float32, **base.from_pretrained_kwargs())
+    # The weights are plain tensors now; a quantization entry would make loaders expect GGUF.
+    model.config.quantization_config = None
+    model.hf_quantizer = None
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    config_path = tmp / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("quantization_config", None)
+    config_path.write_text(json.dumps(config, indent=2))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished first; its folder holds the same weights
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_source(base: BaseRef) -> tuple[str, dict]:
+    """Where ``from_pretrained`` should read a base from, and with which arguments."""
+    if base.gguf_file:
+        try:
+            return str(dequantized_dir(base)), {}
+        except OSError as exc:
+            log.warning("cannot cache the dequantized %s (%s); reading the GGUF directly", base.spec, exc)
+    return base.location, base.from_pretrained_kwargs()
+
+
 def load_tokenizer(base: BaseRef):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base.location, **base.from_pretrained_kwargs())
+    location, kwargs = load_source(base)
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     if tokenizer.pad_token_id is None:
         # Padding is never attended to (right padding, causal mask); any id will do.
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
@@ -161,8 +210,9 @@ def load_tokenizer(base: BaseRef):
 def load_base_model(base: BaseRef, dtype, device: str):
     from transformers import AutoModelForCausalLM
 
+    location, kwargs = load_source(base)
     try:
-        model = AutoModelForCausalLM.from_pretrained(base.location, dtype=dtype, **base.from_pretrained_kwargs())
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load base model {base.spec!r}: {exc}") from exc
     return model.to(device)
