@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from screener.classifiers import llm as llm_classifier  # noqa: E402
 from training.evaluate import evaluate_classifier  # noqa: E402
-from training.llm import prepare_base, train_llm  # noqa: E402
+from training.llm import train_llm  # noqa: E402
 from training.recipes import load_recipe  # noqa: E402
 
 log = logging.getLogger("train_speed")
@@ -172,11 +172,8 @@ def main() -> int:
             # Written before evaluation, so that the trained adapter comes back even if a later stage dies.
             ship_model(folder, out, args.name if recipe_name == "full" else "smollm2-paper",
                        f"model_{recipe_name}.tar", args.ship_base)
-        # Evaluate on the dequantized copy of the base that training used: the same weights as the GGUF, without
-        # parsing the GGUF again (tens of seconds of Python on the GPU machine).
         manifest = json.loads((folder / "screener_model.json").read_text())
-        manifest["base"] = prepare_base(args.base)[1]
-        manifest.pop("base_sha256", None)
+        manifest["base"] = base_manifest["base"]
         metrics, clf = dev_metrics(folder, manifest, dev_x, dev_y, args.device)
         entry["dev"] = metrics
         trained[recipe_name] = metrics["accuracy"]
@@ -201,8 +198,7 @@ def main() -> int:
         summary.pop("recipe_settings", None)
         entry = {"train": summary}
         manifest = json.loads((folder / "screener_model.json").read_text())
-        manifest["base"] = prepare_base(args.base)[1]
-        manifest.pop("base_sha256", None)
+        manifest["base"] = base_manifest["base"]
         entry["dev"], clf = dev_metrics(folder, manifest, dev_x, dev_y, args.device)
         del clf
         eager = results["stages"].get("full", {}).get("train")
