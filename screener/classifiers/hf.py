@@ -83,11 +83,16 @@ def encode_texts(tokenizer, texts: Sequence[str], max_length: int, max_chars: in
     return [clip_ids(list(ids), max_length) for ids in enc["input_ids"]]
 
 
-def pad_batch(ids: Sequence[Sequence[int]], pad_id: int):
-    """Right-padded ``input_ids`` and ``attention_mask`` tensors as long as the longest sequence in the batch."""
+PAD_MULTIPLE = 8
+
+
+def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, multiple: int = PAD_MULTIPLE):
+    """Right-padded ``input_ids`` and ``attention_mask`` tensors as long as the longest sequence in the batch,
+    rounded up to a multiple of ``multiple``: few distinct shapes keep the CPU matmul libraries' per-shape caches
+    (and the process's memory) small, and bf16 matrix units work in tiles of 8 or 16 rows anyway."""
     import torch
 
-    width = max(len(x) for x in ids)
+    width = -(-max(len(x) for x in ids) // multiple) * multiple
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for row, seq in enumerate(ids):
