@@ -46,7 +46,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "spiece.model", "sentencepiece.bpe.model")
 # Keys that record where or with which library version a file was written, not what it computes.
-PROVENANCE_KEYS = ("_name_or_path", "name_or_path", "transformers_version", "base_model_name_or_path", "revision")
+PROVENANCE_KEYS = ("_name_or_path", "name_or_path", "transformers_version", "base_model_name_or_path", "revision",
+                   "peft_version")
 HASHED_CONFIGS = ("config.json", "adapter_config.json")
 
 # (resolved path, size, mtime_ns) -> sha256 hex: the base weights are ~90 MB and identical across loads.
@@ -195,7 +196,10 @@ def file_sha256(path: Path) -> str:
 def json_sha256(path: Path) -> str:
     """Hash of a JSON config without the keys that record provenance, so that the same weights written on two
     machines or by two library versions get one id."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}; expected the JSON file written with the model") from exc
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k not in PROVENANCE_KEYS}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -214,8 +218,7 @@ def folder_fingerprint(folder: Path) -> list[tuple[str, str]]:
     return parts
 
 
-def compute_model_id(manifest: dict, base_dir: Path, folder: Path, adapter_dir: Path | None,
-                     tokenizer_dir: Path, settings: dict) -> str:
+def compute_model_id(base_dir: Path, adapter_dir: Path | None, tokenizer_dir: Path, settings: dict) -> str:
     digest = hashlib.sha256()
     record = {
         "kind": "hf-seqcls",
@@ -326,7 +329,7 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
 
     settings = {"max_length": max_length, "max_chars": max_chars, "num_labels": num_labels,
                 "negative_index": negative_index, "truncation": TRUNCATION_SCHEME}
-    model_id = compute_model_id(manifest, base_dir, folder, adapter_dir, tokenizer_dir, settings)
+    model_id = compute_model_id(base_dir, adapter_dir, tokenizer_dir, settings)
     device = resolve_device(device)
 
     import torch
@@ -339,7 +342,7 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
         with quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(base_dir), num_labels=num_labels, local_files_only=True, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"cannot load the checkpoint in {base_dir}: {exc}") from exc
     if adapter_dir is not None:
         try:
