@@ -171,12 +171,12 @@ def test_bad_manifest_is_a_model_error_saying_what_is_wrong(tiny_folder, tmp_pat
         load_classifier(str(folder), device="cpu")
 
 
-def test_bf16_autocast_scores_stay_close_to_fp32(tiny_folder, tiny):
+def test_bf16_weights_scores_stay_close_to_fp32(tiny_folder, tiny):
     if not hf.native_cpu_bf16():
         pytest.skip("this CPU has no native bf16")
     manifest = {**json.loads((tiny_folder / MANIFEST).read_text()), "cpu_bf16": True}
     fast = hf.load(tiny_folder, manifest, device="cpu")
-    assert fast.autocast_bf16 and fast.model_id == tiny.model_id
+    assert fast.bf16 and fast.model_id == tiny.model_id
     np.testing.assert_allclose(fast.predict_negative(TEXTS), tiny.predict_negative(TEXTS), atol=2e-2)
 
 
