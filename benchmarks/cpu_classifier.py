@@ -4,7 +4,7 @@ Scores SST-2 dev and the SMS collection three ways with the same loaded model:
 
 - ``baseline``: the usual first attempt, texts in their given order, padded to ``max_length`` (128), fp32;
 - ``dynamic_fp32``: the classifier's own path (length-sorted batches padded to their longest text) in fp32;
-- ``shipped``: the classifier as ``screener scan`` runs it (dynamic padding, plus bf16 autocast where the CPU has
+- ``shipped``: the classifier as ``screener scan`` runs it (dynamic padding, plus bf16 weights where the CPU has
   native bf16).
 
 Prints one JSON object: messages/s for each way and data set, the speed-up over the baseline, the largest score
@@ -97,17 +97,16 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    native_bf16 = model.autocast_bf16
+    native_bf16 = model.bf16
+    from screener.classifiers import hf
+    from screener.classifiers.registry import read_manifest, resolve_model_dir
 
-    def dynamic_fp32(texts):
-        model.autocast_bf16 = False
-        try:
-            return model.predict_negative(texts)
-        finally:
-            model.autocast_bf16 = native_bf16
+    folder = resolve_model_dir(args.model)
+    fp32_model = hf.load(folder, {**read_manifest(folder), "cpu_bf16": False}, device="cpu")
+    dynamic_fp32 = fp32_model.predict_negative
 
     summary = {"model": model.name, "model_id": model.model_id, "threads": torch.get_num_threads(),
-               "cpu": platform.processor() or platform.machine(), "bf16_autocast": native_bf16,
+               "cpu": platform.processor() or platform.machine(), "bf16_weights": native_bf16,
                "load_s": round(load_s, 2), "rss_after_load_mb": round(rss_mb(), 1),
                "rss_before_load_mb": round(rss_before, 1), "sets": {}}
     for name, (texts, labels) in sets.items():
@@ -115,7 +114,7 @@ def main() -> None:
         # The baseline cuts long texts at the end, the classifier keeps head and tail: compare scores only where
         # nothing was cut.
         whole = lengths < model.max_length
-        base, base_rate = timed(lambda t: baseline_scores(model, t), texts)
+        base, base_rate = timed(lambda t: baseline_scores(fp32_model, t), texts)
         dyn, dyn_rate = timed(dynamic_fp32, texts)
         shipped, shipped_rate = timed(model.predict_negative, texts)
         entry = {
