@@ -286,7 +286,9 @@ def models(names):
             click.echo(name)
             continue
         manifest = read_manifest(shipped_models_dir() / name)
-        click.echo(f"{name}\t{manifest['kind']}\t{manifest.get('description', '')}")
+        dev = (manifest.get("training") or {}).get("dev") or {}
+        accuracy = f"SST-2 dev accuracy {dev['accuracy']:.1%}" if "accuracy" in dev else ""
+        click.echo(f"{name}\t{manifest['kind']}\t{manifest.get('description') or accuracy}")
 
 
 @main.command()

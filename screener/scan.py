@@ -16,10 +16,10 @@ import pyarrow as pa
 
 from screener import aggregate, queries
 from screener.classifiers.base import Classifier
-from screener.errors import InputError, ModelError
+from screener.errors import InputError, ModelError, StorageError
 from screener.progress import Progress
 from screener.settings import Settings
-from screener.store import Source, Store, StorageError, conversion_error, is_parquet_source, json_dumps
+from screener.store import Source, Store, conversion_error, is_parquet_source, json_dumps
 
 log = logging.getLogger(__name__)
 
