@@ -136,7 +136,10 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--parts", default="memory,aggregation,default",
+                        help="comma-separated subset of memory, aggregation, default")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     from conftest import build_tiny_model
 
     texts = message_texts()
@@ -145,19 +148,30 @@ def main() -> None:
         tmp = Path(tmp)
         tiny = build_tiny_model(tmp / "tiny")
         small, big = tmp / "small.duckdb", tmp / "big.duckdb"
-        build_archive(small, args.messages, max(args.messages // 20, 1), texts)
-        out["tiny_small"] = timed_scan(small, str(tiny))
-        build_archive(big, args.big, args.users, texts, seed=1)
-        out["tiny_big"] = timed_scan(big, str(tiny))
-        out["rss_ratio_big_over_small"] = round(out["tiny_big"]["peak_rss_mb"] / out["tiny_small"]["peak_rss_mb"], 3)
-        out["aggregation_big"] = aggregation_time(big, args.users)
-        default_db = tmp / "default.duckdb"
-        build_archive(default_db, args.messages, max(args.messages // 20, 1), texts, seed=2)
-        out["default_scan"] = timed_scan(default_db, "default")
-        sample = [texts[i] for i in np.random.default_rng(3).integers(0, len(texts), min(args.messages, 20_000))]
-        out["default_classifier_alone"] = classifier_alone(sample)
-        out["pipeline_efficiency"] = round(out["default_scan"]["msgs_per_s"]
-                                           / out["default_classifier_alone"]["msgs_per_s"], 3)
+        if parts & {"memory", "aggregation"}:
+            build_archive(big, args.big, args.users, texts, seed=1)
+        if "memory" in parts:
+            build_archive(small, args.messages, max(args.messages // 20, 1), texts)
+            out["tiny_small"] = timed_scan(small, str(tiny))
+            out["tiny_big"] = timed_scan(big, str(tiny))
+            out["rss_ratio_big_over_small"] = round(out["tiny_big"]["peak_rss_mb"]
+                                                    / out["tiny_small"]["peak_rss_mb"], 3)
+        if "aggregation" in parts:
+            if "memory" not in parts:
+                from screener.settings import Settings
+                from screener.store import Store
+
+                with Store(big, Settings()) as store:
+                    store.ensure_schema()
+            out["aggregation_big"] = aggregation_time(big, args.users)
+        if "default" in parts:
+            default_db = tmp / "default.duckdb"
+            build_archive(default_db, args.messages, max(args.messages // 20, 1), texts, seed=2)
+            sample = [texts[i] for i in np.random.default_rng(3).integers(0, len(texts), min(args.messages, 20_000))]
+            out["default_classifier_alone"] = classifier_alone(sample)
+            out["default_scan"] = timed_scan(default_db, "default")
+            out["pipeline_efficiency"] = round(out["default_scan"]["msgs_per_s"]
+                                               / out["default_classifier_alone"]["msgs_per_s"], 3)
     print(json.dumps(out, indent=2))
     if args.out:
         args.out.write_text(json.dumps(out, indent=2) + "\n")

@@ -42,7 +42,7 @@ class Settings:
     evidence_per_user: int = 5
     chart_days: int = 60
     # DuckDB resources: a bounded memory limit keeps a nightly run's footprint flat as the archive grows.
-    memory_limit: str = "1GB"
+    memory_limit: str = "256MB"
     threads: int = 0
 
     def __post_init__(self) -> None:
