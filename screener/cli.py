@@ -120,11 +120,18 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the HTML report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Score here, or on a Ray cluster (needs `pip install screener[ray]`; see docs/ray.md).")
+@click.option("--ray-address", help="Ray cluster to join, e.g. ray://head:10001 [RAY_ADDRESS, else a local one].")
+@click.option("--ray-workers", type=click.IntRange(min=1),
+              help="Classifier actors [one per GPU of the cluster, else one per CPU].")
+@click.option("--work-dir", help="Folder or s3:// / gs:// URI that every Ray node reads, for pending messages and "
+                                 "scores [RESULTS_DB.ray beside the results database].")
 @settings_options
 @as_of_option
 @translate_errors
-def scan(archive, results_db, model, device, batch_size, rescore, report_path, as_json, no_progress, config_path,
-         as_of, **setting_flags):
+def scan(archive, results_db, model, device, batch_size, rescore, report_path, as_json, no_progress, engine,
+         ray_address, ray_workers, work_dir, config_path, as_of, **setting_flags):
     """Score new messages in ARCHIVE, aggregate, flag users, record the run.
 
     ARCHIVE is a DuckDB file with a messages table, or Parquet files (a path or a quoted glob) together with --db.
@@ -145,8 +152,15 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
     db = results_db or archive
     if not results_db and not Path(archive).is_file():
         raise click.ClickException(f"{archive} does not exist: expected a DuckDB file with a messages table")
-    result = run_scan(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
-                      progress=not no_progress)
+    if engine == "ray":
+        from screener.ray_engine import RayOptions, scan_ray
+
+        result = scan_ray(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
+                          progress=not no_progress,
+                          options=RayOptions(address=ray_address, workers=ray_workers, work_dir=work_dir))
+    else:
+        result = run_scan(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
+                          progress=not no_progress)
     if report_path:
         _write_report(db, result.run_id, report_path, "html", redact=False)
     summary = result.as_dict()

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 import numpy as np
@@ -88,47 +90,67 @@ def scan(
             from screener.classifiers.registry import load_classifier
 
             classifier = load_classifier(settings.model, device=settings.device)
-        model_id = classifier.model_id
-        _check_model_change(store, model_id, classifier.name, rescore)
-        if rescore:
-            store.con.begin()
-            store.run("scores_delete_model", {"model_id": model_id})
-            store.run("skipped_delete_model", {"model_id": model_id})
-            store.con.commit()
-            log.info("--rescore: deleted earlier scores of model %s; scoring the whole archive again", model_id)
-        run_id = int(store.scalar("run_next_id"))
-        store.run("run_insert", {
-            "run_id": run_id, "started_at": datetime.now(timezone.utc), "source": src.location,
-            "model_name": classifier.name, "model_id": model_id, "as_of": as_of,
-            "config": json_dumps(settings.as_dict()),
-        })
-        try:
+        run_id = begin_run(store, settings, src, classifier.name, classifier.model_id, as_of, rescore)
+        with run_guard(store, run_id, db, settings):
             scored = _score_pending(store, classifier, run_id, settings, progress)
-            quality = store.source_quality(as_of)
-            aggregate.compute_user_stats(store, settings, model_id, as_of)
-            skipped = {k: v for k, v in quality.items() if k != "total" and v}
-            skipped.update({reason: int(n) for reason, n in store.run("skipped_count",
-                                                                       {"model_id": model_id}).fetchall()})
-            store.con.begin()
-            users_seen, users_flagged = aggregate.store_flags(store, run_id)
-            result = ScanResult(
-                run_id=run_id, model_name=classifier.name, model_id=model_id, as_of=as_of.isoformat(),
-                messages_total=quality["total"], messages_scored=scored,
-                messages_skipped=sum(skipped.values()), skipped_by_reason=skipped,
-                users=users_seen, users_flagged=users_flagged,
-                seconds=round(time.monotonic() - started, 3), rescored=rescore,
-            )
-            _finish(store, result, "completed", None)
-            store.con.commit()
-        except duckdb.Error as exc:
-            _fail(store, run_id, exc)
-            raise conversion_error(exc, settings) or StorageError(
-                f"the scan failed on {db}: {str(exc).splitlines()[0]}. Earlier results are intact; "
-                "scores committed before the failure are kept and the next run resumes after them."
-            ) from exc
-        except BaseException as exc:
-            _fail(store, run_id, exc)
-            raise
+            result = complete_run(store, settings, run_id, classifier.name, classifier.model_id, as_of, scored,
+                                  started, rescore)
+    return result
+
+
+def begin_run(store: Store, settings: Settings, src: Source, model_name: str, model_id: str, as_of: datetime,
+              rescore: bool) -> int:
+    """Check the model against earlier scores, apply --rescore, and open the run record; returns the run id."""
+    _check_model_change(store, model_id, model_name, rescore)
+    if rescore:
+        store.con.begin()
+        store.run("scores_delete_model", {"model_id": model_id})
+        store.run("skipped_delete_model", {"model_id": model_id})
+        store.con.commit()
+        log.info("--rescore: deleted earlier scores of model %s; scoring the whole archive again", model_id)
+    run_id = int(store.scalar("run_next_id"))
+    store.run("run_insert", {
+        "run_id": run_id, "started_at": datetime.now(timezone.utc), "source": src.location,
+        "model_name": model_name, "model_id": model_id, "as_of": as_of,
+        "config": json_dumps(settings.as_dict()),
+    })
+    return run_id
+
+
+@contextmanager
+def run_guard(store: Store, run_id: int, db: str | Path, settings: Settings) -> Iterator[None]:
+    """Record a failure in the run record and turn DuckDB errors into the documented screener errors."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        _fail(store, run_id, exc)
+        raise conversion_error(exc, settings) or StorageError(
+            f"the scan failed on {db}: {str(exc).splitlines()[0]}. Earlier results are intact; "
+            "scores committed before the failure are kept and the next run resumes after them."
+        ) from exc
+    except BaseException as exc:
+        _fail(store, run_id, exc)
+        raise
+
+
+def complete_run(store: Store, settings: Settings, run_id: int, model_name: str, model_id: str, as_of: datetime,
+                 scored: int, started: float, rescore: bool) -> ScanResult:
+    """Aggregate the windows, store the flags and close the run record, once every score is committed."""
+    quality = store.source_quality(as_of)
+    aggregate.compute_user_stats(store, settings, model_id, as_of)
+    skipped = {k: v for k, v in quality.items() if k != "total" and v}
+    skipped.update({reason: int(n) for reason, n in store.run("skipped_count", {"model_id": model_id}).fetchall()})
+    store.con.begin()
+    users_seen, users_flagged = aggregate.store_flags(store, run_id)
+    result = ScanResult(
+        run_id=run_id, model_name=model_name, model_id=model_id, as_of=as_of.isoformat(),
+        messages_total=quality["total"], messages_scored=scored,
+        messages_skipped=sum(skipped.values()), skipped_by_reason=skipped,
+        users=users_seen, users_flagged=users_flagged,
+        seconds=round(time.monotonic() - started, 3), rescored=rescore,
+    )
+    _finish(store, result, "completed", None)
+    store.con.commit()
     return result
 
 

@@ -1,0 +1,341 @@
+"""``screener scan --engine ray``: the same scan, with the scoring spread over a Ray cluster's GPUs (or CPUs).
+
+The results database stays where the local engine keeps it; only the scoring moves:
+
+1. The driver exports the messages without a score for the model (the local engine's ``pending_messages`` query)
+   to Parquet files under the work folder, which may be an ``s3://`` or ``gs://`` URI that every node reads.
+2. Ray Data reads them, and ``map_batches`` sends blocks to an actor pool of classifier workers, each loading the
+   model once (one GPU per actor where the cluster has GPUs). A worker scores its block in token-budgeted batches
+   and writes the block's scores to one Parquet file named by a hash of the block's message ids: a block retried
+   after a worker died overwrites its own file instead of adding a second one.
+3. The driver loads the files into ``screener_scores`` in one transaction, skipping any message that already has
+   a score for the model, then aggregates, flags and closes the run record with the local engine's code.
+
+Score files of a run whose driver died before step 3 are loaded by the next run, so finished blocks are not
+scored twice; the work folder of a completed run is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from screener import objstore, queries
+from screener.classifiers.base import Classifier
+from screener.errors import ConfigError, ModelError, ScreenerError
+from screener.scan import ScanResult, begin_run, complete_run, resolve_source, run_guard, utc
+from screener.settings import Settings
+from screener.store import Source, Store
+
+log = logging.getLogger(__name__)
+
+REMOTE_VIEW = "screener_remote_parquet"
+SCORES_VIEW = "screener_ray_scores"
+SKIPPED_VIEW = "screener_batch_skipped"
+
+Loader = Callable[[str, str], Classifier]
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    # None: RAY_ADDRESS, else the Ray instance this process already joined, else a new local one.
+    address: str | None = None
+    # Classifier actors; None: one per GPU of the cluster, or one per `cpus_per_worker` CPUs where it has none.
+    workers: int | None = None
+    # Pending messages and scores go here (local folder or s3:// / gs:// URI); None: '<results db>.ray/' beside
+    # the database, which suits a one-machine cluster only.
+    work_dir: str | None = None
+    # Padded tokens per model call: a batch of long messages holds fewer rows than one of short messages.
+    token_budget: int = 16384
+    # Messages per pending file, which is one Ray task: the unit a dead worker's retry repeats.
+    rows_per_task: int = 2048
+    cpus_per_worker: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("token_budget", "rows_per_task", "cpus_per_worker"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ray option {name} must be at least 1, got {getattr(self, name)}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"ray option workers must be at least 1, got {self.workers}")
+
+
+def _default_loader(name_or_path: str, device: str) -> Classifier:
+    from screener.classifiers.registry import load_classifier
+
+    return load_classifier(name_or_path, device=device)
+
+
+def token_budget_batches(lengths: list[int], budget: int, max_rows: int) -> list[np.ndarray]:
+    """Indices of ``lengths`` grouped into batches, shortest first, each padding to its longest member and holding
+    at most ``max_rows`` rows and ``budget`` padded tokens (a message longer than the budget goes alone)."""
+    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    for end in range(1, len(order) + 1):
+        too_many = end - start > max_rows
+        too_long = (end - start) * max(1, lengths[order[end - 1]]) > budget
+        if end - start > 1 and (too_many or too_long):
+            batches.append(order[start:end - 1])
+            start = end - 1
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
+
+
+def block_key(message_ids: list[str]) -> str:
+    """A name for a block's score file that depends only on which messages it holds."""
+    digest = hashlib.sha256()
+    for mid in sorted(message_ids):
+        digest.update(mid.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+class ScoreWorker:
+    """A Ray Data actor: loads the classifier once, then scores blocks and writes each block's scores file."""
+
+    def __init__(self, model: str, device: str, model_id: str, run_id: int, threshold: float, token_budget: int,
+                 max_rows: int, scores_dir: str, threads: int | None, loader: Loader | None = None) -> None:
+        self.clf = (loader or _default_loader)(model, device)
+        if self.clf.model_id != model_id:
+            raise ModelError(f"model {model!r} has id {self.clf.model_id} on this worker but {model_id} on the "
+                             "driver: every node must hold the same model files")
+        torch = sys.modules.get("torch")
+        if threads and torch is not None:
+            # Several actors share a machine's cores; each gets its own share instead of all of them.
+            torch.set_num_threads(threads)
+        self.model_id, self.run_id, self.threshold = model_id, run_id, threshold
+        self.token_budget, self.max_rows = token_budget, max_rows
+        self.fs, self.scores_dir = objstore.resolve(scores_dir)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        (pending,) = batch.column("path").to_pylist()
+        block = objstore.read_parquet(self.fs, pending)
+        ids = block.column("message_id").to_pylist()
+        texts = block.column("text").to_pylist()
+        probs = np.empty(len(texts), dtype=np.float32)
+        lengths = self.clf.token_lengths(texts)
+        for idx in token_budget_batches(lengths, self.token_budget, self.max_rows):
+            probs[idx] = self.clf.predict_negative([texts[i] for i in idx])
+        scores = pa.table({
+            "message_id": pa.array(ids, pa.string()),
+            "model_id": pa.array([self.model_id] * len(ids), pa.string()),
+            "p_negative": pa.array(probs, pa.float32()),
+            "label": pa.array(np.where(probs >= self.threshold, "negative", "positive").tolist(), pa.string()),
+            "scored_at": pa.array([datetime.now(timezone.utc)] * len(ids), pa.timestamp("us", tz="UTC")),
+            "run_id": pa.array([self.run_id] * len(ids), pa.int64()),
+        })
+        path = f"{self.scores_dir.rstrip('/')}/{block_key(ids)}.parquet"
+        objstore.write_parquet(scores, self.fs, path)
+        return pa.table({"file": [path], "rows": [len(ids)]})
+
+
+def _identify(loader: Loader | None, model: str, device: str) -> tuple[str, str]:
+    clf = (loader or _default_loader)(model, device)
+    return clf.name, clf.model_id
+
+
+def scan_ray(
+    db: str | Path,
+    settings: Settings,
+    source: str | None = None,
+    as_of: datetime | None = None,
+    rescore: bool = False,
+    progress: bool = True,
+    options: RayOptions = RayOptions(),
+    loader: Loader | None = None,
+) -> ScanResult:
+    """Like :func:`screener.scan.scan`, with the scoring done by Ray. ``loader(model, device)`` builds the
+    classifier on each worker (default: the model registry)."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise ConfigError("--engine ray needs Ray: install the extra with `pip install 'screener[ray]'`, or use "
+                          "--engine local") from exc
+
+    started = time.monotonic()
+    as_of = utc(as_of or datetime.now(timezone.utc))
+    remote = source is not None and objstore.is_uri(source)
+    src = Source(source, parquet=True) if remote else resolve_source(db, source, settings)
+    work_dir = options.work_dir or str(Path(db).expanduser().resolve()) + ".ray"
+    fs, work = objstore.resolve(work_dir)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=options.address, include_dashboard=False)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        gpus = 0 if settings.device == "cpu" else int(ray.cluster_resources().get("GPU", 0))
+        if settings.device.startswith("cuda") and not gpus:
+            raise ModelError(f"device {settings.device!r} was asked for but the Ray cluster has no GPUs; "
+                             "use --device cpu or auto")
+        device = "cuda" if gpus else "cpu"
+        actor_resources = {"num_gpus": 1} if gpus else {"num_cpus": options.cpus_per_worker}
+        with Store(db, settings) as store:
+            # The driver needs the model id before any worker starts (it selects the pending messages), and the
+            # model files need only be where the workers run, so a task on the cluster reads it.
+            try:
+                model_name, model_id = ray.get(
+                    ray.remote(_identify).options(**actor_resources).remote(loader, settings.model, device))
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, ScreenerError):
+                    raise exc.cause from None
+                raise
+            model_dir = f"{work.rstrip('/')}/model={model_id}"
+            store.ensure_schema()
+            store.run("runs_mark_interrupted")
+            _attach(store, src, remote)
+            if rescore:
+                _remove(fs, model_dir)
+            run_id = begin_run(store, settings, src, model_name, model_id, as_of, rescore)
+            run_dir = f"{model_dir}/run={run_id}"
+            with run_guard(store, run_id, db, settings):
+                leftovers = _leftover_score_files(fs, model_dir)
+                pending, skipped_ids = _export_pending(store, fs, f"{run_dir}/pending", model_id,
+                                                       options.rows_per_task, _ids_in(fs, leftovers))
+                written = []
+                if pending:
+                    workers = _worker_count(options, gpus, int(ray.cluster_resources().get("CPU", 0)))
+                    log.info("run %d: %d files of pending messages, %d score files left by earlier runs; "
+                             "scoring on %d %s actors", run_id, len(pending), len(leftovers), workers, device)
+                    written = _score_on_ray(
+                        fs, pending, objstore.join(work_dir, f"model={model_id}", f"run={run_id}", "scores"),
+                        {"model": settings.model, "device": device, "model_id": model_id, "run_id": run_id,
+                         "threshold": settings.negative_threshold, "token_budget": options.token_budget,
+                         "max_rows": settings.batch_size,
+                         "threads": options.cpus_per_worker if device == "cpu" else None, "loader": loader},
+                        workers, actor_resources)
+                scored = _load_scores(store, fs, model_id, run_id, leftovers + written, skipped_ids)
+                result = complete_run(store, settings, run_id, model_name, model_id, as_of, scored, started,
+                                      rescore)
+            # Only now are the files' scores committed; earlier, a crash keeps them for the next run to load.
+            _remove(fs, model_dir)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return result
+
+
+def _attach(store: Store, src: Source, remote: bool) -> None:
+    """DuckDB reads local archives itself; an object-storage archive is read through a pyarrow dataset."""
+    if not remote:
+        store.attach_source(src)
+        return
+    fs, files = objstore.expand(src.location)
+    store.con.register(REMOTE_VIEW, objstore.dataset(fs, files))
+    store.attach_source(Source(REMOTE_VIEW, parquet=False))
+
+
+def _remove(fs, path: str) -> None:
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def _leftover_score_files(fs, model_dir: str) -> list[str]:
+    """Score files that earlier runs' workers finished but whose driver stopped before loading them."""
+    if fs.get_file_info(model_dir).type != pafs.FileType.Directory:
+        return []
+    return sorted(info.path for info in fs.get_file_info(pafs.FileSelector(model_dir, recursive=True))
+                  if info.type == pafs.FileType.File and info.path.rsplit("/", 2)[-2] == "scores"
+                  and info.base_name.endswith(".parquet") and not info.base_name.startswith("."))
+
+
+def _ids_in(fs, files: list[str]) -> set[str]:
+    ids: set[str] = set()
+    for path in files:
+        ids.update(objstore.read_parquet(fs, path).column("message_id").to_pylist())
+    return ids
+
+
+def _export_pending(store: Store, fs, pending_dir: str, model_id: str, rows_per_file: int,
+                    done: set[str]) -> tuple[list[str], list[str]]:
+    """Write the messages to score as Parquet files of at most ``rows_per_file`` rows, one Ray task each, leaving
+    out those in ``done``; return the files and the ids of blank messages, which are recorded as skipped, as the
+    local engine does."""
+    reader = store.con.sql(queries.load("pending_messages"),
+                           params={"model_id": model_id}).to_arrow_reader(rows_per_file)
+    files: list[str] = []
+    skipped: list[str] = []
+    for batch in reader:
+        ids = batch.column("message_id").to_pylist()
+        texts = batch.column("text").to_pylist()
+        blank = [t is None or not t.strip() for t in texts]
+        skipped.extend(mid for mid, b in zip(ids, blank) if b)
+        keep = [i for i, mid in enumerate(ids) if not blank[i] and mid not in done]
+        if not keep:
+            continue
+        rows = pa.table({"message_id": pa.array([ids[i] for i in keep], pa.string()),
+                         "text": pa.array([texts[i] for i in keep], pa.string())})
+        path = f"{pending_dir}/part-{len(files):06d}.parquet"
+        objstore.write_parquet(rows, fs, path)
+        files.append(path)
+    return files, skipped
+
+
+def _worker_count(options: RayOptions, gpus: int, cpus: int) -> int:
+    if gpus:
+        return options.workers or gpus
+    if options.workers:
+        return options.workers
+    return max(1, cpus // options.cpus_per_worker)
+
+
+def _score_on_ray(fs, pending: list[str], scores_uri: str, worker_kwargs: dict, workers: int,
+                  actor_resources: dict) -> list[str]:
+    import ray.data
+
+    # One row and one block per pending file: each file is one actor task, so the actors share the files, and a
+    # task that a dead worker left is retried as a whole. (Ray Data's read_parquet would pack small files into
+    # blocks of at least target_min_block_size, so that one actor would score them all, and its listing tasks
+    # need a CPU that CPU actors may all hold.)
+    files = ray.data.from_items([{"path": path} for path in pending], override_num_blocks=len(pending))
+    summaries = files.map_batches(
+        ScoreWorker,
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        fn_constructor_kwargs={**worker_kwargs, "scores_dir": scores_uri},
+        **actor_resources,
+    ).take_all()
+    return sorted({s["file"] for s in summaries})
+
+
+def _load_scores(store: Store, fs, model_id: str, run_id: int, files: list[str], skipped_ids: list[str]) -> int:
+    """One transaction: every score file and the skipped messages, or nothing. Messages that already have a score
+    for the model are left as they are, so a file loaded twice adds nothing."""
+    skipped = pa.table({
+        "message_id": pa.array(skipped_ids, pa.string()),
+        "model_id": pa.array([model_id] * len(skipped_ids), pa.string()),
+        "reason": pa.array(["empty_text"] * len(skipped_ids), pa.string()),
+        "run_id": pa.array([run_id] * len(skipped_ids), pa.int64()),
+    })
+    con = store.con
+    inserted = 0
+    con.begin()
+    try:
+        for path in files:
+            con.register(SCORES_VIEW, objstore.read_parquet(fs, path))
+            try:
+                inserted += int(store.run("ray_scores_insert", {"model_id": model_id}).fetchone()[0])
+            finally:
+                con.unregister(SCORES_VIEW)
+        con.register(SKIPPED_VIEW, skipped)
+        try:
+            store.run("skipped_insert")
+        finally:
+            con.unregister(SKIPPED_VIEW)
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return inserted
