@@ -4,6 +4,7 @@ archive and work folder in an S3-compatible server (moto's, on loopback)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -13,9 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
 from conftest import AS_OF, KeywordClassifier, generated_rows, write_archive
 from screener import objstore
+from screener.cli import main
 from screener.ray_engine import RayOptions, _worker_count, block_key, scan_ray, token_budget_batches
 from screener.scan import scan
 from screener.settings import Settings
@@ -173,8 +176,13 @@ def test_ray_engine_gives_the_local_engines_scores_and_flags_and_a_rerun_scores_
         table(local_db, "SELECT message_id, reason FROM screener_skipped ORDER BY 1")
     assert not os.listdir(str(ray_db) + ".ray")
 
-    again = scan_ray(ray_db, settings, as_of=AS_OF, progress=False, options=RayOptions(workers=2))
-    assert again.messages_scored == 0 and again.users_flagged == result.users_flagged
+    # the rerun goes through the command line
+    again = CliRunner().invoke(main, [
+        "scan", str(ray_db), "--engine", "ray", "--ray-workers", "2", "--model", str(tiny_model), "--device", "cpu",
+        "--threshold", str(tiny_threshold), "--as-of", AS_OF.isoformat(), "--json", "--no-progress"])
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.stdout)
+    assert summary["messages_scored"] == 0 and summary["users_flagged"] == result.users_flagged
     assert table(ray_db, "SELECT count(*), count(DISTINCT message_id) FROM screener_scores") == [(118, 118)]
     assert table(ray_db, "SELECT status FROM screener_runs ORDER BY run_id") == [("completed",), ("completed",)]
 
