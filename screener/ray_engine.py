@@ -39,7 +39,6 @@ from screener.store import Source, Store
 
 log = logging.getLogger(__name__)
 
-REMOTE_VIEW = "screener_remote_parquet"
 SCORES_VIEW = "screener_ray_scores"
 SKIPPED_VIEW = "screener_batch_skipped"
 
@@ -194,7 +193,7 @@ def scan_ray(
             model_dir = f"{work.rstrip('/')}/model={model_id}"
             store.ensure_schema()
             store.run("runs_mark_interrupted")
-            _attach(store, src, remote)
+            store.attach_source(src)
             if rescore:
                 _remove(fs, model_dir)
             run_id = begin_run(store, settings, src, model_name, model_id, as_of, rescore)
@@ -224,16 +223,6 @@ def scan_ray(
         if started_ray:
             ray.shutdown()
     return result
-
-
-def _attach(store: Store, src: Source, remote: bool) -> None:
-    """DuckDB reads local archives itself; an object-storage archive is read through a pyarrow dataset."""
-    if not remote:
-        store.attach_source(src)
-        return
-    fs, files = objstore.expand(src.location)
-    store.con.register(REMOTE_VIEW, objstore.dataset(fs, files))
-    store.attach_source(Source(REMOTE_VIEW, parquet=False))
 
 
 def _remove(fs, path: str) -> None:

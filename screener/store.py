@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from screener import queries
+from screener import objstore, queries
 from screener.errors import AlreadyRunningError, InputError, SchemaError, StorageError
 from screener.settings import Settings
 
@@ -28,7 +28,8 @@ _TEXT_TYPES = ("VARCHAR",)
 
 
 def is_parquet_source(source: str) -> bool:
-    return source.lower().endswith(".parquet") or any(ch in source for ch in "*?[")
+    """Parquet files: a .parquet path, a glob, or an object-storage URI (s3://, gs://)."""
+    return objstore.is_uri(source) or source.lower().endswith(".parquet") or any(ch in source for ch in "*?[")
 
 
 def _classify_open_error(path: Path, exc: Exception) -> Exception:
@@ -132,8 +133,13 @@ class Store:
         """Create the canonical ``screener_source`` view on ``con`` (default: the main connection)."""
         con = con or self.con
         s = self.settings
-        if source.parquet:
-            if not glob.glob(source.location) and "://" not in source.location:
+        if source.parquet and objstore.is_uri(source.location):
+            # DuckDB's S3/GCS extensions are downloaded at run time; pyarrow's filesystems are installed.
+            fs, files = objstore.expand(source.location)
+            con.register(PARQUET_VIEW, objstore.dataset(fs, files))
+            table, schema = PARQUET_VIEW, None
+        elif source.parquet:
+            if not glob.glob(source.location):
                 raise InputError(f"no Parquet files match {source.location!r}: expected a file or a glob such as "
                                  "'archive/*.parquet'")
             try:

@@ -269,3 +269,9 @@ def test_archive_and_work_folder_in_s3_give_the_local_result(ray_cluster, s3_ser
     # the work folder of a completed run is gone from the bucket
     left = s3.get_file_info(pafs.FileSelector("screener-test/work", recursive=True, allow_not_found=True))
     assert [f.path for f in left if f.type == pafs.FileType.File] == []
+    # the report of that run reads its evidence back from the bucket
+    from screener.cli import _write_report
+
+    _write_report(db, result.run_id, str(tmp_path / "report.json"), "json", False)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [u["user_id"] for u in report["flagged"]] == [f[0] for f in flags(db, result.run_id)]
