@@ -63,12 +63,17 @@ def test_twenty_seeded_sigkills_across_reading_scoring_and_writing(tmp_path, tin
     for trial in range(20):
         db = tmp_path / f"trial{trial}.duckdb"
         shutil.copy(template, db)
-        # The last trial waits for the final commit, so its kill lands in aggregation or just after it.
-        after_windows = n_windows if trial == 19 else rng.randint(0, n_windows - 1)
+        # The first trial is killed during start-up and reading, the last once scoring has finished (in
+        # aggregation or just after it), the others after a seeded number of committed windows.
+        after_windows = 0 if trial == 0 else None if trial == 19 else rng.randint(1, n_windows - 1)
         proc = subprocess.Popen([sys.executable, "-m", "screener.cli", "-vv", "scan", db, *args], cwd=tmp_path,
                                 env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if after_windows == 0:
-            time.sleep(rng.uniform(0.2, 3.0))
+            time.sleep(rng.uniform(0.2, 1.0))
+        elif after_windows is None:
+            for line in proc.stderr:
+                if "messages in" in line:
+                    break
         else:
             seen = 0
             for line in proc.stderr:
