@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from screener.classifiers.hf import file_sha256, resolve_device
 from screener.errors import ModelError
 from screener.prompt import INSTRUCTION, LABEL_WORDS, alpaca_prompt, label_token_ids
 
@@ -41,21 +42,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TEXT_TOKENS = 512
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
-_hash_cache: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
-        _hash_cache[key] = digest.hexdigest()
-    return _hash_cache[key]
-
-
 def folder_sha256(folder: Path) -> str:
     """Content hash of a model folder's weights and config (file names included, order fixed)."""
     digest = hashlib.sha256()
@@ -132,16 +118,6 @@ class BaseRef:
         if self.revision:
             kwargs["revision"] = self.revision
         return kwargs
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} asked for, but torch sees no CUDA GPU: use --device cpu or auto")
-    return device
 
 
 def default_dtype(device: str):
