@@ -59,6 +59,15 @@ def write_archive(path: Path, rows: list[tuple], tz: bool = True) -> Path:
     return path
 
 
+def score_counts(db: Path) -> tuple[int, int]:
+    """(scores, distinct scored message ids) in a results database: equal when nothing was scored twice."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute("SELECT count(*), count(DISTINCT message_id) FROM screener_scores").fetchone()
+    finally:
+        con.close()
+
+
 def generated_rows(n_users: int = 12, per_user: int = 10, seed: int = 7, start_id: int = 0) -> list[tuple]:
     """Users u00.. with messages over the 10 days before AS_OF; every third user writes mostly 'bad' messages."""
     rng = np.random.default_rng(seed)

@@ -6,13 +6,11 @@ import signal
 import subprocess
 import sys
 from datetime import timedelta
-from pathlib import Path
 
 import duckdb
-import pytest
 from click.testing import CliRunner
 
-from conftest import AS_OF, generated_rows, write_archive
+from conftest import AS_OF, generated_rows, score_counts, write_archive
 from screener.cli import main
 
 AS_OF_ARG = AS_OF.isoformat()
@@ -141,14 +139,6 @@ def test_not_a_duckdb_file_exits_3_and_is_left_untouched(tmp_path):
     assert bogus.read_bytes() == before
 
 
-def _scored(db):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute("SELECT count(*), count(DISTINCT message_id) FROM screener_scores").fetchone()
-    finally:
-        con.close()
-
-
 def test_sigkill_mid_scan_then_rerun_gives_exactly_one_score_each_and_same_flags(tmp_path, tiny_model,
                                                                                  tiny_threshold):
     rows = generated_rows(n_users=40, per_user=100, seed=3)
@@ -167,14 +157,14 @@ def test_sigkill_mid_scan_then_rerun_gives_exactly_one_score_each_and_same_flags
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial, distinct = _scored(killed_db)
+    partial, distinct = score_counts(killed_db)
     assert 0 < partial < total, "the kill should land mid-scan"
     assert partial == distinct
 
     resumed = screener("scan", killed_db, *args, "--json", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["messages_scored"] == total - partial
-    assert _scored(killed_db) == (total, total)
+    assert score_counts(killed_db) == (total, total)
 
     assert screener("scan", clean_db, *args, cwd=tmp_path).returncode == 0
     flags_killed = json.loads(screener("flags", killed_db, "--json").stdout)

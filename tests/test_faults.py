@@ -11,9 +11,8 @@ import time
 from datetime import timedelta
 
 import duckdb
-import pytest
 
-from conftest import AS_OF, generated_rows, write_archive
+from conftest import AS_OF, generated_rows, score_counts, write_archive
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -21,14 +20,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 def cli(*args, cwd, **kw):
     return subprocess.run([sys.executable, "-m", "screener.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=ENV, **kw)
-
-
-def scored(db):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute("SELECT count(*), count(DISTINCT message_id) FROM screener_scores").fetchone()
-    finally:
-        con.close()
 
 
 def latest_flags(db):
@@ -84,12 +75,12 @@ def test_twenty_seeded_sigkills_across_reading_scoring_and_writing(tmp_path, tin
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
-        n, distinct = scored(db) if _has_scores_table(db) else (0, 0)
+        n, distinct = score_counts(db) if _has_scores_table(db) else (0, 0)
         assert n == distinct
         landed["before_first_commit" if n == 0 else "mid_scan" if n < len(rows) else "after_scoring"] += 1
         rerun = cli("scan", db, *args, cwd=tmp_path)
         assert rerun.returncode == 0, rerun.stderr
-        assert scored(db) == (len(rows), len(rows))
+        assert score_counts(db) == (len(rows), len(rows))
         assert latest_flags(db) == want
         db.unlink()
     assert landed["before_first_commit"] >= 1 and landed["mid_scan"] >= 10 and landed["after_scoring"] >= 1, landed
@@ -115,7 +106,7 @@ def test_disk_full_mid_run_is_a_clear_error_and_earlier_results_survive(tmp_path
     db = write_archive(tmp_path / "m.duckdb", generated_rows(n_users=4, per_user=10))
     args = ["--model", tiny_model, "--as-of", AS_OF.isoformat(), "--no-progress"]
     assert cli("scan", db, *args, cwd=tmp_path).returncode == 0
-    before = scored(db)
+    before = score_counts(db)
     con = duckdb.connect(str(db))
     big = "bad news " * 2000
     con.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)",
@@ -126,8 +117,8 @@ def test_disk_full_mid_run_is_a_clear_error_and_earlier_results_survive(tmp_path
                           capture_output=True, text=True, preexec_fn=_limit_file_size(64 * 1024))
     assert proc.returncode == 7, proc.stderr
     assert "Earlier results are intact" in proc.stderr
-    after, distinct = scored(db)
+    after, distinct = score_counts(db)
     assert after == distinct and after >= before[0]
     rerun = cli("scan", db, *args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
-    assert scored(db) == (before[0] + 3000, before[0] + 3000)
+    assert score_counts(db) == (before[0] + 3000, before[0] + 3000)

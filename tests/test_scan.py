@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import AS_OF, KeywordClassifier, generated_rows, write_archive
+from conftest import AS_OF, KeywordClassifier, generated_rows, score_counts, write_archive
 from screener.errors import InputError, ModelError, SchemaError
 from screener.scan import scan
 from screener.settings import Settings
@@ -16,14 +16,6 @@ from screener.settings import Settings
 def run(db, **kw):
     kw.setdefault("classifier", KeywordClassifier())
     return scan(db, kw.pop("settings", Settings()), as_of=AS_OF, progress=False, **kw)
-
-
-def score_counts(db):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute("SELECT count(*), count(DISTINCT message_id) FROM screener_scores").fetchone()
-    finally:
-        con.close()
 
 
 def test_second_scan_scores_nothing_and_added_messages_alone_are_scored_next(archive):
