@@ -199,10 +199,22 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
         "token_budget": engine.token_budget, "max_padding": engine.max_padding, "batches": rows,
         "padded_over_real_tokens": round(padded / real, 3), "anchored_tokenization": engine.prompts.anchored,
         "producer_only_msgs_per_s": round(len(texts) / producer_seconds, 1), "flops_per_token": flops}))
+    engine_record = records[-1]
+    if args.profile:
+        checks["profile"] = profile_engine(engine, texts, device, Path(args.out).parent / f"{checks['model']}_profile.txt")
+    for variant in args.variant:
+        settings = {k: float(v) if "." in v else int(v) for k, v in (kv.split("=") for kv in variant.split(","))}
+        other = LabelTokenEngine(model, tokenizer, label_ids, name=name, model_id="bench", **settings)
+        other.predict_negative(texts[: 2048])
+        other_probs, seconds = timed(lambda: other.predict_negative(texts))
+        records.append(record(name, "engine_variant", texts, seconds, real, prompt_lens.sum(), flops, device, {
+            "settings": settings, "batches": sum(1 for _ in other.batches(texts)),
+            "max_abs_vs_engine": float(np.abs(other_probs - engine_probs).max())}))
+        del other
     diff = np.abs(engine_probs[: len(sub)] - padded_probs)
     checks.update({"engine_vs_hf_padded_max_abs": float(diff.max()), "engine_vs_hf_padded_mean_abs": float(diff.mean()),
                    "compared_on": len(sub), "engine_finite": bool(np.isfinite(engine_probs).all()),
-                   "engine_speedup_vs_hf_padded": round(records[-1]["msgs_per_s"] / records[1]["msgs_per_s"], 2)})
+                   "engine_speedup_vs_hf_padded": round(engine_record["msgs_per_s"] / records[1]["msgs_per_s"], 2)})
     if fp32_model is not None:
         ref_n = texts[: args.fp32_n]
         truth, _ = hf_padded(fp32_model, tokenizer, label_ids, ref_n, device, batch_size)
@@ -222,6 +234,43 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
             engine_err.mean() <= 1.5 * padded_err.mean() + 1e-4 and engine_err.max() <= 1.5 * padded_err.max() + 1e-3)
     log(json.dumps(checks))
     return records, checks
+
+
+def profile_engine(engine: LabelTokenEngine, texts, device: str, path: Path) -> dict:
+    """Where the engine's time goes: the producer alone, the GPU forward over batches built beforehand, and a
+    torch.profiler table of a few batches (written to ``path``)."""
+    start = time.perf_counter()
+    batches = list(engine.batches(texts))
+    producer = time.perf_counter() - start
+
+    def forward(items):
+        with torch.inference_mode():
+            for b in items:
+                engine._probabilities(b.ids.to(engine.device, non_blocking=True),
+                                      b.last.to(engine.device, non_blocking=True), b.shared)
+
+    forward(batches[:2])
+    sync(device)
+    start = time.perf_counter()
+    forward(batches)
+    sync(device)
+    gpu = time.perf_counter() - start
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    middle = batches[len(batches) // 2: len(batches) // 2 + 3]
+    with torch.profiler.profile(activities=activities) as prof:
+        forward(middle)
+        sync(device)
+    averages = prof.key_averages()
+    tables = [averages.table(sort_by=key, row_limit=30) for key in
+              (("cuda_time_total", "self_cpu_time_total") if device.startswith("cuda") else ("self_cpu_time_total",))]
+    shapes = [(int(b.ids.shape[0]), int(b.ids.shape[1]), int(b.shared)) for b in batches]
+    path.write_text(f"batches (rows, width, shared): {shapes}\n\nprofiled: {[s for s in shapes][len(batches) // 2: len(batches) // 2 + 3]}\n\n"
+                    + "\n\n".join(tables))
+    log(f"profile: producer {producer:.2f} s, forward over prebuilt batches {gpu:.2f} s, {len(batches)} batches")
+    return {"producer_seconds": round(producer, 3), "forward_prebuilt_seconds": round(gpu, 3),
+            "forward_prebuilt_msgs_per_s": round(len(texts) / gpu, 1), "batches": len(batches)}
 
 
 def build_llama8b(args, device, dtype):
@@ -299,6 +348,10 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true", help="keep the other models' records already in --out")
     parser.add_argument("--smoke", action="store_true", help="tiny Llama shapes, small n, CPU allowed")
     parser.add_argument("--gpus", type=int, default=1, help="also run the engine on this many GPUs of the host")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time the producer and the forward apart and write a torch.profiler table")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="also run the engine with these settings, e.g. max_padding=0.3,token_budget=65536")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -330,7 +383,8 @@ def main() -> None:
             model = fp32_model = None
             if device == "cuda":
                 torch.cuda.empty_cache()
-            records.append(run_multi_gpu(key, args, texts, device, records[-1]))
+            records.append(run_multi_gpu(key, args, texts, device,
+                                         next(r for r in records if r["method"] == "engine")))
         results["runs"] += records
         results["checks"].append(checks)
         # Written after each model, so a later failure keeps the earlier numbers.

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from screener.classifiers import llm as llm_classifier  # noqa: E402
 from training.evaluate import evaluate_classifier  # noqa: E402
 from training.llm import train_llm  # noqa: E402
-from training.recipes import load_recipe  # noqa: E402
+from training.recipes import load_recipe, validate  # noqa: E402
 
 log = logging.getLogger("train_speed")
 
@@ -165,12 +165,15 @@ def main() -> int:
     ap.add_argument("--graphs", action="store_true",
                     help="train the full recipe with CUDA-graph steps; retrain eagerly if dev < --min-dev")
     ap.add_argument("--min-dev", type=float, default=0.90)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the full recipe (repeatable), e.g. --set batch_size=256")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     stages = args.stages.split(",")
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     if ("full" in stages or "paper" in stages) and args.backend != "peft":
         # Unsloth patches transformers on import, so it must come before the zero-shot stage loads a model.
         try:
@@ -180,6 +183,7 @@ def main() -> int:
     train_x, train_y = read_sst2_tsv(Path(args.data) / "train.tsv", args.limit)
     dev_x, dev_y = read_sst2_tsv(Path(args.data) / "dev.tsv", args.limit)
     results: dict = {"command": "python " + " ".join(sys.argv), "base": args.base, "stages": {},
+                     "full_recipe_overrides": overrides,
                      "train_rows": len(train_x), "dev_rows": len(dev_x)}
     base_manifest = {"kind": "llm-labeltoken", "base": str(Path(args.base).resolve())
                      if Path(args.base).exists() else args.base}
@@ -237,6 +241,9 @@ def main() -> int:
             continue
         recipe = load_recipe(recipe_name)
         recipe["backend"] = args.backend or recipe["backend"]
+        if recipe_name == "full" and overrides:
+            name = recipe.pop("name")
+            recipe = dict(validate({**recipe, **overrides}, "full recipe with --set"), name=name)
         if recipe_name == "full" and args.graphs:
             recipe["cuda_graphs"] = True
         entry, clf = run_recipe(recipe_name, recipe)

@@ -62,6 +62,8 @@ def resolve_source(db: str | Path, source: str | None, settings: Settings) -> So
 
 def _score_window(clf: Classifier, texts: list[str], batch_size: int) -> np.ndarray:
     """Score texts sorted by length, so each batch pads little, and return P(negative) in the input order."""
+    if getattr(clf, "sizes_own_batches", False):
+        return np.asarray(clf.predict_negative(texts), dtype=np.float32)
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.empty(len(texts), dtype=np.float32)
     for start in range(0, len(order), batch_size):

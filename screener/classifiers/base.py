@@ -14,6 +14,8 @@ class Classifier(Protocol):
     ``model_id`` is stable across processes and machines for the same weights, adapter and prompt (a content
     hash), so that scores written by one run are recognised by the next.
     ``name`` is the human name shown in reports (``default``, ``smollm2-sst2`` or a folder path).
+    A classifier may set ``sizes_own_batches = True`` when it sorts, packs and sizes batches itself (the GPU
+    engine): the scan then hands it a whole window in one call instead of ``batch_size`` rows at a time.
     """
 
     model_id: str

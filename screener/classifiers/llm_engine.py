@@ -226,6 +226,8 @@ def _weight_fingerprint(model) -> str:
 class LabelTokenEngine:
     """``Classifier`` for a causal LM with the label-token head; see the module docstring for how it is fast."""
 
+    sizes_own_batches = True
+
     def __init__(self, model, tokenizer, label_ids: tuple[int, int], instruction: str = INSTRUCTION, *,
                  name: str = "llm-engine", model_id: str | None = None,
                  max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, token_budget: int | None = None,
@@ -560,6 +562,8 @@ class MultiGPUEngine:
     module-level function or a functools.partial of one) and return a classifier on that device. Workers start
     with ``spawn`` because CUDA cannot be used in a forked child.
     """
+
+    sizes_own_batches = True
 
     def __init__(self, build: Callable[[str], object], devices: Sequence[str], start_method: str = "spawn"):
         import multiprocessing
