@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -61,17 +63,42 @@ class Settings:
         if not -1.0 <= self.escalation_delta <= 1.0:
             problems.append(f"escalation_delta must be between -1 and 1, got {self.escalation_delta}")
         if self.threads < 0:
-            problems.append(f"threads must be 0 (all cores) or more, got {self.threads}")
+            problems.append(f"threads must be 0 (automatic) or more, got {self.threads}")
+        try:
+            memory_bytes(self.memory_limit)
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             problems.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
+
+    def duckdb_threads(self) -> int:
+        """DuckDB threads: ``threads`` when set, else one per 64 MiB of ``memory_limit`` up to the core count.
+
+        Each DuckDB thread keeps its own hash tables and buffers; on a 32-core machine the default 256 MB limit
+        ran out of memory in the aggregation with one thread per core."""
+        if self.threads:
+            return self.threads
+        return max(1, min(os.cpu_count() or 1, memory_bytes(self.memory_limit) // MIB_PER_THREAD))
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
+
+MIB_PER_THREAD = 64 * 2**20
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def memory_bytes(limit: str) -> int:
+    """Bytes in a DuckDB memory limit such as ``256MB`` or ``4GiB``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*", limit)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"memory_limit must be a size such as 256MB or 4GiB, got {limit!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

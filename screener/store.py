@@ -66,9 +66,7 @@ class Store:
             raise InputError(f"{self.path} does not exist: expected a DuckDB file written by `screener scan`")
         if not read_only and self.path.exists() and self.path.is_dir():
             raise InputError(f"{self.path} is a folder: expected a DuckDB file")
-        config: dict[str, Any] = {"memory_limit": settings.memory_limit}
-        if settings.threads:
-            config["threads"] = settings.threads
+        config: dict[str, Any] = {"memory_limit": settings.memory_limit, "threads": settings.duckdb_threads()}
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.Error as exc:

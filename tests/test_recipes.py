@@ -32,10 +32,11 @@ def test_paper_recipe_has_the_papers_hyperparameters():
     assert (r["optimizer"], r["objective"]) == ("adamw", "causal-lm")
 
 
-def test_full_recipe_is_one_epoch_of_label_token_loss():
+def test_full_recipe_is_two_epochs_of_label_token_loss_with_graphed_steps():
     r = load_recipe("full")
     assert (r["objective"], r["batch_size"], r["learning_rate"], r["epochs"], r["max_steps"]) == \
-        ("label-token", 64, 2e-4, 1.0, 0)
+        ("label-token", 64, 2e-4, 2.0, 0)
+    assert r["cuda_graphs"] is True
     assert set(r["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                         "down_proj"}
 

@@ -47,3 +47,32 @@ def test_example_config_file_loads_and_matches_defaults():
 
     example = Path(__file__).resolve().parents[1] / "examples" / "screener.toml"
     assert load_settings(example) == Settings()
+
+
+@pytest.mark.parametrize("limit, expected", [("256MB", 256 * 10**6), ("4GiB", 4 * 2**30), ("1.5 GB", 1_500_000_000)])
+def test_memory_limit_sizes_parse_in_duckdb_units(limit, expected):
+    from screener.settings import memory_bytes
+
+    assert memory_bytes(limit) == expected
+
+
+def test_bad_memory_limit_is_a_config_error_naming_the_setting():
+    with pytest.raises(ConfigError, match="memory_limit must be a size"):
+        Settings(memory_limit="lots")
+
+
+def test_duckdb_threads_follow_the_memory_limit_not_the_core_count(monkeypatch):
+    # On a 32-core machine, 32 DuckDB threads under a 256 MB limit ran out of memory in the aggregation.
+    monkeypatch.setattr("os.cpu_count", lambda: 32)
+    assert Settings(memory_limit="256MB").duckdb_threads() == 3  # 256e6 bytes hold three whole 64 MiB shares
+    assert Settings(memory_limit="8GB").duckdb_threads() == 32
+    assert Settings(memory_limit="1MB").duckdb_threads() == 1
+    assert Settings(memory_limit="256MB", threads=12).duckdb_threads() == 12
+
+
+def test_store_connection_uses_the_derived_thread_count(tmp_path, monkeypatch):
+    from screener.store import Store
+
+    monkeypatch.setattr("os.cpu_count", lambda: 32)
+    with Store(tmp_path / "r.duckdb", Settings(memory_limit="128MiB")) as store:
+        assert store.con.execute("SELECT current_setting('threads')").fetchone()[0] == 2

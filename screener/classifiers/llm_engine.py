@@ -252,7 +252,7 @@ class LabelTokenEngine:
         self.on_cuda = self.device.type == "cuda"
         # About 32k tokens per batch keep an 8B model's matrix products at full speed with a few GB of activations;
         # smaller models need more rows per batch to keep the GPU busy.
-        self.token_budget = token_budget or (max(32768, 2**27 // config.hidden_size) if self.on_cuda else 2048)
+        self.token_budget = token_budget or (max(32768, min(65536, 2**27 // config.hidden_size)) if self.on_cuda else 2048)
         prefix, suffix = prompt_prefix_and_suffix(instruction)
         if model_id is None:
             digest = hashlib.sha256(b"llm-labeltoken-engine\x00" + _weight_fingerprint(model).encode())
