@@ -40,3 +40,15 @@ def label_token_ids(tokenizer, words: tuple[str, str] = LABEL_WORDS) -> tuple[in
     if ids[0] == ids[1]:
         raise ValueError(f"label words {words} share their first token {ids[0]}; pick words that differ")
     return ids[0], ids[1]
+
+
+def cut_to_tokens(tokenizer, text: str, max_text_tokens: int) -> str | None:
+    """The message cut to its first ``max_text_tokens`` tokens (decoded back to text), or None when it fits.
+
+    The one truncation rule of the label-token classifiers: the reference classifier and the GPU engine both
+    prompt the cut text, so they give the same probability for every message.
+    """
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_text_tokens:
+        return None
+    return tokenizer.decode(ids[:max_text_tokens])

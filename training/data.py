@@ -20,6 +20,20 @@ class Labelled:
         return len(self.texts)
 
 
+def read_table(path: Path, what: str) -> pl.DataFrame:
+    """A TSV, CSV or Parquet file as a DataFrame; TSV and CSV columns are read as text."""
+    if not path.exists():
+        raise FileNotFoundError(f"no such {what}: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pl.read_parquet(path)
+    if suffix in (".tsv", ".csv"):
+        sep = "\t" if suffix == ".tsv" else ","
+        # SST-2 sentences contain quote characters that are not CSV quoting.
+        return pl.read_csv(path, separator=sep, quote_char=None if sep == "\t" else '"', infer_schema_length=0)
+    raise ValueError(f"unsupported {what} type {suffix!r}: expected .tsv, .csv or .parquet")
+
+
 def read_labelled(path: str | Path, text_col: str = "text", label_col: str = "label",
                   positive: str | None = None, negative: str | None = None) -> Labelled:
     """Read a TSV, CSV or Parquet file of texts and labels.
@@ -28,18 +42,7 @@ def read_labelled(path: str | Path, text_col: str = "text", label_col: str = "la
     ``negative`` are given, labels are matched as strings against them; otherwise they must be 0/1.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such data file: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        df = pl.read_parquet(path)
-    elif suffix in (".tsv", ".csv"):
-        sep = "\t" if suffix == ".tsv" else ","
-        # SST-2 sentences contain quote characters that are not CSV quoting.
-        df = pl.read_csv(path, separator=sep, quote_char=None if sep == "\t" else '"',
-                         infer_schema_length=0)
-    else:
-        raise ValueError(f"unsupported data file type {suffix!r}: expected .tsv, .csv or .parquet")
+    df = read_table(path, "data file")
     if text_col not in df.columns and text_col == "text" and "sentence" in df.columns:
         text_col = "sentence"
     for col in (text_col, label_col):

@@ -19,17 +19,10 @@ def read_teacher(path: str | Path) -> dict[str, float]:
     """Text -> teacher P(negative). Where a text occurs twice the probabilities are averaged."""
     import polars as pl
 
+    from training.data import read_table
+
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no teacher probabilities file {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        df = pl.read_parquet(path)
-    elif suffix in (".tsv", ".csv"):
-        df = pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",",
-                         quote_char=None if suffix == ".tsv" else '"')
-    else:
-        raise ValueError(f"unsupported teacher file type {suffix!r}: expected .parquet, .csv or .tsv")
+    df = read_table(path, "teacher probabilities file")
     text_col = next((c for c in TEXT_COLUMNS if c in df.columns), None)
     prob_col = next((c for c in PROB_COLUMNS if c in df.columns), None)
     if text_col is None or prob_col is None:

@@ -36,7 +36,7 @@ import numpy as np
 
 from screener.classifiers.hf import file_sha256, resolve_device
 from screener.errors import ModelError
-from screener.prompt import INSTRUCTION, LABEL_WORDS, alpaca_prompt, label_token_ids
+from screener.prompt import INSTRUCTION, LABEL_WORDS, alpaca_prompt, cut_to_tokens, label_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +251,8 @@ def prompt_token_ids(tokenizer, texts: Sequence[str], instruction: str, max_text
         # A prompt is never shorter than its text, so most texts need no second tokenization.
         if len(encoded[i]) <= max_text_tokens:
             continue
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > max_text_tokens:
-            cut = tokenizer.decode(ids[:max_text_tokens])
+        cut = cut_to_tokens(tokenizer, text, max_text_tokens)
+        if cut is not None:
             encoded[i] = tokenizer(alpaca_prompt(cut, instruction))["input_ids"]
     return encoded
 

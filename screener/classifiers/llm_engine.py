@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from screener.errors import ModelError
-from screener.prompt import INSTRUCTION, alpaca_prompt, prompt_prefix_and_suffix
+from screener.prompt import INSTRUCTION, alpaca_prompt, cut_to_tokens, prompt_prefix_and_suffix
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 DEFAULT_MAX_TEXT_TOKENS = 512
@@ -120,9 +120,9 @@ class PromptTokenizer:
         for i, text in enumerate(texts):
             if len(out[i]) <= limit:
                 continue
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) > max_text_tokens:
-                out[i] = part([self.tokenizer.decode(ids[:max_text_tokens])])[0]
+            cut = cut_to_tokens(self.tokenizer, text, max_text_tokens)
+            if cut is not None:
+                out[i] = part([cut])[0]
         return out
 
     def encode(self, texts: Sequence[str], max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS) -> list[list[int]]:
