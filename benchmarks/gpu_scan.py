@@ -205,7 +205,8 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
         "first_pass_msgs_per_s": round(len(texts) / first_pass, 1)}))
     engine_record = records[-1]
     if args.profile:
-        checks["profile"] = profile_engine(engine, texts, device, Path(args.out).parent / f"{checks['model']}_profile.txt")
+        checks["profile"] = profile_engine(engine, texts, device,
+                                           Path(args.out).parent / f"{checks['model']}_profile.txt")
     for variant in args.variant:
         settings = {k: float(v) if "." in v else int(v) for k, v in (kv.split("=") for kv in variant.split(","))}
         other = LabelTokenEngine(model, tokenizer, label_ids, name=name, model_id="bench", **settings)
@@ -270,8 +271,8 @@ def profile_engine(engine: LabelTokenEngine, texts, device: str, path: Path) -> 
     tables = [averages.table(sort_by=key, row_limit=30) for key in
               (("cuda_time_total", "self_cpu_time_total") if device.startswith("cuda") else ("self_cpu_time_total",))]
     shapes = [(int(b.ids.shape[0]), int(b.ids.shape[1]), int(b.shared)) for b in batches]
-    path.write_text(f"batches (rows, width, shared): {shapes}\n\nprofiled: {[s for s in shapes][len(batches) // 2: len(batches) // 2 + 3]}\n\n"
-                    + "\n\n".join(tables))
+    profiled = shapes[len(batches) // 2: len(batches) // 2 + 3]
+    path.write_text(f"batches (rows, width, shared): {shapes}\n\nprofiled: {profiled}\n\n" + "\n\n".join(tables))
     log(f"profile: producer {producer:.2f} s, forward over prebuilt batches {gpu:.2f} s, {len(batches)} batches")
     return {"producer_seconds": round(producer, 3), "forward_prebuilt_seconds": round(gpu, 3),
             "forward_prebuilt_msgs_per_s": round(len(texts) / gpu, 1), "batches": len(batches)}

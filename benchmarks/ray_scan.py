@@ -96,7 +96,8 @@ def main() -> None:
                 db = Path(tmp) / f"ray{workers}.duckdb"
                 shutil.copy(base, db)
                 t0 = time.perf_counter()
-                scan_ray(db, settings, as_of=AS_OF, progress=False, options=RayOptions(workers=workers, rows_per_task=args.rows_per_task))
+                options = RayOptions(workers=workers, rows_per_task=args.rows_per_task)
+                scan_ray(db, settings, as_of=AS_OF, progress=False, options=options)
                 seconds = time.perf_counter() - t0
                 got = scores(db)
                 assert got.keys() == want.keys()

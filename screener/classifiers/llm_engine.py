@@ -250,9 +250,11 @@ class LabelTokenEngine:
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
         self.on_cuda = self.device.type == "cuda"
-        # About 32k tokens per batch keep an 8B model's matrix products at full speed with a few GB of activations;
-        # smaller models need more rows per batch to keep the GPU busy.
-        self.token_budget = token_budget or (max(32768, min(65536, 2**27 // config.hidden_size)) if self.on_cuda else 2048)
+        # About 32k tokens per batch keep an 8B model's matrix products at full speed with a few GB of activations.
+        # Smaller models want more rows per batch, up to 64k tokens: SmolLM2 at 233k tokens a batch ran at a
+        # quarter of its speed at 65k (benchmarks/results/gpu_scan_smollm2_variants.json).
+        budget = max(32768, min(65536, 2**27 // config.hidden_size)) if self.on_cuda else 2048
+        self.token_budget = token_budget or budget
         prefix, suffix = prompt_prefix_and_suffix(instruction)
         if model_id is None:
             digest = hashlib.sha256(b"llm-labeltoken-engine\x00" + _weight_fingerprint(model).encode())
