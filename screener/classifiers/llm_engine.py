@@ -251,8 +251,8 @@ class LabelTokenEngine:
         self.device, self.dtype = first.device, first.dtype
         self.on_cuda = self.device.type == "cuda"
         # About 32k tokens per batch keep an 8B model's matrix products at full speed with a few GB of activations.
-        # Smaller models want more rows per batch, up to 64k tokens: SmolLM2 at 233k tokens a batch ran at a
-        # quarter of its speed at 65k (benchmarks/results/gpu_scan_smollm2_variants.json).
+        # Smaller models want more rows per batch; past 64k tokens SmolLM2 gained nothing once warm (18.9k msg/s at
+        # 64k, 18.2k at 128k; benchmarks/results/gpu_scan*.json) and only held more memory.
         budget = max(32768, min(65536, 2**27 // config.hidden_size)) if self.on_cuda else 2048
         self.token_budget = token_budget or budget
         prefix, suffix = prompt_prefix_and_suffix(instruction)
