@@ -10,15 +10,6 @@ WITH scored AS (
     JOIN screener_scores sc ON sc.message_id = s.message_id AND sc.model_id = $model_id
     WHERE s.user_id IS NOT NULL AND s.sent_at IS NOT NULL AND s.sent_at <= $as_of
 ),
-recent AS (
-    SELECT user_id, neg,
-           row_number() OVER (PARTITION BY user_id ORDER BY sent_at DESC) AS recency
-    FROM scored
-),
-last_n AS (
-    SELECT user_id, count(*) AS n_last, sum(neg) AS neg_last
-    FROM recent WHERE recency <= $last_n GROUP BY user_id
-),
 windows AS (
     SELECT
         user_id,
@@ -33,17 +24,20 @@ windows AS (
         coalesce(sum(neg) FILTER (
             WHERE sent_at <= $as_of - to_days(CAST($short_days AS INTEGER))
               AND sent_at > $as_of - to_days(CAST($short_days AS INTEGER) + CAST($baseline_days AS INTEGER))
-        ), 0) AS baseline_neg
+        ), 0) AS baseline_neg,
+        -- The last N messages' labels, newest first: a bounded top-N per user inside the same hash aggregate (a
+        -- row_number() window over every message ran out of memory at 10M messages under a 256 MB limit).
+        max_by(neg, sent_at, CAST($last_n AS BIGINT)) AS last_labels
     FROM scored
     GROUP BY user_id
 ),
 stats AS (
     SELECT
         w.user_id, w.n_short, w.neg_short, w.n_long, w.neg_long, w.baseline_n, w.baseline_neg,
-        coalesce(l.n_last, 0) AS n_last, coalesce(l.neg_last, 0) AS neg_last,
+        len(w.last_labels) AS n_last, list_sum(w.last_labels) AS neg_last,
         CASE WHEN w.n_short > 0 THEN w.neg_short / w.n_short END AS ratio_short,
         CASE WHEN w.n_long > 0 THEN w.neg_long / w.n_long END AS ratio_long,
-        CASE WHEN l.n_last > 0 THEN l.neg_last / l.n_last END AS ratio_last,
+        list_sum(w.last_labels) / len(w.last_labels) AS ratio_last,
         CASE WHEN w.baseline_n >= $baseline_min_messages THEN w.baseline_neg / w.baseline_n END AS baseline_ratio,
         -- Wilson score interval, lower end: p + z^2/2n - z*sqrt(p(1-p)/n + z^2/4n^2), over 1 + z^2/n.
         CASE WHEN w.n_short > 0 THEN
@@ -53,7 +47,6 @@ stats AS (
             / (1 + $z * $z / w.n_short)
         ELSE 0 END AS wilson_lower
     FROM windows w
-    LEFT JOIN last_n l ON l.user_id = w.user_id
 )
 SELECT
     *,
