@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 from importlib import metadata
@@ -197,3 +198,20 @@ def test_shipped_default_model_scores_obvious_sentences():
                                 "What a great day, thank you so much!", "This is awful and I am so angry."])
     assert p[0] < 0.2 and p[2] < 0.2
     assert p[1] > 0.8 and p[3] > 0.8
+
+
+def test_torch_threads_follow_omp_num_threads_when_set(monkeypatch):
+    import torch
+
+    from screener.classifiers.hf import use_all_cores
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        use_all_cores()
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        use_all_cores()
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)

@@ -123,8 +123,14 @@ def native_cpu_bf16() -> bool:
 
 
 def use_all_cores() -> None:
+    """One torch thread per core this process may use, unless OMP_NUM_THREADS says otherwise (on a machine shared
+    with other jobs, more threads than free cores spin against each other)."""
     import torch
 
+    requested = os.environ.get("OMP_NUM_THREADS", "")
+    if requested.isdigit() and int(requested) > 0:
+        torch.set_num_threads(int(requested))
+        return
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
