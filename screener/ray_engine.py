@@ -113,7 +113,7 @@ class ScoreWorker:
         if threads and torch is not None:
             # Several actors share a machine's cores; each gets its own share instead of all of them.
             torch.set_num_threads(threads)
-        self.model_id, self.run_id, self.threshold, self.device = model_id, run_id, threshold, device
+        self.model_id, self.run_id, self.threshold = model_id, run_id, threshold
         self.token_budget, self.max_rows = token_budget, max_rows
         self.fs, self.scores_dir = objstore.resolve(scores_dir)
 
@@ -123,14 +123,14 @@ class ScoreWorker:
         ids = block.column("message_id").to_pylist()
         texts = block.column("text").to_pylist()
         probs = np.empty(len(texts), dtype=np.float32)
-        if self.device == "cpu":
-            lengths = self.clf.token_lengths(texts)
-            for idx in token_budget_batches(lengths, self.token_budget, self.max_rows):
-                probs[idx] = self.clf.predict_negative([texts[i] for i in idx])
-        else:
+        if getattr(self.clf, "sizes_own_batches", False):
             # The GPU engine sorts, packs and sizes its own batches (by a token budget fit for the GPU, with the
             # prompt prefix cached): cutting the block into CPU-sized batches first would starve it.
             probs[:] = self.clf.predict_negative(texts)
+        else:
+            lengths = self.clf.token_lengths(texts)
+            for idx in token_budget_batches(lengths, self.token_budget, self.max_rows):
+                probs[idx] = self.clf.predict_negative([texts[i] for i in idx])
         scores = pa.table({
             "message_id": pa.array(ids, pa.string()),
             "model_id": pa.array([self.model_id] * len(ids), pa.string()),
