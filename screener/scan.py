@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -169,31 +170,68 @@ def _check_model_change(store: Store, model_id: str, name: str, rescore: bool) -
 
 
 def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Settings, progress: bool) -> int:
+    """Score every pending message, one window at a time, three stages overlapped: while the classifier scores
+    window k, a thread reads window k+1 and another commits window k-1, so a GPU never waits for DuckDB. Commits
+    stay in window order, one at a time, each window all or nothing."""
     total = int(store.scalar("pending_count", {"model_id": clf.model_id}))
     bar = Progress(total, bar=progress)
     reader_con = store.reader_cursor()
+    # A classifier that batches by itself on a GPU needs large calls to keep the GPU busy (1.2k msg/s in calls of
+    # 4,096 messages against 21k in calls of 50k for SmolLM2 on an H200; benchmarks/results/engine_variants*.json).
+    window = max(settings.window_rows, int(getattr(clf, "min_window_rows", 0)))
     scored = 0
     try:
         reader = reader_con.sql(
             queries.load("pending_messages"), params={"model_id": clf.model_id}
-        ).to_arrow_reader(settings.window_rows)
-        for batch in reader:
-            scored += _score_batch(store, clf, run_id, batch, settings)
-            bar.advance(batch.num_rows)
-            log.debug("committed a window of %d messages; %d scored in this run", batch.num_rows, scored)
+        ).to_arrow_reader(window)
+        with ThreadPoolExecutor(max_workers=1) as read_pool, ThreadPoolExecutor(max_workers=1) as write_pool:
+            next_batch = read_pool.submit(_read_next, reader)
+            committing = None
+            try:
+                while (batch := next_batch.result()) is not None:
+                    next_batch = read_pool.submit(_read_next, reader)
+                    tables = _score_batch(clf, run_id, batch, settings)
+                    if committing is not None:
+                        scored += _committed(committing, bar)
+                    committing = write_pool.submit(_commit, store, tables, batch.num_rows)
+                if committing is not None:
+                    scored += _committed(committing, bar)
+                    committing = None
+            finally:
+                # On a failure, the window being committed still lands (or rolls back) before the error goes up.
+                if committing is not None:
+                    committing.exception()
+                next_batch.cancel()
+                if not next_batch.cancelled():
+                    next_batch.exception()
     finally:
         bar.close()
         reader_con.close()
     return scored
 
 
-def _score_batch(store: Store, clf: Classifier, run_id: int, batch: pa.RecordBatch, settings: Settings) -> int:
+def _read_next(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None
+
+
+def _committed(committing: Future, bar: Progress) -> int:
+    scored, rows = committing.result()
+    bar.advance(rows)
+    log.debug("committed a window of %d messages (%d scored)", rows, scored)
+    return scored
+
+
+def _score_batch(clf: Classifier, run_id: int, batch: pa.RecordBatch, settings: Settings) -> tuple[pa.Table, pa.Table]:
+    """The scores and skipped rows of one window, as tables ready to insert."""
     ids = batch.column("message_id").to_pylist()
     texts = batch.column("text").to_pylist()
     keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
     blank = [i for i, t in enumerate(texts) if t is None or not t.strip()]
-    now = datetime.now(timezone.utc)
     probs = _score_window(clf, [texts[i] for i in keep], settings.batch_size) if keep else np.empty(0, np.float32)
+    now = datetime.now(timezone.utc)
     scores = pa.table({
         "message_id": pa.array([ids[i] for i in keep], pa.string()),
         "model_id": pa.array([clf.model_id] * len(keep), pa.string()),
@@ -209,6 +247,12 @@ def _score_batch(store: Store, clf: Classifier, run_id: int, batch: pa.RecordBat
         "reason": pa.array(["empty_text"] * len(blank), pa.string()),
         "run_id": pa.array([run_id] * len(blank), pa.int64()),
     })
+    return scores, skipped
+
+
+def _commit(store: Store, tables: tuple[pa.Table, pa.Table], rows: int) -> tuple[int, int]:
+    """One window's scores and skipped rows in one transaction; returns (scored, rows of the window)."""
+    scores, skipped = tables
     con = store.con
     con.begin()
     try:
@@ -223,7 +267,7 @@ def _score_batch(store: Store, clf: Classifier, run_id: int, batch: pa.RecordBat
     finally:
         con.unregister("screener_batch_scores")
         con.unregister("screener_batch_skipped")
-    return len(keep)
+    return scores.num_rows, rows
 
 
 def _finish(store: Store, r: ScanResult, status: str, error: str | None) -> None:

@@ -22,7 +22,7 @@ from screener.classifiers.llm_engine import (  # noqa: E402
     PromptTokenizer,
     load_engine,
     plan_batches,
-    shared_prefix_length,
+    shared_prefix_lengths,
 )
 from screener.errors import ModelError  # noqa: E402
 from screener.prompt import alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
@@ -113,8 +113,8 @@ def test_tokenizer_makes_a_newline_text_straddle_the_cached_prefix():
     prefix_ids = tokenizer(prompt_prefix_and_suffix()[0])["input_ids"]
     full = tokenizer(alpaca_prompt("\nstarts with a newline"))["input_ids"]
     plain = tokenizer(alpaca_prompt("a great movie"))["input_ids"]
-    assert shared_prefix_length(plain, prefix_ids) == len(prefix_ids)
-    assert shared_prefix_length(full, prefix_ids) < len(prefix_ids)
+    assert prefix_reuse([plain], prefix_ids) == [len(prefix_ids)]
+    assert prefix_reuse([full], prefix_ids)[0] < len(prefix_ids)
 
 
 def test_engine_equals_padded_forward_in_fp32():
@@ -191,11 +191,17 @@ def test_plan_batches_bounds_padding():
     assert [b.tolist() for b in plan_batches(lengths, shared, 100, 8, max_padding=1.0)] == [[0, 3, 1, 2]]
 
 
-def test_shared_prefix_length_keeps_one_token_to_compute():
-    assert shared_prefix_length([1, 2, 3, 9], [1, 2, 3]) == 3
-    assert shared_prefix_length([1, 2, 7, 9], [1, 2, 3]) == 2
-    assert shared_prefix_length([1, 2, 3], [1, 2, 3]) == 2
-    assert shared_prefix_length([5], [1, 2, 3]) == 0
+def prefix_reuse(prompts: list[list[int]], prefix_ids: list[int]) -> list[int]:
+    lengths = np.array([len(p) for p in prompts])
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    flat = np.array([t for p in prompts for t in p], dtype=np.int64)
+    return shared_prefix_lengths(flat, starts, lengths, prefix_ids).tolist()
+
+
+def test_shared_prefix_lengths_keep_one_token_to_compute():
+    prompts = [[1, 2, 3, 9], [1, 2, 7, 9], [1, 2, 3], [5], [1], [1, 2, 3, 4, 5]]
+    assert prefix_reuse(prompts, [1, 2, 3]) == [3, 2, 2, 0, 0, 3]
+    assert prefix_reuse(prompts, []) == [0] * 6
 
 
 def tricky_texts(n: int, seed: int = 0) -> list[str]:
@@ -257,3 +263,11 @@ def test_load_engine_scores_a_model_folder_like_the_reference_classifier(tmp_pat
     engine = load_engine(tmp_path, manifest, "cpu", name=reference.name, model_id=reference.model_id)
     assert isinstance(engine, LabelTokenEngine) and engine.model_id == reference.model_id
     np.testing.assert_allclose(engine.predict_negative(TEXTS), reference.predict_negative(TEXTS), atol=2e-5, rtol=0)
+
+
+def test_engine_attention_kernels_can_be_chosen_and_unknown_ones_are_refused():
+    _, _, _, engine = make_engine(0)
+    _, _, _, math_only = make_engine(0, attention="math")
+    np.testing.assert_allclose(math_only.predict_negative(TEXTS), engine.predict_negative(TEXTS), atol=2e-5, rtol=0)
+    with pytest.raises(AttributeError):
+        make_engine(0, attention="no_such_kernel")

@@ -140,3 +140,40 @@ def test_run_records_completed_status_and_config(archive):
         "SELECT status, config, model_id FROM screener_runs WHERE run_id = ?", [result.run_id]).fetchone()
     con.close()
     assert status == "completed" and '"min_ratio": 0.6' in config and model == KeywordClassifier().model_id
+
+
+class WindowRecorder(KeywordClassifier):
+    """Records each call's size; fails on call ``fail_on`` (counting from 1) when given."""
+
+    sizes_own_batches = True
+
+    def __init__(self, min_window_rows: int = 0, fail_on: int | None = None) -> None:
+        super().__init__()
+        self.min_window_rows = min_window_rows
+        self.fail_on = fail_on
+        self.sizes: list[int] = []
+
+    def predict_negative(self, texts):
+        self.sizes.append(len(texts))
+        if len(self.sizes) == self.fail_on:
+            raise RuntimeError("scoring failed")
+        return super().predict_negative(texts)
+
+
+def test_classifier_asking_for_larger_windows_gets_them(archive):
+    clf = WindowRecorder(min_window_rows=50)
+    result = run(archive, classifier=clf, settings=Settings(window_rows=16))
+    assert clf.sizes == [50, 50, 20]
+    assert result.messages_scored == 120 and score_counts(archive) == (120, 120)
+
+
+def test_failure_scoring_a_window_keeps_the_windows_before_it_and_the_rerun_scores_the_rest(archive):
+    # The third window fails while the second one's commit may still be running: both earlier windows land.
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        run(archive, classifier=WindowRecorder(fail_on=3), settings=Settings(window_rows=16))
+    assert score_counts(archive) == (32, 32)
+    status = duckdb.connect(str(archive)).sql("SELECT status FROM screener_runs").fetchall()
+    assert status == [("failed",)]
+    clf = WindowRecorder()
+    assert run(archive, classifier=clf, settings=Settings(window_rows=16)).messages_scored == 88
+    assert score_counts(archive) == (120, 120) and sum(clf.sizes) == 88

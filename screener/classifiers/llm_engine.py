@@ -27,8 +27,11 @@ The same code runs on CPU (torch's SDPA), which is how the tests check it agains
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import queue
 import threading
@@ -45,20 +48,22 @@ SUPPORTED_MODEL_TYPES = ("llama",)
 DEFAULT_MAX_TEXT_TOKENS = 512
 
 
-def shared_prefix_length(ids: Sequence[int], prefix_ids: Sequence[int]) -> int:
-    """How many leading tokens of a prompt's ids can reuse the cached prefix's keys and values.
+def shared_prefix_lengths(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                          prefix_ids: Sequence[int]) -> np.ndarray:
+    """For each prompt (``flat[starts[i]:starts[i] + lengths[i]]``), how many leading tokens can reuse the cached
+    prefix's keys and values: the tokens it shares with ``prefix_ids`` from the start.
 
     Causality makes the cached keys and values of positions ``< n`` valid for any prompt whose first ``n`` tokens
     equal the prefix's. At least one token is left to compute, because the last position's output is the result.
     """
     n = len(prefix_ids)
-    if len(ids) > n and list(ids[:n]) == list(prefix_ids):
-        return n
-    limit = min(n, len(ids) - 1)
-    shared = 0
-    while shared < limit and ids[shared] == prefix_ids[shared]:
-        shared += 1
-    return shared
+    if n == 0 or len(flat) == 0:
+        return np.zeros(len(lengths), dtype=np.int64)
+    cols = np.arange(n)
+    tokens = flat[np.minimum(starts[:, None] + cols, len(flat) - 1)]
+    equal = (cols < lengths[:, None]) & (tokens == np.asarray(prefix_ids, dtype=flat.dtype))
+    matched = np.where(equal.all(axis=1), n, equal.argmin(axis=1))
+    return np.maximum(np.minimum(matched, lengths - 1), 0).astype(np.int64)
 
 
 # Texts that probe where a tokenizer could join a message to the prompt around it: leading and trailing
@@ -231,7 +236,8 @@ class LabelTokenEngine:
     def __init__(self, model, tokenizer, label_ids: tuple[int, int], instruction: str = INSTRUCTION, *,
                  name: str = "llm-engine", model_id: str | None = None,
                  max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, token_budget: int | None = None,
-                 max_batch: int = 4096, max_padding: float = 0.1, chunk_size: int = 65536, prefetch: int = 4):
+                 max_batch: int = 4096, max_padding: float = 0.1, chunk_size: int = 65536, prefetch: int = 4,
+                 max_in_flight: int = 2, attention: Sequence[str] | str | None = None):
         import torch
 
         config = model.config
@@ -250,6 +256,18 @@ class LabelTokenEngine:
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
         self.on_cuda = self.device.type == "cuda"
+        # The scan hands this engine windows of at least this many messages (see screener.scan._score_pending).
+        self.min_window_rows = chunk_size if self.on_cuda else 0
+        self.max_in_flight = max_in_flight
+        if isinstance(attention, str):
+            attention = attention.split("+")
+        # cuDNN's attention (torch's first choice on an H200) builds a plan for every new batch shape: SmolLM2's
+        # first pass over 50k messages ran at 4.9k msg/s with it and 16.2k with the memory-efficient kernel, warm
+        # passes 21.2k and 21.5k (benchmarks/results/engine_variants_smollm2_h200.json). Math is the fallback.
+        if attention is None and self.on_cuda:
+            attention = ("efficient_attention", "math")
+        self.attention = tuple(attention or ())
+        self._attention_backends()  # an unknown kernel name fails here, not at the first batch
         # About 32k tokens per batch keep an 8B model's matrix products at full speed with a few GB of activations.
         # Smaller models want more rows per batch; past 64k tokens SmolLM2 gained nothing once warm (18.9k msg/s at
         # 64k, 18.2k at 128k; benchmarks/results/gpu_scan*.json) and only held more memory.
@@ -314,8 +332,12 @@ class LabelTokenEngine:
         stop = threading.Event()
         producer = threading.Thread(target=self._produce, args=(texts, batches, stop), daemon=True)
         producer.start()
+        # Launching a batch takes a few ms of Python; the GPU then works for tens of ms. Without a bound the
+        # launches fill the driver's queue and block inside it while holding the GIL, which starves the producer
+        # thread; waiting on an event releases the GIL instead.
+        in_flight: collections.deque = collections.deque()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._attention_backends():
                 while (item := batches.get()) is not None:
                     if isinstance(item, BaseException):
                         raise item
@@ -323,10 +345,23 @@ class LabelTokenEngine:
                     last = item.last.to(self.device, non_blocking=True)
                     rows = item.rows.to(self.device, non_blocking=True)
                     out.index_copy_(0, rows, self._probabilities(ids, last, item.shared))
+                    if self.on_cuda and self.max_in_flight:
+                        in_flight.append(torch.cuda.Event())
+                        in_flight[-1].record()
+                        if len(in_flight) > self.max_in_flight:
+                            in_flight.popleft().synchronize()
         finally:
             stop.set()
             producer.join()
         return out.cpu().numpy()
+
+    def _attention_backends(self):
+        """The scaled-dot-product-attention kernels the forward may use (``attention``), or torch's choice."""
+        if not self.attention:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([getattr(SDPBackend, name.upper()) for name in self.attention])
 
     # ---- producer thread ------------------------------------------------------------------------------------
 
@@ -361,19 +396,22 @@ class LabelTokenEngine:
     def _pack(self, texts: list[str], offset: int):
         import torch
 
-        # Prompts come as head + part, the head's ids shared by all; only the parts are per message.
+        # Prompts come as head + part, the head's ids shared by all; only the parts are per message. The parts
+        # are laid end to end in one array and every batch is gathered from it by numpy: per-row Python here
+        # would hold the GIL that the thread launching GPU work needs.
         head = len(self.prompts.head)
-        rest = self.prefix_ids[head:]
         parts = self.prompts.split(texts, self.max_text_tokens)
-        shared = np.array([shared_prefix_length(ids, rest) for ids in parts], dtype=np.int64)
-        lengths = np.array([len(ids) for ids in parts], dtype=np.int64) - shared
-        shared += head
-        for idx in plan_batches(lengths, shared, self.token_budget, self.max_batch, self.max_padding):
-            skip = int(shared[idx[0]]) - head
-            width = int(lengths[idx].max())
-            ids = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                ids[row, : lengths[i]] = parts[i][skip:]
+        total = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        flat = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64, count=int(total.sum()))
+        starts = np.zeros(len(parts), dtype=np.int64)
+        np.cumsum(total[:-1], out=starts[1:])
+        skips = shared_prefix_lengths(flat, starts, total, self.prefix_ids[head:])
+        lengths = total - skips
+        for idx in plan_batches(lengths, skips + head, self.token_budget, self.max_batch, self.max_padding):
+            skip = int(skips[idx[0]])
+            cols = np.arange(int(lengths[idx].max()))
+            source = np.minimum(starts[idx, None] + skip + cols, len(flat) - 1)
+            ids = np.where(cols < lengths[idx, None], flat[source], 0)
             tensors = [torch.from_numpy(a) for a in (ids, lengths[idx] - 1, idx + offset)]
             if self.on_cuda:
                 tensors = [t.pin_memory() for t in tensors]
@@ -541,7 +579,7 @@ def _worker(build: Callable[[str], object], device: str, conn) -> None:
             # Otherwise every worker also opens a context (and its memory) on GPU 0.
             torch.cuda.set_device(device)
         engine = build(device)
-        conn.send(("ready", engine.model_id, engine.name))
+        conn.send(("ready", engine.model_id, engine.name, int(getattr(engine, "min_window_rows", 0))))
     except BaseException as exc:  # reported to the parent, which raises a ModelError
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -589,8 +627,9 @@ class MultiGPUEngine:
         if len(ids) != 1:
             self.close()
             raise ModelError(f"GPU workers loaded different weights (model ids {sorted(ids)}): expected one model")
-        self.model_id, self.name = replies[0][1], replies[0][2]
+        self.model_id, self.name, window = replies[0][1], replies[0][2], replies[0][3]
         self.devices = list(devices)
+        self.min_window_rows = window * len(self._workers)
 
     def _ask(self, command: str, parts: list[list[str]]) -> list:
         """Send part i to worker i (as many workers as parts) and collect their results in the same order."""
