@@ -8,12 +8,13 @@ allocator are process-wide, so a variant run after another would start warm. Eac
 - ``window_msgs_per_s``: the messages again in calls of ``--window`` texts, as ``screener scan`` hands them over;
 - ``producer_msgs_per_s``: the CPU side alone (tokenize, plan, pack, pin).
 
-Settings are ``LabelTokenEngine`` keyword arguments (``max_in_flight=0``, ``attention=efficient_attention``,
+Settings are ``LabelTokenEngine`` keyword arguments (``attention=cudnn_attention``, ``max_padding=0.3``,
 ``token_budget=32768``), plus ``gpus=N`` for ``MultiGPUEngine`` over N GPUs and ``impl=FILE`` for the engine
-module from another file (an earlier commit's, as a baseline). Usage, on the device:
+module from another file (an earlier commit's, as a baseline); ``env.NAME=VALUE`` sets an environment variable of
+the variant's process (``env.RAYON_NUM_THREADS=8``: the tokenizer's thread pool). Usage, on the device:
 
     python benchmarks/engine_variants.py --model-dir SMOLLM2_CONFIG_DIR --data-dir DATA \\
-        --variant "" --variant max_in_flight=0 --variant gpus=2 --out engine_variants.json
+        --variant "" --variant attention=cudnn_attention --variant gpus=2 --out engine_variants.json
 
 ``--model-dir`` is a folder with config.json and a tokenizer: the model gets random weights (speed does not
 depend on them). ``--gguf FILE`` loads real weights instead. ``--smoke`` runs tiny shapes on CPU.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -79,7 +81,8 @@ def build_engine(args: dict, settings: dict, device: str):
                            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16})
         tokenizer = AutoTokenizer.from_pretrained(args["model_dir"])
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        with torch.device(device):  # random weights made on the GPU: an 8B model would take minutes on the CPU
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model = model.to(device).eval()
     return LabelTokenEngine(model, tokenizer, label_token_ids(tokenizer), name="bench", model_id="bench",
                             **settings)
@@ -137,7 +140,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--window", type=int, default=4096, help="texts per call in the scan-sized pass")
     parser.add_argument("--variant", action="append", default=None,
-                        help='comma-separated settings, e.g. "max_in_flight=0,token_budget=32768"; "" is the default')
+                        help='comma-separated settings, e.g. "attention=cudnn_attention,token_budget=32768"; "" is the default')
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, CPU allowed")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -151,12 +154,18 @@ def main() -> None:
     for spec in args.variant or [""]:
         job = {"model_dir": args.model_dir, "gguf": args.gguf, "data_dir": args.data_dir, "n": args.n,
                "window": args.window, "smoke": args.smoke, "settings": parse_settings(spec)}
-        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True, text=True)
+        env = dict(os.environ)
+        env.update({k[len("env."):]: str(v) for k, v in job["settings"].items() if k.startswith("env.")})
+        job["settings"] = {k: v for k, v in job["settings"].items() if not k.startswith("env.")}
+        job["env"] = {k: v for k, v in env.items() if k not in os.environ or os.environ[k] != v}
+        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True, text=True,
+                              env=env)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:
             result = {"settings": job["settings"], "error": proc.stderr.strip().splitlines()[-3:]}
         else:
             result = json.loads(lines[-1][len("RESULT "):])
+        result["env"] = job["env"]
         print(json.dumps(result), flush=True)
         results.append(result)
         if args.out:

@@ -207,15 +207,6 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
     if args.profile:
         checks["profile"] = profile_engine(engine, texts, device,
                                            Path(args.out).parent / f"{checks['model']}_profile.txt")
-    for variant in args.variant:
-        settings = {k: float(v) if "." in v else int(v) for k, v in (kv.split("=") for kv in variant.split(","))}
-        other = LabelTokenEngine(model, tokenizer, label_ids, name=name, model_id="bench", **settings)
-        other.predict_negative(texts)
-        other_probs, seconds = timed(lambda: other.predict_negative(texts))
-        records.append(record(name, "engine_variant", texts, seconds, real, prompt_lens.sum(), flops, device, {
-            "settings": settings, "batches": sum(1 for _ in other.batches(texts)),
-            "max_abs_vs_engine": float(np.abs(other_probs - engine_probs).max())}))
-        del other
     diff = np.abs(engine_probs[: len(sub)] - padded_probs)
     checks.update({"engine_vs_hf_padded_max_abs": float(diff.max()), "engine_vs_hf_padded_mean_abs": float(diff.mean()),
                    "compared_on": len(sub), "engine_finite": bool(np.isfinite(engine_probs).all()),
@@ -249,7 +240,7 @@ def profile_engine(engine: LabelTokenEngine, texts, device: str, path: Path) -> 
     producer = time.perf_counter() - start
 
     def forward(items):
-        with torch.inference_mode():
+        with torch.inference_mode(), engine._attention_backends():
             for b in items:
                 engine._probabilities(b.ids.to(engine.device, non_blocking=True),
                                       b.last.to(engine.device, non_blocking=True), b.shared)
@@ -355,8 +346,6 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=1, help="also run the engine on this many GPUs of the host")
     parser.add_argument("--profile", action="store_true",
                         help="also time the producer and the forward apart and write a torch.profiler table")
-    parser.add_argument("--variant", action="append", default=[],
-                        help="also run the engine with these settings, e.g. max_padding=0.3,token_budget=65536")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -13,6 +13,11 @@ What it measures, all in one run on this machine:
 4. (``--parts default_big``) the default model's scan of BIG messages: its peak RSS beside the N-message scan's.
 
 For the load figures of a 10M-message archive: ``--parts memory,aggregation --messages 1000000 --big 10000000``.
+
+On a GPU (``--parts gpu --model MODEL --device cuda:0``; ``--device cuda`` uses every visible GPU): the scan of an
+N-message archive in this process with the model loaded beforehand, beside the same classifier alone over the same
+texts in calls of the scan's window size, both after a warm-up on other texts. The ratio is what reading,
+committing and aggregating cost around the GPU.
 """
 
 from __future__ import annotations
@@ -104,6 +109,49 @@ def classifier_alone(texts: list[str]) -> dict:
     return {"messages": len(texts), "seconds": round(seconds, 2), "msgs_per_s": round(len(texts) / seconds, 1)}
 
 
+def gpu_scan(db: Path, texts: list[str], n: int, n_users: int, model: str, device: str) -> dict:
+    import torch
+
+    from screener.classifiers.registry import load_classifier
+    from screener.scan import scan
+    from screener.settings import Settings
+
+    def sync() -> None:
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(i)
+
+    start = time.perf_counter()
+    clf = load_classifier(model, device=device)
+    load_s = time.perf_counter() - start
+    rng = np.random.default_rng(5)
+    clf.predict_negative([texts[i] for i in rng.integers(0, len(texts), min(n, 20_000))])
+    build_archive(db, n, n_users, texts, seed=6)
+    settings = Settings(model=model, device=device)
+    sync()
+    start = time.perf_counter()
+    result = scan(db, settings, as_of=AS_OF, classifier=clf, progress=False)
+    sync()
+    scan_s = time.perf_counter() - start
+    con = duckdb.connect(str(db), read_only=True)
+    scanned = con.sql("SELECT text FROM messages WHERE text IS NOT NULL AND trim(text) <> ''").fetchall()
+    con.close()
+    scanned = [row[0] for row in scanned]
+    window = max(settings.window_rows, int(getattr(clf, "min_window_rows", 0)))
+    sync()
+    start = time.perf_counter()
+    for i in range(0, len(scanned), window):
+        clf.predict_negative(scanned[i:i + window])
+    sync()
+    alone_s = time.perf_counter() - start
+    return {"model": model, "device": device, "gpus": len(getattr(clf, "devices", [device])),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none", "messages": result.messages_scored, "window_rows": window,
+            "model_load_s": round(load_s, 2), "scan_s": round(scan_s, 2),
+            "scan_msgs_per_s": round(result.messages_scored / scan_s, 1),
+            "classifier_alone_msgs_per_s": round(len(scanned) / alone_s, 1),
+            "pipeline_efficiency": round(alone_s / scan_s, 3), "users": result.users,
+            "users_flagged": result.users_flagged}
+
+
 def aggregation_time(db: Path, n_users: int) -> dict:
     """Scores for every message under a synthetic model id, then the scan's aggregation and the report."""
     from screener import aggregate, report
@@ -140,16 +188,20 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--parts", default="memory,aggregation,default",
-                        help="comma-separated subset of memory, aggregation, default, default_big")
+                        help="comma-separated subset of memory, aggregation, default, default_big, gpu")
+    parser.add_argument("--model", default="smollm2-sst2", help="the model of --parts gpu")
+    parser.add_argument("--device", default="cuda:0", help="the device of --parts gpu")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    from conftest import build_tiny_model
 
     texts = message_texts()
     out: dict = {"machine": {"cpus": os.cpu_count()}, "command": " ".join(sys.argv)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tiny = build_tiny_model(tmp / "tiny")
+        if "memory" in parts:
+            from conftest import build_tiny_model
+
+            tiny = build_tiny_model(tmp / "tiny")
         small, big = tmp / "small.duckdb", tmp / "big.duckdb"
         if parts & {"memory", "aggregation"}:
             build_archive(big, args.big, args.users, texts, seed=1)
@@ -183,6 +235,9 @@ def main() -> None:
             if "default_scan" in out:
                 out["default_rss_ratio_big_over_small"] = round(out["default_scan_big"]["peak_rss_mb"]
                                                                 / out["default_scan"]["peak_rss_mb"], 3)
+        if "gpu" in parts:
+            out["gpu_scan"] = gpu_scan(tmp / "gpu.duckdb", texts, args.messages, max(args.messages // 20, 1),
+                                       args.model, args.device)
     print(json.dumps(out, indent=2))
     if args.out:
         args.out.write_text(json.dumps(out, indent=2) + "\n")

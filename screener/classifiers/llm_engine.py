@@ -15,10 +15,13 @@ position of the Alpaca prompt, never ``generate()``), but spends the GPU only on
   heads are folded into the query length so keys and values are never repeated.
 - The last layer runs attention and MLP at each row's last position only, and the head multiplies by the two label
   rows only: the vocabulary projection is never computed.
-- A producer thread tokenizes and packs the next batches into pinned memory while the GPU runs the current one;
-  results stay on the GPU until the call ends, so the loop never waits for a device-to-host copy. Where the
+- A producer thread tokenizes and packs the next batches into pinned memory while the GPU runs the current one
+  (numpy gathers each batch from one array of all the ids: per-row Python would hold the GIL the launching thread
+  needs); results stay on the GPU until the call ends, so the loop never waits for a device-to-host copy. Where the
   tokenizer allows (checked once), only the prompt's last line, the message and the suffix are tokenized per
   message, with ids identical to tokenizing whole prompts: a third of the tokenizer work.
+- Attention runs on torch's memory-efficient kernel on CUDA: cuDNN's, torch's first choice, plans every new batch
+  shape, and a scan meets new shapes all the time (first pass 3.3x faster for SmolLM2, 1.9x for Llama-8B shapes).
 - Several GPUs of one host: ``MultiGPUEngine`` runs one worker process per GPU and gives each a disjoint,
   token-balanced share of every call, so no message is scored twice.
 
@@ -27,7 +30,6 @@ The same code runs on CPU (torch's SDPA), which is how the tests check it agains
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import hashlib
@@ -237,7 +239,7 @@ class LabelTokenEngine:
                  name: str = "llm-engine", model_id: str | None = None,
                  max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, token_budget: int | None = None,
                  max_batch: int = 4096, max_padding: float = 0.1, chunk_size: int = 65536, prefetch: int = 4,
-                 max_in_flight: int = 2, attention: Sequence[str] | str | None = None):
+                 attention: Sequence[str] | str | None = None):
         import torch
 
         config = model.config
@@ -258,7 +260,6 @@ class LabelTokenEngine:
         self.on_cuda = self.device.type == "cuda"
         # The scan hands this engine windows of at least this many messages (see screener.scan._score_pending).
         self.min_window_rows = chunk_size if self.on_cuda else 0
-        self.max_in_flight = max_in_flight
         if isinstance(attention, str):
             attention = attention.split("+")
         # cuDNN's attention (torch's first choice on an H200) builds a plan for every new batch shape: SmolLM2's
@@ -332,10 +333,6 @@ class LabelTokenEngine:
         stop = threading.Event()
         producer = threading.Thread(target=self._produce, args=(texts, batches, stop), daemon=True)
         producer.start()
-        # Launching a batch takes a few ms of Python; the GPU then works for tens of ms. Without a bound the
-        # launches fill the driver's queue and block inside it while holding the GIL, which starves the producer
-        # thread; waiting on an event releases the GIL instead.
-        in_flight: collections.deque = collections.deque()
         try:
             with torch.inference_mode(), self._attention_backends():
                 while (item := batches.get()) is not None:
@@ -345,11 +342,6 @@ class LabelTokenEngine:
                     last = item.last.to(self.device, non_blocking=True)
                     rows = item.rows.to(self.device, non_blocking=True)
                     out.index_copy_(0, rows, self._probabilities(ids, last, item.shared))
-                    if self.on_cuda and self.max_in_flight:
-                        in_flight.append(torch.cuda.Event())
-                        in_flight[-1].record()
-                        if len(in_flight) > self.max_in_flight:
-                            in_flight.popleft().synchronize()
         finally:
             stop.set()
             producer.join()
