@@ -140,7 +140,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--window", type=int, default=4096, help="texts per call in the scan-sized pass")
     parser.add_argument("--variant", action="append", default=None,
-                        help='comma-separated settings, e.g. "attention=cudnn_attention,token_budget=32768"; "" is the default')
+                        help='comma-separated settings, e.g. "attention=cudnn_attention,token_budget=32768"; '
+                             '"" is the default')
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, CPU allowed")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--one", help=argparse.SUPPRESS)

@@ -176,8 +176,8 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
     total = int(store.scalar("pending_count", {"model_id": clf.model_id}))
     bar = Progress(total, bar=progress)
     reader_con = store.reader_cursor()
-    # A classifier that batches by itself on a GPU needs large calls to keep the GPU busy (1.2k msg/s in calls of
-    # 4,096 messages against 21k in calls of 50k for SmolLM2 on an H200; benchmarks/results/engine_variants*.json).
+    # A classifier that batches by itself on a GPU needs large calls to keep the GPU busy (5.9k msg/s in calls of
+    # 4,096 messages against 21.5k in calls of 50k for SmolLM2 on an H200; engine_variants_smollm2_h200.json).
     window = max(settings.window_rows, int(getattr(clf, "min_window_rows", 0)))
     scored = 0
     try:
@@ -224,7 +224,8 @@ def _committed(committing: Future, bar: Progress) -> int:
     return scored
 
 
-def _score_batch(clf: Classifier, run_id: int, batch: pa.RecordBatch, settings: Settings) -> tuple[pa.Table, pa.Table]:
+def _score_batch(clf: Classifier, run_id: int, batch: pa.RecordBatch,
+                 settings: Settings) -> tuple[pa.Table, pa.Table]:
     """The scores and skipped rows of one window, as tables ready to insert."""
     ids = batch.column("message_id").to_pylist()
     texts = batch.column("text").to_pylist()
