@@ -184,12 +184,13 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
         reader = reader_con.sql(
             queries.load("pending_messages"), params={"model_id": clf.model_id}
         ).to_arrow_reader(window)
+        windows = _windows(reader, window)
         with ThreadPoolExecutor(max_workers=1) as read_pool, ThreadPoolExecutor(max_workers=1) as write_pool:
-            next_batch = read_pool.submit(_read_next, reader)
+            next_batch = read_pool.submit(next, windows, None)
             committing = None
             try:
                 while (batch := next_batch.result()) is not None:
-                    next_batch = read_pool.submit(_read_next, reader)
+                    next_batch = read_pool.submit(next, windows, None)
                     tables = _score_batch(clf, run_id, batch, settings)
                     if committing is not None:
                         scored += _committed(committing, bar)
@@ -210,11 +211,21 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
     return scored
 
 
-def _read_next(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
-    try:
-        return reader.read_next_batch()
-    except StopIteration:
-        return None
+def _windows(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+    """The reader's rows in windows of exactly ``rows`` (the last one shorter): DuckDB's batch size is only an
+    upper bound, and its parallel scan hands over partial batches, which would give a GPU small calls."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in reader:
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending)
 
 
 def _committed(committing: Future, bar: Progress) -> int:
@@ -224,8 +235,7 @@ def _committed(committing: Future, bar: Progress) -> int:
     return scored
 
 
-def _score_batch(clf: Classifier, run_id: int, batch: pa.RecordBatch,
-                 settings: Settings) -> tuple[pa.Table, pa.Table]:
+def _score_batch(clf: Classifier, run_id: int, batch: pa.Table, settings: Settings) -> tuple[pa.Table, pa.Table]:
     """The scores and skipped rows of one window, as tables ready to insert."""
     ids = batch.column("message_id").to_pylist()
     texts = batch.column("text").to_pylist()

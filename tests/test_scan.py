@@ -177,3 +177,16 @@ def test_failure_scoring_a_window_keeps_the_windows_before_it_and_the_rerun_scor
     clf = WindowRecorder()
     assert run(archive, classifier=clf, settings=Settings(window_rows=16)).messages_scored == 88
     assert score_counts(archive) == (120, 120) and sum(clf.sizes) == 88
+
+
+def test_partial_record_batches_are_regrouped_into_whole_windows():
+    from screener.scan import _windows
+
+    sizes, start, batches = [13, 50, 7, 50], 0, []
+    for size in sizes:
+        batches.append(pa.record_batch({"message_id": [f"m{i}" for i in range(start, start + size)]}))
+        start += size
+    reader = pa.RecordBatchReader.from_batches(batches[0].schema, batches)
+    windows = list(_windows(reader, 50))
+    assert [w.num_rows for w in windows] == [50, 50, 20]
+    assert sum((w.column("message_id").to_pylist() for w in windows), []) == [f"m{i}" for i in range(120)]
