@@ -3,4 +3,4 @@ source .carry/cmd/env.sh
 cat /tmp/parts/gA /tmp/parts/gB .carry/c3/gC > $GGUF
 sha256sum $GGUF
 cp .carry/c3/uA /tmp/parts/
-python3 benchmarks/gpu_scan.py --models smollm2 --data-dir /tmp/shared/data --smollm2-gguf $GGUF --padded-n 4096 --gpus 2 --profile --variant max_padding=0.3 --variant token_budget=65536 --variant max_padding=0.3,token_budget=65536,chunk_size=200000 --out $OUT/gpu_scan_smollm2.json 2>&1 | grep -v "^W1" | tee $OUT/smollm2.log | tail -30
+python3 benchmarks/gpu_scan.py --models smollm2 --data-dir /tmp/shared/data --smollm2-gguf $GGUF --padded-n 4096 --gpus 2 --profile --out $OUT/gpu_scan_smollm2.json 2>&1 | grep -v "^W1" | tee $OUT/smollm2.log | tail -30
