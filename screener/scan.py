@@ -194,7 +194,7 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
                     tables = _score_batch(clf, run_id, batch, settings)
                     if committing is not None:
                         scored += _committed(committing, bar)
-                    committing = write_pool.submit(_commit, store, tables, batch.num_rows)
+                    committing = write_pool.submit(_commit, store, tables)
                 if committing is not None:
                     scored += _committed(committing, bar)
                     committing = None
@@ -261,7 +261,7 @@ def _score_batch(clf: Classifier, run_id: int, batch: pa.Table, settings: Settin
     return scores, skipped
 
 
-def _commit(store: Store, tables: tuple[pa.Table, pa.Table], rows: int) -> tuple[int, int]:
+def _commit(store: Store, tables: tuple[pa.Table, pa.Table]) -> tuple[int, int]:
     """One window's scores and skipped rows in one transaction; returns (scored, rows of the window)."""
     scores, skipped = tables
     con = store.con
@@ -278,7 +278,7 @@ def _commit(store: Store, tables: tuple[pa.Table, pa.Table], rows: int) -> tuple
     finally:
         con.unregister("screener_batch_scores")
         con.unregister("screener_batch_skipped")
-    return scores.num_rows, rows
+    return scores.num_rows, scores.num_rows + skipped.num_rows
 
 
 def _finish(store: Store, r: ScanResult, status: str, error: str | None) -> None:
