@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,8 +54,8 @@ def parse_settings(spec: str) -> dict:
 
 def build_engine(args: dict, settings: dict, device: str):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from gpu_scan import build_llama8b, load_smollm2
     from screener.classifiers.llm_engine import LabelTokenEngine
     from screener.prompt import label_token_ids
 
@@ -71,19 +72,11 @@ def build_engine(args: dict, settings: dict, device: str):
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if args["gguf"]:
-        path = Path(args["gguf"])
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+        model, tokenizer = load_smollm2(SimpleNamespace(smollm2_gguf=args["gguf"]), device, dtype)
     else:
-        config = AutoConfig.from_pretrained(args["model_dir"])
-        if args["smoke"]:
-            config.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16})
-        tokenizer = AutoTokenizer.from_pretrained(args["model_dir"])
-        torch.manual_seed(0)
-        with torch.device(device):  # random weights made on the GPU: an 8B model would take minutes on the CPU
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model = model.to(device).eval()
+        folder = args["model_dir"]
+        model, tokenizer = build_llama8b(
+            SimpleNamespace(llama_config=folder, llama_tokenizer=folder, smoke=args["smoke"]), device, dtype)
     return LabelTokenEngine(model, tokenizer, label_token_ids(tokenizer), name="bench", model_id="bench",
                             **settings)
 

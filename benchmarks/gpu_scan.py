@@ -270,12 +270,14 @@ def profile_engine(engine: LabelTokenEngine, texts, device: str, path: Path) -> 
 
 
 def build_llama8b(args, device, dtype):
+    """Random weights, made on the device, for the config in ``args.llama_config`` (Llama-3.1-8B's here;
+    engine_variants.py passes other configs), with the tokenizer in ``args.llama_tokenizer``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(args.llama_config)
     if args.smoke:
         config.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                       "num_attention_heads": 4, "num_key_value_heads": 2})
+                       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16})
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
