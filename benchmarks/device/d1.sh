@@ -1,7 +1,3 @@
 set -x
-source .carry/cmd/env.sh
-mkdir -p /tmp/smol /tmp/site /tmp/parts /tmp/shared
-tar xzf .carry/f1/shared.tgz -C /tmp/shared
-cp .carry/f1/gA /tmp/parts/
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/f1/gguf-*.whl
+source .carry/cmd/setup1.sh
 timeout 420 python3 benchmarks/gpu_scan.py --models llama8b --data-dir /tmp/shared/data --llama-config /tmp/shared/models/llama-3.1-8b-config --llama-tokenizer /tmp/shared/models/llama-3.1-tokenizer --gpus 2 --out $OUT/gpu_scan_llama.json 2>&1 | grep -v "^W1" | tee $OUT/llama.log | tail -12

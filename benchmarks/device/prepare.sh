@@ -29,10 +29,11 @@ tail -c +54000001 "$W/U.tar" > .carry/c5/uC
 head -c 27000000 "$W/R.tar" > .carry/c5/rA; tail -c +27000001 "$W/R.tar" | head -c 40000000 > .carry/c6/rB
 tail -c +67000001 "$W/R.tar" > .carry/c7/rC
 # The second session's scoring calls (d1 ... d4): the same data and GGUF pieces, and DuckDB for the GPU scan.
-rm -rf .carry/f1 .carry/f2 .carry/f3 .carry/f4 && mkdir -p .carry/f1 .carry/f2 .carry/f3 .carry/f4
-cp .carry/c1/* .carry/f1/ && cp .carry/c2/gB .carry/f2/ && cp .carry/c3/gC .carry/f3/
+# Calls d1 and d2 carry c1 and c2; d3 carries the GGUF's last piece without c3's Unsloth piece.
+rm -rf .carry/f3 .carry/f4 && mkdir -p .carry/f3 .carry/f4
+cp .carry/c3/gC .carry/f3/
 cp "$W"/ray/duckdb-*.whl .carry/f4/
-cp benchmarks/device/c*.sh benchmarks/device/d*.sh benchmarks/device/env.sh .carry/cmd/
+cp benchmarks/device/c*.sh benchmarks/device/d*.sh benchmarks/device/env.sh benchmarks/device/setup1.sh .carry/cmd/
 sha256sum "$G" "$W/U.tar" "$W/R.tar"
 du -sh .carry/c*
 rm -rf "$W"
