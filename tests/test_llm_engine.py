@@ -271,3 +271,35 @@ def test_engine_attention_kernels_can_be_chosen_and_unknown_ones_are_refused():
     np.testing.assert_allclose(math_only.predict_negative(TEXTS), engine.predict_negative(TEXTS), atol=2e-5, rtol=0)
     with pytest.raises(AttributeError):
         make_engine(0, attention="no_such_kernel")
+
+
+def test_engine_with_a_producer_process_scores_like_the_producer_thread():
+    _, _, _, threaded = make_engine(0, producer="thread")
+    _, _, _, engine = make_engine(0, producer="process")
+    try:
+        engine.token_budget, engine.chunk_size = 60, 2  # many chunks: several requests in flight
+        expected = threaded.predict_negative(TEXTS)
+        np.testing.assert_allclose(engine.predict_negative(TEXTS), expected, atol=1e-6, rtol=0)
+        # A call abandoned part way leaves replies in the pipe; the next call must not take them for its own.
+        batches = engine.batches(TEXTS)
+        next(batches)
+        batches.close()
+        np.testing.assert_allclose(engine.predict_negative(TEXTS[::-1]), expected[::-1], atol=1e-6, rtol=0)
+    finally:
+        engine.close()
+    with pytest.raises(ModelError, match="producer must be"):
+        make_engine(0, producer="fibre")
+
+
+def test_compiled_engine_equals_the_eager_engine():
+    pytest.importorskip("torch._inductor")
+    _, _, _, eager = make_engine(0)
+    _, _, _, compiled = make_engine(0, compile=True)
+    expected = eager.predict_negative(TEXTS)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    np.testing.assert_allclose(compiled.predict_negative(TEXTS), expected, atol=2e-5, rtol=0)
+    compiled.token_budget = 40  # other batch shapes, one row per batch among them
+    np.testing.assert_allclose(compiled.predict_negative(TEXTS), expected, atol=2e-5, rtol=0)
+    # One graph for every layer and every batch of several rows, and one for single rows (compiled for size 1).
+    assert counters["stats"]["unique_graphs"] == 2

@@ -35,6 +35,7 @@ import functools
 import hashlib
 import itertools
 import json
+import multiprocessing.util
 import queue
 import threading
 from dataclasses import dataclass
@@ -160,6 +161,104 @@ def plan_batches(lengths: np.ndarray, shared: np.ndarray, token_budget: int, max
     return batches
 
 
+def pack_chunk(prompts: PromptTokenizer, prefix_ids: Sequence[int], texts: Sequence[str], *, max_text_tokens: int,
+               token_budget: int, max_batch: int, max_padding: float) -> list[tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray, int]]:
+    """The batches for ``texts`` as numpy arrays: (right-padded ids [rows, width], index of each row's last real
+    token, position of each row in ``texts``, cached prefix tokens the rows reuse).
+
+    Pure CPU work with no engine state, so that it can run in the producer thread or in a producer process.
+    Prompts come as head + part, the head's ids shared by all; only the parts are per message. The parts are laid
+    end to end in one array and every batch is gathered from it by numpy: per-row Python here would hold the GIL
+    that the thread launching GPU work needs.
+    """
+    head = len(prompts.head)
+    parts = prompts.split(texts, max_text_tokens)
+    total = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    flat = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64, count=int(total.sum()))
+    starts = np.zeros(len(parts), dtype=np.int64)
+    np.cumsum(total[:-1], out=starts[1:])
+    skips = shared_prefix_lengths(flat, starts, total, prefix_ids[head:])
+    lengths = total - skips
+    out = []
+    for idx in plan_batches(lengths, skips + head, token_budget, max_batch, max_padding):
+        skip = int(skips[idx[0]])
+        cols = np.arange(int(lengths[idx].max()))
+        source = np.minimum(starts[idx, None] + skip + cols, len(flat) - 1)
+        ids = np.where(cols < lengths[idx, None], flat[source], 0)
+        out.append((ids, lengths[idx] - 1, idx, skip + head))
+    return out
+
+
+def _packer_main(prompts: PromptTokenizer, prefix_ids: list[int], conn) -> None:
+    """The producer process: answers (tag, texts, options) requests with (tag, batches) or (tag, error text)."""
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:  # the engine's process is gone
+            return
+        if request is None:
+            return
+        tag, texts, options = request
+        try:
+            conn.send((tag, pack_chunk(prompts, prefix_ids, texts, **options), None))
+        except BaseException as exc:  # reported to the engine, which raises it in the caller's thread
+            conn.send((tag, None, f"{type(exc).__name__}: {exc}"))
+
+
+class _PackerProcess:
+    """``pack_chunk`` in a process of its own, so that tokenizing never holds the GIL of the process launching
+    GPU work (the tokenizer's batch call held it for 58 to 93 ms at a time: benchmarks/results/gil_pauses.json).
+
+    Requests are tagged: replies to a call that was abandoned part way (an exception in the consumer) are
+    recognised by their old tag and dropped by the next call.
+    """
+
+    def __init__(self, prompts: PromptTokenizer, prefix_ids: Sequence[int]):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # fork would copy CUDA state and the tokenizer's threads
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_packer_main, args=(prompts, list(prefix_ids), child), daemon=True,
+                                        name="screener-packer")
+        self._process.start()
+        child.close()
+        self._calls = itertools.count()
+
+    def map(self, chunks, options: dict):
+        """``pack_chunk`` of each chunk in order, the next chunk's request sent before this one's reply is read."""
+        tag = next(self._calls)
+        chunks = iter(chunks)
+        sent = received = 0
+        for chunk in itertools.islice(chunks, 1):
+            self._conn.send(((tag, 0), chunk, options))
+            sent = 1
+        while received < sent:
+            for chunk in itertools.islice(chunks, 1):
+                self._conn.send(((tag, sent), chunk, options))
+                sent += 1
+            yield self._receive((tag, received))
+            received += 1
+
+    def _receive(self, want):
+        while True:
+            try:
+                got, batches, error = self._conn.recv()
+            except EOFError:
+                raise ModelError("the engine's tokenizer process exited unexpectedly") from None
+            if got == want:
+                if error is not None:
+                    raise ModelError(f"tokenizing a batch failed: {error}")
+                return batches
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            with contextlib.suppress(OSError):
+                self._conn.send(None)
+            self._process.join(timeout=10)
+        self._conn.close()
+
+
 @dataclass
 class _Batch:
     ids: object  # LongTensor [rows, width], right padded, pinned when the engine is on CUDA
@@ -239,7 +338,8 @@ class LabelTokenEngine:
                  name: str = "llm-engine", model_id: str | None = None,
                  max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, token_budget: int | None = None,
                  max_batch: int = 4096, max_padding: float = 0.1, chunk_size: int = 65536, prefetch: int = 4,
-                 attention: Sequence[str] | str | None = None):
+                 attention: Sequence[str] | str | None = None, producer: str | None = None,
+                 compile: bool | None = None):
         import torch
 
         config = model.config
@@ -289,6 +389,9 @@ class LabelTokenEngine:
         self._embed = model.get_input_embeddings()
         self._rotary = decoder.rotary_emb
         self._scaling = decoder.layers[0].self_attn.scaling
+        # Every layer calls the same activation object, so that the compiled layer is one graph, not one per layer
+        # (it checks which function it calls).
+        self._acts: dict[type, Callable] = {}
         with torch.no_grad():
             self._layers = [self._take_layer(layer) for layer in decoder.layers]
             self._final_norm = _norm_weight(decoder.norm)
@@ -301,6 +404,22 @@ class LabelTokenEngine:
         self.prompts = PromptTokenizer(tokenizer, instruction)
         self.prefix_ids = self.prompts.prefix_ids
         self._prefix_kv = self._compute_prefix_kv()
+        self.compile = self.on_cuda if compile is None else bool(compile)
+        # Compiled, a layer's elementwise work (rotations, residual adds, norms, the gated activation: two thirds
+        # of SmolLM2's GPU time in eager mode, benchmarks/results/gpu_scan_smollm2_profile.txt) runs as a few
+        # fused kernels. Shapes are dynamic, so one graph serves every batch shape.
+        self._run_block = self._block
+        if self.compile:
+            import torch.fx.experimental._config as fx_config
+
+            # Without this, sizes that happen to be equal in one batch (a width equal to the head size, say) are
+            # assumed equal, and the next batch where they differ compiles the layer again.
+            fx_config.use_duck_shape = False
+            self._run_block = torch.compile(self._block, dynamic=True)
+        self.producer = producer or ("process" if self.on_cuda else "thread")
+        if self.producer not in ("thread", "process"):
+            raise ModelError(f"producer must be 'thread' or 'process', got {self.producer!r}")
+        self._packer = _PackerProcess(self.prompts, self.prefix_ids) if self.producer == "process" else None
 
     def _take_layer(self, layer) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
@@ -313,7 +432,7 @@ class LabelTokenEngine:
                       ln1=ln1, eps1=eps1, ln2=ln2, eps2=eps2, wgu=wgu, bgu=bgu,
                       wdown=mlp.down_proj.weight.detach(),
                       bdown=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
-                      act=mlp.act_fn)
+                      act=self._acts.setdefault(type(mlp.act_fn), mlp.act_fn))
 
     # ---- Classifier protocol -------------------------------------------------------------------------------
 
@@ -376,38 +495,35 @@ class LabelTokenEngine:
             put(exc)
 
     def batches(self, texts: Sequence[str]):
-        """The batches ``predict_negative`` runs, in order: what the producer thread does, without the GPU."""
-        texts = list(texts)
-        start, size = 0, min(1024, self.chunk_size)
-        while start < len(texts):
-            yield from self._pack(texts[start:start + size], start)
-            # A small first chunk gets the GPU going sooner; later ones are large, so that sorting leaves little
-            # padding.
-            start, size = start + size, min(4 * size, self.chunk_size)
-
-    def _pack(self, texts: list[str], offset: int):
+        """The batches ``predict_negative`` runs, in order: what the producer does, without the GPU."""
         import torch
 
-        # Prompts come as head + part, the head's ids shared by all; only the parts are per message. The parts
-        # are laid end to end in one array and every batch is gathered from it by numpy: per-row Python here
-        # would hold the GIL that the thread launching GPU work needs.
-        head = len(self.prompts.head)
-        parts = self.prompts.split(texts, self.max_text_tokens)
-        total = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-        flat = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64, count=int(total.sum()))
-        starts = np.zeros(len(parts), dtype=np.int64)
-        np.cumsum(total[:-1], out=starts[1:])
-        skips = shared_prefix_lengths(flat, starts, total, self.prefix_ids[head:])
-        lengths = total - skips
-        for idx in plan_batches(lengths, skips + head, self.token_budget, self.max_batch, self.max_padding):
-            skip = int(skips[idx[0]])
-            cols = np.arange(int(lengths[idx].max()))
-            source = np.minimum(starts[idx, None] + skip + cols, len(flat) - 1)
-            ids = np.where(cols < lengths[idx, None], flat[source], 0)
-            tensors = [torch.from_numpy(a) for a in (ids, lengths[idx] - 1, idx + offset)]
-            if self.on_cuda:
-                tensors = [t.pin_memory() for t in tensors]
-            yield _Batch(*tensors, shared=skip + head)
+        texts = list(texts)
+        # A small first chunk gets the GPU going sooner; later ones are large, so that sorting leaves little
+        # padding.
+        offsets, start, size = [], 0, min(1024, self.chunk_size)
+        while start < len(texts):
+            offsets.append((start, size))
+            start, size = start + size, min(4 * size, self.chunk_size)
+        chunks = (texts[start:start + size] for start, size in offsets)
+        options = {"max_text_tokens": self.max_text_tokens, "token_budget": self.token_budget,
+                   "max_batch": self.max_batch, "max_padding": self.max_padding}
+        if self._packer is not None:
+            packed = self._packer.map(chunks, options)
+        else:
+            packed = (pack_chunk(self.prompts, self.prefix_ids, chunk, **options) for chunk in chunks)
+        for (start, _), arrays in zip(offsets, packed):
+            for ids, last, idx, shared in arrays:
+                tensors = [torch.from_numpy(a) for a in (ids, last, idx + start)]
+                if self.on_cuda:
+                    tensors = [t.pin_memory() for t in tensors]
+                yield _Batch(*tensors, shared=shared)
+
+    def close(self) -> None:
+        """Stops the producer process, if any (it also stops with this process)."""
+        if self._packer is not None:
+            self._packer.close()
+            self._packer = None
 
     # ---- the forward ----------------------------------------------------------------------------------------
 
@@ -531,7 +647,7 @@ class LabelTokenEngine:
         x = self._embed(ids)
         prefix = [(k[:, :, :shared], v[:, :, :shared]) if shared else None for k, v in self._prefix_kv]
         for layer, kv in zip(self._layers[:-1], prefix[:-1]):
-            x = self._block(x, layer, cos, sin, kv, mask)
+            x = self._run_block(x, layer, cos, sin, kv, mask)
         x = self._last_block(x, self._layers[-1], cos, sin, prefix[-1], last, shared)
         x = F.rms_norm(x, (self.hidden,), self._final_norm[0], self._final_norm[1])
         logits = F.linear(x, self._head, self._head_bias).float()
@@ -576,14 +692,30 @@ def _worker(build: Callable[[str], object], device: str, conn) -> None:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     while True:
-        command, payload = conn.recv()
+        try:
+            command, payload = conn.recv()
+        except EOFError:  # the parent is gone
+            command = "stop"
         if command == "stop":
+            if hasattr(engine, "close"):
+                engine.close()
             return
         try:
             result = engine.predict_negative(payload) if command == "score" else engine.token_lengths(payload)
             conn.send(("ok", result))
         except BaseException as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _stop_workers(workers) -> None:
+    for process, conn in workers:
+        if process.is_alive():
+            with contextlib.suppress(OSError):
+                conn.send(("stop", None))
+    for process, _ in workers:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.terminate()
 
 
 class MultiGPUEngine:
@@ -606,10 +738,13 @@ class MultiGPUEngine:
         self._workers = []
         for device in devices:
             parent, child = context.Pipe()
-            process = context.Process(target=_worker, args=(build, device, child), daemon=True)
+            # Not daemonic: a worker's engine starts a producer process of its own, which daemonic processes may
+            # not. The finaliser below stops the workers when this process exits without close().
+            process = context.Process(target=_worker, args=(build, device, child), daemon=False)
             process.start()
             child.close()
             self._workers.append((process, parent))
+        self._finalizer = multiprocessing.util.Finalize(self, _stop_workers, args=(self._workers,), exitpriority=10)
         replies = [conn.recv() for _, conn in self._workers]
         errors = [f"{d}: {r[1]}" for d, r in zip(devices, replies) if r[0] == "error"]
         if errors:
@@ -650,13 +785,7 @@ class MultiGPUEngine:
         return self._ask("lengths", [list(texts)])[0]
 
     def close(self) -> None:
-        for process, conn in self._workers:
-            if process.is_alive():
-                try:
-                    conn.send(("stop", None))
-                except OSError:
-                    pass
-            process.join(timeout=30)
+        self._finalizer()
         self._workers = []
 
     def __enter__(self):
