@@ -137,6 +137,7 @@ def main() -> None:
                              '"" is the default')
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, CPU allowed")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--timeout", type=float, default=None, help="seconds a variant may take")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -152,8 +153,11 @@ def main() -> None:
         env.update({k[len("env."):]: str(v) for k, v in job["settings"].items() if k.startswith("env.")})
         job["settings"] = {k: v for k, v in job["settings"].items() if not k.startswith("env.")}
         job["env"] = {k: v for k, v in env.items() if k not in os.environ or os.environ[k] != v}
-        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True, text=True,
-                              env=env)
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True,
+                                  text=True, env=env, timeout=args.timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc = SimpleNamespace(returncode=-1, stdout="", stderr=f"timed out after {exc.timeout} s")
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:
             result = {"settings": job["settings"], "error": proc.stderr.strip().splitlines()[-3:]}

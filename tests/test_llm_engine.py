@@ -291,6 +291,21 @@ def test_engine_with_a_producer_process_scores_like_the_producer_thread():
         make_engine(0, producer="fibre")
 
 
+def test_producer_process_streams_chunks_larger_than_the_pipe_buffer():
+    # Requests and replies of megabytes: the engine sends the next chunk while the process sends a reply.
+    _, _, _, threaded = make_engine(0, producer="thread")
+    _, _, _, engine = make_engine(0, producer="process")
+    texts = [f"{t} {i}" for i in range(4000) for t in TEXTS]
+    try:
+        engine.chunk_size = threaded.chunk_size = 8192
+        got, expected = list(engine.batches(texts)), list(threaded.batches(texts))
+    finally:
+        engine.close()
+    assert len(got) == len(expected) > 4
+    for a, b in zip(got, expected):
+        assert a.shared == b.shared and torch.equal(a.ids, b.ids) and torch.equal(a.rows, b.rows)
+
+
 def test_compiled_engine_equals_the_eager_engine():
     pytest.importorskip("torch._inductor")
     _, _, _, eager = make_engine(0)

@@ -191,14 +191,25 @@ def pack_chunk(prompts: PromptTokenizer, prefix_ids: Sequence[int], texts: Seque
 
 
 def _packer_main(prompts: PromptTokenizer, prefix_ids: list[int], conn) -> None:
-    """The producer process: answers (tag, texts, options) requests with (tag, batches) or (tag, error text)."""
-    while True:
-        try:
-            request = conn.recv()
-        except EOFError:  # the engine's process is gone
-            return
-        if request is None:
-            return
+    """The producer process: answers (tag, texts, options) requests with (tag, batches) or (tag, error text).
+
+    A thread reads requests as they come: the engine sends the next request while this process sends a reply,
+    and with both blocked on a full pipe neither would ever read.
+    """
+    requests: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        while True:
+            try:
+                request = conn.recv()
+            except EOFError:  # the engine's process is gone
+                request = None
+            requests.put(request)
+            if request is None:
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    while (request := requests.get()) is not None:
         tag, texts, options = request
         try:
             conn.send((tag, pack_chunk(prompts, prefix_ids, texts, **options), None))
