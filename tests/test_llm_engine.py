@@ -304,17 +304,3 @@ def test_producer_process_streams_chunks_larger_than_the_pipe_buffer():
     assert len(got) == len(expected) > 4
     for a, b in zip(got, expected):
         assert a.shared == b.shared and torch.equal(a.ids, b.ids) and torch.equal(a.rows, b.rows)
-
-
-def test_compiled_engine_equals_the_eager_engine():
-    pytest.importorskip("torch._inductor")
-    _, _, _, eager = make_engine(0)
-    _, _, _, compiled = make_engine(0, compile=True)
-    expected = eager.predict_negative(TEXTS)
-    counters = torch._dynamo.utils.counters
-    counters.clear()
-    np.testing.assert_allclose(compiled.predict_negative(TEXTS), expected, atol=2e-5, rtol=0)
-    compiled.token_budget = 40  # other batch shapes, one row per batch among them
-    np.testing.assert_allclose(compiled.predict_negative(TEXTS), expected, atol=2e-5, rtol=0)
-    # One graph for every layer and every batch of several rows, and one for single rows (compiled for size 1).
-    assert counters["stats"]["unique_graphs"] == 2

@@ -15,11 +15,13 @@ position of the Alpaca prompt, never ``generate()``), but spends the GPU only on
   heads are folded into the query length so keys and values are never repeated.
 - The last layer runs attention and MLP at each row's last position only, and the head multiplies by the two label
   rows only: the vocabulary projection is never computed.
-- A producer thread tokenizes and packs the next batches into pinned memory while the GPU runs the current one
-  (numpy gathers each batch from one array of all the ids: per-row Python would hold the GIL the launching thread
-  needs); results stay on the GPU until the call ends, so the loop never waits for a device-to-host copy. Where the
-  tokenizer allows (checked once), only the prompt's last line, the message and the suffix are tokenized per
-  message, with ids identical to tokenizing whole prompts: a third of the tokenizer work.
+- On CUDA a producer process tokenizes and packs the next batches while the GPU runs the current one, and a thread
+  of the engine's process pins them. In a thread of the engine's own process, the tokenizer held the GIL that the
+  thread launching kernels needs for up to 93 ms at a time; in a process of its own SmolLM2 went from 17.3k to
+  28.6k msg/s on an H200 (benchmarks/results/engine_variants_smollm2_real_h200.json). Results stay on the GPU
+  until the call ends, so the loop never waits for a device-to-host copy. Where the tokenizer allows (checked
+  once), only the prompt's last line, the message and the suffix are tokenized per message, with ids identical to
+  tokenizing whole prompts: a third of the tokenizer work.
 - Attention runs on torch's memory-efficient kernel on CUDA: cuDNN's, torch's first choice, plans every new batch
   shape, and a scan meets new shapes all the time (first pass 3.3x faster for SmolLM2, 1.9x for Llama-8B shapes).
 - Several GPUs of one host: ``MultiGPUEngine`` runs one worker process per GPU and gives each a disjoint,
@@ -349,8 +351,7 @@ class LabelTokenEngine:
                  name: str = "llm-engine", model_id: str | None = None,
                  max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, token_budget: int | None = None,
                  max_batch: int = 4096, max_padding: float = 0.1, chunk_size: int = 65536, prefetch: int = 4,
-                 attention: Sequence[str] | str | None = None, producer: str | None = None,
-                 compile: bool | None = None):
+                 attention: Sequence[str] | str | None = None, producer: str | None = None):
         import torch
 
         config = model.config
@@ -400,9 +401,6 @@ class LabelTokenEngine:
         self._embed = model.get_input_embeddings()
         self._rotary = decoder.rotary_emb
         self._scaling = decoder.layers[0].self_attn.scaling
-        # Every layer calls the same activation object, so that the compiled layer is one graph, not one per layer
-        # (it checks which function it calls).
-        self._acts: dict[type, Callable] = {}
         with torch.no_grad():
             self._layers = [self._take_layer(layer) for layer in decoder.layers]
             self._final_norm = _norm_weight(decoder.norm)
@@ -415,18 +413,7 @@ class LabelTokenEngine:
         self.prompts = PromptTokenizer(tokenizer, instruction)
         self.prefix_ids = self.prompts.prefix_ids
         self._prefix_kv = self._compute_prefix_kv()
-        self.compile = self.on_cuda if compile is None else bool(compile)
-        # Compiled, a layer's elementwise work (rotations, residual adds, norms, the gated activation: two thirds
-        # of SmolLM2's GPU time in eager mode, benchmarks/results/gpu_scan_smollm2_profile.txt) runs as a few
-        # fused kernels. Shapes are dynamic, so one graph serves every batch shape.
-        self._run_block = self._block
-        if self.compile:
-            import torch.fx.experimental._config as fx_config
-
-            # Without this, sizes that happen to be equal in one batch (a width equal to the head size, say) are
-            # assumed equal, and the next batch where they differ compiles the layer again.
-            fx_config.use_duck_shape = False
-            self._run_block = torch.compile(self._block, dynamic=True)
+        # On CPU the forward is far slower than tokenizing, so a process would only add its start-up.
         self.producer = producer or ("process" if self.on_cuda else "thread")
         if self.producer not in ("thread", "process"):
             raise ModelError(f"producer must be 'thread' or 'process', got {self.producer!r}")
@@ -443,7 +430,7 @@ class LabelTokenEngine:
                       ln1=ln1, eps1=eps1, ln2=ln2, eps2=eps2, wgu=wgu, bgu=bgu,
                       wdown=mlp.down_proj.weight.detach(),
                       bdown=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
-                      act=self._acts.setdefault(type(mlp.act_fn), mlp.act_fn))
+                      act=mlp.act_fn)
 
     # ---- Classifier protocol -------------------------------------------------------------------------------
 
@@ -658,7 +645,7 @@ class LabelTokenEngine:
         x = self._embed(ids)
         prefix = [(k[:, :, :shared], v[:, :, :shared]) if shared else None for k, v in self._prefix_kv]
         for layer, kv in zip(self._layers[:-1], prefix[:-1]):
-            x = self._run_block(x, layer, cos, sin, kv, mask)
+            x = self._block(x, layer, cos, sin, kv, mask)
         x = self._last_block(x, self._layers[-1], cos, sin, prefix[-1], last, shared)
         x = F.rms_norm(x, (self.hidden,), self._final_norm[0], self._final_norm[1])
         logits = F.linear(x, self._head, self._head_bias).float()
