@@ -1,4 +1,4 @@
-# Third session, call 7 (carry .carry/h1, a fresh machine): how the producer's chunks grow, the old ramp (1,024
+# Third session, call 7 (carry .carry/h1, a fresh machine), run at commit 25e669c (its options are gone since): how the producer's chunks grow, the old ramp (1,024
 # texts, then 4x) against the new (512, then 2x), on one GPU and on two; SmolLM2 shapes, random weights.
 set -x
 source benchmarks/device/env.sh

@@ -350,8 +350,7 @@ class LabelTokenEngine:
     def __init__(self, model, tokenizer, label_ids: tuple[int, int], instruction: str = INSTRUCTION, *,
                  name: str = "llm-engine", model_id: str | None = None,
                  max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, token_budget: int | None = None,
-                 max_batch: int = 4096, max_padding: float = 0.1, chunk_size: int = 65536, first_chunk: int = 512,
-                 chunk_growth: int = 2, prefetch: int = 4,
+                 max_batch: int = 4096, max_padding: float = 0.1, chunk_size: int = 65536, prefetch: int = 4,
                  attention: Sequence[str] | str | None = None, producer: str | None = None):
         import torch
 
@@ -367,8 +366,6 @@ class LabelTokenEngine:
         self.max_batch = max_batch
         self.max_padding = max_padding
         self.chunk_size = chunk_size
-        self.first_chunk = first_chunk
-        self.chunk_growth = chunk_growth
         self.prefetch = prefetch
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
@@ -500,13 +497,12 @@ class LabelTokenEngine:
         import torch
 
         texts = list(texts)
-        # A small first chunk gets the GPU going sooner; later ones grow up to chunk_size, so that sorting leaves
-        # little padding. They grow by less than the producer's speed over the GPU's (about 2.6 for SmolLM2 on an
-        # H200), so the next chunk is ready before the GPU finishes the current one.
-        offsets, start, size = [], 0, min(self.first_chunk, self.chunk_size)
+        # A small first chunk gets the GPU going sooner; later ones are large, so that sorting leaves little
+        # padding.
+        offsets, start, size = [], 0, min(1024, self.chunk_size)
         while start < len(texts):
             offsets.append((start, size))
-            start, size = start + size, min(self.chunk_growth * size, self.chunk_size)
+            start, size = start + size, min(4 * size, self.chunk_size)
         chunks = (texts[start:start + size] for start, size in offsets)
         options = {"max_text_tokens": self.max_text_tokens, "token_budget": self.token_budget,
                    "max_batch": self.max_batch, "max_padding": self.max_padding}
