@@ -24,6 +24,7 @@ from screener.classifiers.llm_engine import (  # noqa: E402
     plan_batches,
     shared_prefix_lengths,
 )
+from screener.classifiers import llm_engine  # noqa: E402
 from screener.errors import ModelError  # noqa: E402
 from screener.prompt import alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
 
@@ -68,7 +69,7 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>")
 
 
-def tiny_model(seed: int = 0, dtype=None):
+def tiny_model(seed: int = 0, dtype=None, scale: float = 0.25):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
@@ -80,7 +81,7 @@ def tiny_model(seed: int = 0, dtype=None):
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
-                p.normal_(0.0, 0.25)
+                p.normal_(0.0, scale)
     return model.to(dtype or torch.float32).eval()
 
 
@@ -304,3 +305,43 @@ def test_producer_process_streams_chunks_larger_than_the_pipe_buffer():
     assert len(got) == len(expected) > 4
     for a, b in zip(got, expected):
         assert a.shared == b.shared and torch.equal(a.ids, b.ids) and torch.equal(a.rows, b.rows)
+
+
+def test_fp8_engine_stays_close_to_the_full_precision_engine():
+    tokenizer = tiny_tokenizer()
+    label_ids = label_token_ids(tokenizer)
+    # Milder weights than the other tests': with std 0.25 the logits are so large that any rounding flips them.
+    expected = LabelTokenEngine(tiny_model(0, scale=0.12), tokenizer, label_ids).predict_negative(TEXTS)
+    engine = LabelTokenEngine(tiny_model(0, scale=0.12), tokenizer, label_ids, fp8=True)
+    assert all(isinstance(w, llm_engine._FP8Weight) for layer in engine._layers
+               for w in (layer.wqkv, layer.wo, layer.wgu, layer.wdown))
+    got = engine.predict_negative(TEXTS)
+    assert expected.max() - expected.min() > 0.2
+    assert 0 < np.abs(got - expected).max() < 0.08
+
+
+def test_fp8_linear_is_the_product_of_the_row_scaled_float8_operands():
+    from screener.classifiers.llm_engine import _to_fp8
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(5, 7, 32), torch.randn(48, 32) * 0.1, torch.randn(48)
+    got = LabelTokenEngine._linear(x, _to_fp8(w), b, slice(16, None))
+
+    def rounded(m):  # each row scaled so its largest magnitude is e4m3's largest value, rounded, scaled back
+        scale = m.abs().amax(-1, keepdim=True) / 448
+        return (m / scale).to(torch.float8_e4m3fn).float() * scale
+
+    expected = rounded(x.reshape(-1, 32)) @ rounded(w)[16:].T + b[16:]
+    assert got.shape == (5, 7, 32)
+    torch.testing.assert_close(got.reshape(-1, 32), expected, atol=1e-5, rtol=1e-5)
+    assert (got.reshape(-1, 32) - (x.reshape(-1, 32) @ w[16:].T + b[16:])).abs().max() > 1e-3  # it did round
+
+
+def test_fp8_refuses_projection_sizes_that_are_not_multiples_of_16():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=40, intermediate_size=96, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    with pytest.raises(ModelError, match="multiples of 16"):
+        LabelTokenEngine(LlamaForCausalLM(config).eval(), tokenizer, label_token_ids(tokenizer), fp8=True)

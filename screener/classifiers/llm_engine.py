@@ -33,14 +33,15 @@ The same code runs on CPU (torch's SDPA), which is how the tests check it agains
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
 import json
-import multiprocessing.util
 import queue
 import threading
 from dataclasses import dataclass
+from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -280,6 +281,25 @@ class _Batch:
     shared: int  # cached prefix tokens every row reuses
 
 
+_FP8_MAX = 448.0  # the largest float8 e4m3 value
+
+
+@dataclass
+class _FP8Weight:
+    """A projection's weight in float8 (e4m3) with one scale per output row, laid out as torch._scaled_mm wants
+    its second operand: [in, out], column-major."""
+    qt: object
+    scale: object  # float32 [1, out]
+
+
+def _to_fp8(weight) -> _FP8Weight:
+    import torch
+
+    w = weight.float()
+    scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / _FP8_MAX
+    return _FP8Weight(qt=(w / scale).to(torch.float8_e4m3fn).t(), scale=scale.t().contiguous())
+
+
 @dataclass
 class _Layer:
     wqkv: object
@@ -351,7 +371,7 @@ class LabelTokenEngine:
                  name: str = "llm-engine", model_id: str | None = None,
                  max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, token_budget: int | None = None,
                  max_batch: int = 4096, max_padding: float = 0.1, chunk_size: int = 65536, prefetch: int = 4,
-                 attention: Sequence[str] | str | None = None, producer: str | None = None):
+                 attention: Sequence[str] | str | None = None, producer: str | None = None, fp8: bool = False):
         import torch
 
         config = model.config
@@ -408,6 +428,9 @@ class LabelTokenEngine:
             ids = torch.as_tensor(self.label_ids, device=self.device)
             self._head = head.weight.detach()[ids].clone()
             self._head_bias = head.bias.detach()[ids].clone() if getattr(head, "bias", None) is not None else None
+        self.fp8 = bool(fp8)
+        if self.fp8:
+            self._layers = [self._fp8_layer(layer) for layer in self._layers]
         self._cos = self._sin = None
         self._masks: dict[tuple[int, int], object] = {}
         self.prompts = PromptTokenizer(tokenizer, instruction)
@@ -431,6 +454,40 @@ class LabelTokenEngine:
                       wdown=mlp.down_proj.weight.detach(),
                       bdown=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
                       act=mlp.act_fn)
+
+    def _fp8_layer(self, layer: _Layer) -> _Layer:
+        """The layer with its four projections in float8: activations are scaled per token at each product."""
+        import torch
+
+        if self.on_cuda and torch.cuda.get_device_capability(self.device) < (8, 9):
+            raise ModelError(f"fp8 needs a GPU of compute capability 8.9 or later (Ada, Hopper), found "
+                             f"{torch.cuda.get_device_name(self.device)}: leave fp8 off")
+        weights = (layer.wqkv, layer.wo, layer.wgu, layer.wdown)
+        if any(d % 16 for w in weights for d in w.shape):
+            raise ModelError(f"fp8 needs projection sizes that are multiples of 16, found "
+                             f"{[tuple(w.shape) for w in weights]}: leave fp8 off")
+        return dataclasses.replace(layer, wqkv=_to_fp8(layer.wqkv), wo=_to_fp8(layer.wo), wgu=_to_fp8(layer.wgu),
+                                   wdown=_to_fp8(layer.wdown))
+
+    @staticmethod
+    def _linear(x, weight, bias, part: slice | None = None):
+        """x @ weight[part].T + bias[part], in float8 when the weight is (x scaled per row, the product in float32,
+        the result in x's dtype)."""
+        import torch
+        import torch.nn.functional as F
+
+        if part is not None and bias is not None:
+            bias = bias[part]
+        if not isinstance(weight, _FP8Weight):
+            return F.linear(x, weight if part is None else weight[part], bias)
+        qt, scale = (weight.qt, weight.scale) if part is None else (weight.qt[:, part], weight.scale[:, part])
+        rows = x.reshape(-1, x.shape[-1])
+        x_scale = rows.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / _FP8_MAX
+        out = torch._scaled_mm((rows / x_scale).to(torch.float8_e4m3fn), qt, scale_a=x_scale, scale_b=scale,
+                               out_dtype=x.dtype)
+        if bias is not None:
+            out = out + bias
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     # ---- Classifier protocol -------------------------------------------------------------------------------
 
@@ -567,11 +624,10 @@ class LabelTokenEngine:
 
     def _keys_values(self, h, layer: _Layer, cos, sin):
         """Rotated keys and values [rows, kv_heads, width, head_dim] of normalised hidden states h."""
-        import torch.nn.functional as F
 
         rows, width, _ = h.shape
         q_size = self.n_heads * self.head_dim
-        kv = F.linear(h, layer.wqkv[q_size:], None if layer.bqkv is None else layer.bqkv[q_size:])
+        kv = self._linear(h, layer.wqkv, layer.bqkv, slice(q_size, None))
         k, v = kv.view(rows, width, 2, self.n_kv, self.head_dim).unbind(2)
         k = self._rotate(k, cos[:, None, :], sin[:, None, :])
         return k.transpose(1, 2), v.transpose(1, 2)
@@ -585,7 +641,7 @@ class LabelTokenEngine:
         groups = self.n_heads // self.n_kv
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         h = F.rms_norm(x, (self.hidden,), layer.ln1, layer.eps1)
-        qkv = F.linear(h, layer.wqkv, layer.bqkv)
+        qkv = self._linear(h, layer.wqkv, layer.bqkv)
         # q and k are adjacent in the fused output: one rotation covers both heads' kinds.
         qk = qkv[..., : q_size + kv_size].view(rows, width, self.n_heads + self.n_kv, self.head_dim)
         qk = self._rotate(qk, cos[:, None, :], sin[:, None, :])
@@ -599,14 +655,13 @@ class LabelTokenEngine:
             v = torch.cat((pv.expand(rows, -1, -1, -1), v), 2)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self._scaling)
         o = o.view(rows, self.n_kv, groups, width, self.head_dim).permute(0, 3, 1, 2, 4).reshape(rows, width, -1)
-        x = x + F.linear(o, layer.wo, layer.bo)
+        x = x + self._linear(o, layer.wo, layer.bo)
         return x + self._mlp(F.rms_norm(x, (self.hidden,), layer.ln2, layer.eps2), layer)
 
     def _mlp(self, h, layer: _Layer):
-        import torch.nn.functional as F
 
-        gate, up = F.linear(h, layer.wgu, layer.bgu).chunk(2, dim=-1)
-        return F.linear(layer.act(gate) * up, layer.wdown, layer.bdown)
+        gate, up = self._linear(h, layer.wgu, layer.bgu).chunk(2, dim=-1)
+        return self._linear(layer.act(gate) * up, layer.wdown, layer.bdown)
 
     def _last_block(self, x, layer: _Layer, cos, sin, prefix_kv, last, shared: int):
         """The last decoder layer, evaluated at each row's last real position only: [rows, hidden]."""
@@ -623,14 +678,14 @@ class LabelTokenEngine:
             v = torch.cat((prefix_kv[1].expand(rows, -1, -1, -1), v), 2)
         index = torch.arange(rows, device=x.device)
         x_last = x[index, last]
-        q = F.linear(h[index, last], layer.wqkv[:q_size], None if layer.bqkv is None else layer.bqkv[:q_size])
+        q = self._linear(h[index, last], layer.wqkv, layer.bqkv, slice(None, q_size))
         q = q.view(rows, self.n_kv, groups, self.head_dim)
         full_cos, full_sin = self._rope_tables(shared + width)
         q = self._rotate(q, full_cos[shared + last][:, None, None, :], full_sin[shared + last][:, None, None, :])
         blocked = torch.arange(shared + width, device=x.device)[None, :] > (shared + last)[:, None]
         mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill_(blocked, float("-inf"))
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=self._scaling)
-        x_last = x_last + F.linear(o.reshape(rows, -1), layer.wo, layer.bo)
+        x_last = x_last + self._linear(o.reshape(rows, -1), layer.wo, layer.bo)
         return x_last + self._mlp(F.rms_norm(x_last, (self.hidden,), layer.ln2, layer.eps2), layer)
 
     def _probabilities(self, ids, last, shared: int):
@@ -742,7 +797,7 @@ class MultiGPUEngine:
             process.start()
             child.close()
             self._workers.append((process, parent))
-        self._finalizer = multiprocessing.util.Finalize(self, _stop_workers, args=(self._workers,), exitpriority=10)
+        self._finalizer = Finalize(self, _stop_workers, args=(self._workers,), exitpriority=10)
         replies = [conn.recv() for _, conn in self._workers]
         errors = [f"{d}: {r[1]}" for d, r in zip(devices, replies) if r[0] == "error"]
         if errors:
