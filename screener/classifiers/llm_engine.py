@@ -532,7 +532,7 @@ class LabelTokenEngine:
 
         return sdpa_kernel([getattr(SDPBackend, name.upper()) for name in self.attention])
 
-    # ---- producer thread ------------------------------------------------------------------------------------
+    # ---- producer (a thread, fed by the producer process where there is one) ----------------------------------
 
     def _produce(self, texts: list[str], batches: queue.Queue, stop: threading.Event) -> None:
         def put(item) -> bool:
