@@ -35,6 +35,7 @@ The same code runs on CPU (torch's SDPA), which is how the tests check it agains
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -245,17 +246,14 @@ class _PackerProcess:
     def map(self, chunks, options: dict):
         """``pack_chunk`` of each chunk in order, the next chunk's request sent before this one's reply is read."""
         tag = next(self._calls)
-        chunks = iter(chunks)
-        sent = received = 0
-        for chunk in itertools.islice(chunks, 1):
-            self._conn.send(((tag, 0), chunk, options))
-            sent = 1
-        while received < sent:
-            for chunk in itertools.islice(chunks, 1):
-                self._conn.send(((tag, sent), chunk, options))
-                sent += 1
-            yield self._receive((tag, received))
-            received += 1
+        in_flight: collections.deque = collections.deque()
+        for i, chunk in enumerate(chunks):
+            self._conn.send(((tag, i), chunk, options))
+            in_flight.append((tag, i))
+            if len(in_flight) == 2:
+                yield self._receive(in_flight.popleft())
+        while in_flight:
+            yield self._receive(in_flight.popleft())
 
     def _receive(self, want):
         while True:
