@@ -1,5 +1,5 @@
 set -x
-source .carry/cmd/env.sh
+source benchmarks/device/env.sh
 export PYTHONPATH=/tmp/site:$PWD
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/f4/duckdb-*.whl 2>&1 | tail -2
 ln -sfn ../sql screener/sql
