@@ -10,8 +10,10 @@ allocator are process-wide, so a variant run after another would start warm. Eac
 
 Settings are ``LabelTokenEngine`` keyword arguments (``attention=cudnn_attention``, ``max_padding=0.3``,
 ``token_budget=32768``), plus ``gpus=N`` for ``MultiGPUEngine`` over N GPUs and ``impl=FILE`` for the engine
-module from another file (an earlier commit's, as a baseline); ``env.NAME=VALUE`` sets an environment variable of
-the variant's process (``env.RAYON_NUM_THREADS=8``: the tokenizer's thread pool). Usage, on the device:
+module from another file (an earlier commit's, as a baseline; add ``producer=thread`` when that file has the
+producer process, whose spawned child cannot import a module loaded from a file); ``env.NAME=VALUE`` sets an
+environment variable of the variant's process (``env.RAYON_NUM_THREADS=8``: the tokenizer's thread pool). Usage,
+on the device:
 
     python benchmarks/engine_variants.py --model-dir SMOLLM2_CONFIG_DIR --data-dir DATA \\
         --variant "" --variant attention=cudnn_attention --variant gpus=2 --out engine_variants.json
