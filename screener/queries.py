@@ -11,6 +11,7 @@ import re
 from collections.abc import Collection, Mapping
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 _NAME_LINE = re.compile(r"^-- name: (?P<name>[a-z0-9_]+)\s*$")
 _SLOT = re.compile(r"\{([a-z_]+)\}")
@@ -20,10 +21,20 @@ class UnknownIdentifier(ValueError):
     pass
 
 
+@lru_cache(maxsize=1)
+def sql_root():
+    """The ``sql/`` folder: beside the package in a source checkout or a copied tree, else the installed
+    ``screener.sql`` package of a wheel (an editable install maps that name to the checkout's folder)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "sql").is_dir():
+        return checkout / "sql"
+    return resources.files("screener.sql")
+
+
 @lru_cache(maxsize=None)
 def load(name: str) -> str:
     """The text of ``sql/<name>.sql``; its first line must be ``-- name: <name>``."""
-    resource = resources.files("screener.sql") / f"{name}.sql"
+    resource = sql_root() / f"{name}.sql"
     if not resource.is_file():
         raise KeyError(f"no SQL statement named {name!r} in screener.sql")
     text = resource.read_text(encoding="utf-8")
@@ -37,7 +48,7 @@ def load(name: str) -> str:
 def names() -> list[str]:
     return sorted(
         entry.name[: -len(".sql")]
-        for entry in resources.files("screener.sql").iterdir()
+        for entry in sql_root().iterdir()
         if entry.name.endswith(".sql")
     )
 

@@ -16,12 +16,14 @@ import duckdb
 import numpy as np
 import pytest
 
+from screener.classifiers.base import ClassifierBase, binary_proba
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-class KeywordClassifier:
+class KeywordClassifier(ClassifierBase):
     """P(negative) = 0.9 when the text contains 'bad', else 0.1."""
 
     name = "keyword-test"
@@ -31,9 +33,9 @@ class KeywordClassifier:
         self.model_id = hashlib.sha256(f"keyword:{word}".encode()).hexdigest()[:16]
         self.calls = 0
 
-    def predict_negative(self, texts: Sequence[str]) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         self.calls += 1
-        return np.array([0.9 if self.word in t else 0.1 for t in texts], dtype=np.float32)
+        return binary_proba(np.array([0.9 if self.word in t else 0.1 for t in texts], dtype=np.float32))
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         return [len(t.split()) for t in texts]
