@@ -1,0 +1,29 @@
+"""The one batching policy: texts sorted by token length and packed under a budget of padded tokens.
+
+Every batch pads to its longest member, so sorting keeps padding small, and the budget bounds a batch's memory
+whatever the texts' lengths. The local scan, the Ray workers and a classifier called directly all use it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def token_budget_batches(lengths: Sequence[int], budget: int, max_rows: int) -> list[np.ndarray]:
+    """Indices of ``lengths`` grouped into batches, shortest first, each padding to its longest member and holding
+    at most ``max_rows`` rows and ``budget`` padded tokens (a text longer than the budget goes alone)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    for end in range(1, len(order) + 1):
+        too_many = end - start > max_rows
+        too_long = (end - start) * max(1, int(lengths[order[end - 1]])) > budget
+        if end - start > 1 and (too_many or too_long):
+            batches.append(order[start:end - 1])
+            start = end - 1
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
