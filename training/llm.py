@@ -299,10 +299,12 @@ def train_adapter(model, trainable: list, data: Examples, recipe: dict, dtype, l
     model.train()
     run = TrainedRun(steps=total_steps)
     loss_sum = torch.zeros((), device=model_device)
-    graphed = GraphedLabelTokenSteps(model, optimizer, label_ids, dtype, micro, pad_id) if use_graphs else None
-    eager = None if use_graphs else EagerSteps(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor),
-                                               scaler, data, recipe["grad_accum"], dtype, use_autocast, label_ids,
-                                               pad_id)
+    if use_graphs:
+        graphed, eager = GraphedLabelTokenSteps(model, optimizer, label_ids, dtype, micro, pad_id), None
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        graphed, eager = None, EagerSteps(model, optimizer, scheduler, scaler, data, recipe["grad_accum"], dtype,
+                                          use_autocast, label_ids, pad_id)
     if model_device.type == "cuda":
         torch.cuda.synchronize()
     t_train = time.perf_counter()
