@@ -126,8 +126,21 @@ def test_teacher_targets_average_duplicates_and_fall_back_to_labels(tmp_path):
 
 
 def test_shipped_minilm_recipes_validate_as_encoder_recipes():
-    from training.recipes import load_recipe
+    from training.recipes import ENCODER, load_recipe
 
-    recipe = load_recipe("minilm")
-    assert recipe["kind"] == "encoder" and recipe["method"] == "lora"
-    assert set(recipe) - {"name"} <= set(encoder.RECIPE_SCHEMA)
+    for name in ("minilm", "minilm-distill"):
+        recipe = load_recipe(name)
+        assert recipe["kind"] == "encoder" and recipe["method"] == "lora"
+        assert list(recipe) == [*ENCODER.keys, "name"]
+
+
+def test_a_recipe_built_in_code_is_validated_before_training(tiny_base, data_dir, tmp_path):
+    from screener.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'method' is 'adapter'; expected one of lora, full"):
+        encoder.train(str(tiny_base), {**RECIPE, "method": "adapter"}, str(data_dir), str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match="unknown key.*lora_rank"):
+        encoder.train(str(tiny_base), {**RECIPE, "lora_rank": 4}, str(data_dir), str(tmp_path / "b"))
+    with pytest.raises(ConfigError, match="has kind 'llm-lora'; expected 'encoder'"):
+        encoder.train(str(tiny_base), {**RECIPE, "kind": "llm-lora"}, str(data_dir), str(tmp_path / "c"))
+    assert not any(tmp_path.iterdir())

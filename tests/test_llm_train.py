@@ -90,6 +90,19 @@ def load_classifier_for_base(tmp_path, base):
     return load_classifier(str(folder), device="cpu")
 
 
+def test_a_recipe_is_validated_before_anything_loads(tmp_path):
+    from screener.errors import ConfigError
+
+    texts, labels = zip(*TOY)
+    missing = tmp_path / "no-such-base"
+    with pytest.raises(ConfigError, match="recipe 'full'.*'lora_dropout' must be in \\[0, 1\\), found 1.5"):
+        train_llm(str(missing), {**load_recipe("full"), "lora_dropout": 1.5}, list(texts), list(labels),
+                  tmp_path / "out", device="cpu")
+    with pytest.raises(ConfigError, match="recipe 'minilm' has kind 'encoder'; expected 'llm-lora'"):
+        train_llm(str(missing), load_recipe("minilm"), list(texts), list(labels), tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
 def test_causal_lm_rows_put_the_loss_on_the_label_word_and_end_token_only(tmp_path):
     from transformers import AutoTokenizer
 

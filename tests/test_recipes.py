@@ -1,11 +1,20 @@
-"""Recipe files: every shipped one loads, each says how to run it, and mistakes are refused by name."""
+"""Recipe files: every shipped one loads, each says how to run it, and mistakes are refused by name; the training
+package has no import circle and the scan path does not reach it."""
 
 from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from screener.errors import ConfigError
-from training.recipes import RECIPES_DIR, load_recipe, recipe_names
+from training.recipes import (ENCODER, LLM_LORA, NUMBER, RECIPES_DIR, Key, Range, RecipeSchema, for_trainer,
+                              load_recipe, override, recipe_names, validate)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", recipe_names())
@@ -82,3 +91,131 @@ def test_missing_required_key_and_unknown_recipe_name_are_refused(tmp_path):
     path.write_text('kind = "rnn"\n')
     with pytest.raises(ConfigError, match="kind 'rnn'"):
         load_recipe(str(path))
+
+
+@pytest.mark.parametrize("body, message", [
+    ("learning_rate = 0\n", "'learning_rate' must be > 0, found 0"),
+    ("batch_size = 0\n", "'batch_size' must be >= 1, found 0"),
+    ("lora_dropout = 1.0\n", r"'lora_dropout' must be in \[0, 1\), found 1.0"),
+    ("epochs = 0\n", "'epochs' must be > 0"),
+    ("max_steps = -1\n", "'max_steps' must be >= 0"),
+    ("learning_rate = nan\n", "'learning_rate' must be > 0, found nan"),
+    ('target_modules = ["q_proj", 3]\n', "'target_modules' expects a list of str"),
+])
+def test_out_of_range_numbers_and_bad_lists_are_refused_by_key(tmp_path, body, message):
+    source = write(tmp_path, "")
+    text = source.read_text()
+    key = body.split(" =")[0]
+    lines = [line for line in text.splitlines() if not line.startswith(key + " =")]
+    source.write_text("\n".join(lines) + "\n" + body)
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(str(source))
+
+
+def test_every_numeric_key_of_every_kind_has_a_range_and_a_schema_without_one_is_refused():
+    for schema in (LLM_LORA, ENCODER):
+        for name, key in schema.keys.items():
+            assert not set(key.types) & set(NUMBER) or key.range is not None, (schema.kind, name)
+    with pytest.raises(TypeError, match="'steps'.*no range"):
+        RecipeSchema("toy", {"kind": Key((str,)), "steps": Key((int,), 1)})
+
+
+def test_ranges_by_hand():
+    assert 0 in Range(0) and -1e-9 not in Range(0)
+    assert 0 not in Range(0, low_open=True) and 1e-12 in Range(0, low_open=True)
+    assert 1 in Range(0, 1) and 1 not in Range(0, 1, high_open=True)
+    assert float("inf") not in Range(0)
+    assert (str(Range(1)), str(Range(0, low_open=True)), str(Range(0, 1, high_open=True))) == \
+        (">= 1", "> 0", "in [0, 1)")
+
+
+def test_encoder_recipes_are_checked_against_the_same_kind_of_schema():
+    raw = {"kind": "encoder", "method": "adapter"}
+    with pytest.raises(ConfigError, match="'method' is 'adapter'; expected one of lora, full"):
+        validate(raw, "here")
+    with pytest.raises(ConfigError, match="'warmup_ratio' must be in \\[0, 1\\]"):
+        validate({"kind": "encoder", "warmup_ratio": 1.5}, "here")
+    with pytest.raises(ConfigError, match="unknown key.*lora_rank.*'encoder' recipe"):
+        validate({"kind": "encoder", "lora_rank": 8}, "here")
+    recipe = validate({"kind": "encoder"}, "here")
+    assert list(recipe) == list(ENCODER.keys) and recipe["method"] == "lora" and recipe["max_length"] == 128
+
+
+def test_a_trainer_takes_recipes_of_its_own_kind_only_and_keeps_the_name():
+    recipe = load_recipe("minilm")
+    assert for_trainer(recipe, "encoder") == recipe
+    with pytest.raises(ConfigError, match="recipe 'minilm' has kind 'encoder'; expected 'llm-lora'"):
+        for_trainer(recipe, "llm-lora")
+    with pytest.raises(ConfigError, match="recipe 'minilm'.*'batch_size' must be >= 1"):
+        for_trainer({**recipe, "batch_size": 0}, "encoder")
+
+
+def test_overrides_are_validated_and_keep_the_name():
+    changed = override(load_recipe("full"), {"batch_size": 256, "learning_rate": 6e-4}, "full with --set")
+    assert (changed["batch_size"], changed["learning_rate"], changed["name"]) == (256, 6e-4, "full")
+    with pytest.raises(ConfigError, match="full with --set: unknown key.*batch"):
+        override(load_recipe("full"), {"batch": 256}, "full with --set")
+
+
+# The import graph: every import statement (at module level or inside a function) and every string naming a
+# module (importlib.import_module, loader tables) in screener/ and training/ is an edge.
+
+def module_graph() -> dict[str, set[str]]:
+    files = {}
+    for package in ("screener", "training"):
+        for path in (REPO / package).rglob("*.py"):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in files.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets.add(node.module)
+                targets.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                targets.add(node.value)
+        graph[name] = {t for t in targets if t in files and t != name}
+    return graph
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph[module])
+    return seen
+
+
+def test_no_training_module_is_in_an_import_circle():
+    graph = module_graph()
+    training = sorted(m for m in graph if m.split(".")[0] == "training")
+    assert {"training.recipes", "training.encoder", "training.llm", "training.train"} <= set(training)
+    circles = [m for m in training if any(m in reachable(graph, t) for t in graph[m])]
+    assert circles == []
+
+
+def test_the_import_graph_sees_lazy_and_string_imports():
+    graph = module_graph()
+    assert "training.train" in graph["screener.cli"]  # imported inside a command function
+    assert "screener.classifiers.hf" in reachable(graph, "screener.classifiers.registry")  # a loader table
+
+
+def test_the_scan_path_never_reaches_training():
+    graph = module_graph()
+    assert not {m for m in reachable(graph, "screener.scan") if m.split(".")[0] == "training"}
+
+
+@pytest.mark.parametrize("module", ["training", "training.compare", "training.data", "training.distill",
+                                    "training.encoder", "training.evaluate", "training.llm", "training.recipes",
+                                    "training.train"])
+def test_each_training_module_imports_alone_in_a_fresh_interpreter_without_torch(module):
+    code = (f"import sys, {module}\n"
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'unsloth') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

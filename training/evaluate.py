@@ -1,8 +1,8 @@
 """``screener eval``: a classifier's accuracy, negative-class precision/recall/F1, log loss and calibration.
 
 The negative class is the one that matters to the engine, so it is the "positive" class of precision, recall
-and F1 here. Log loss is binary cross-entropy on the predicted probabilities (not on hard labels, which is what
-gave the paper its 0.782). Calibration is the expected calibration error over ten equal-width confidence bins,
+and F1 here. Log loss is binary cross-entropy on the predicted probabilities (the paper's was on hard labels, so
+the two do not compare). Calibration is the expected calibration error over ten equal-width confidence bins,
 with the bins themselves for a reliability diagram.
 """
 

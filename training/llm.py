@@ -18,6 +18,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -25,10 +26,60 @@ from screener.classifiers.llm import (BaseRef, dequantized_dir, label_logits, lo
                                       prompt_token_ids, resolve_device)
 from screener.errors import ConfigError, ModelError
 from screener.prompt import INSTRUCTION, LABEL_WORDS, label_token_ids
+from training.recipes import for_trainer
 
 log = logging.getLogger(__name__)
 
-BF16_PEAK_FLOPS = 790e12  # dense bf16 matrix product measured on one H200 (device notes), the share's baseline
+# Dense bf16 matrix-product rate of one H200: the denominator of a summary's share_of_bf16_peak.
+BF16_PEAK_FLOPS = 790e12
+
+
+def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[int], output: str | Path,
+              max_steps: int | None = None, device: str = "auto") -> dict:
+    """Fine-tune ``base`` with LoRA per ``recipe`` on (texts, labels) and write a classifier folder to ``output``.
+
+    The steps, each a function below: load the base, attach LoRA, build the dataset, train, summarize the run
+    (throughput and loss; accuracy is measured by ``training.evaluate`` on the written folder), save the adapter,
+    the manifest and the summary. Returns the summary.
+    """
+    recipe = for_trainer(recipe, "llm-lora")
+    if len(texts) != len(labels) or not texts:
+        raise ConfigError(f"expected equal, non-zero numbers of texts and labels, got {len(texts)} and {len(labels)}")
+    t_start = time.perf_counter()
+    device = resolve_device(device)
+    import_unsloth_first(recipe)
+    import torch
+
+    random.seed(recipe["seed"])
+    torch.manual_seed(recipe["seed"])
+    ref, load_dir = prepare_base(base)
+    dtype = training_dtype(recipe["precision"], device)
+    model, backend = load_with_lora(load_dir, recipe, device, dtype)
+    tokenizer = load_tokenizer(ref)
+    label_ids = label_token_ids(tokenizer)
+    instruction = recipe["instruction"] or INSTRUCTION
+    trainable = trainable_in_fp32(model)
+    data = build_dataset(tokenizer, texts, labels, recipe, instruction, label_ids)
+    run = train_adapter(model, trainable, data, recipe, dtype, label_ids, tokenizer.pad_token_id, max_steps)
+    summary = summarize_run(base, recipe, backend, model, trainable, dtype, data, run)
+
+    output = Path(output)
+    save_adapter(model, output / "adapter")
+    write_manifest(output, base, ref, recipe, instruction, label_ids)
+    summary["output"] = str(output)
+    summary["seconds"] = round(time.perf_counter() - t_start, 3)
+    (output / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def import_unsloth_first(recipe: dict) -> None:
+    """Unsloth patches transformers when imported, so it must come before anything imports transformers."""
+    if recipe["backend"] == "peft":
+        return
+    try:
+        import unsloth  # noqa: F401
+    except Exception:  # reported by load_with_lora, which decides whether to fall back
+        pass
 
 
 def prepare_base(spec: str) -> tuple[BaseRef, str]:
@@ -51,32 +102,49 @@ def training_dtype(precision: str, device: str):
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
 
 
-def load_for_training(load_dir: str, recipe: dict, device: str, dtype):
-    """(LoRA-wrapped model, backend name). Unsloth first unless the recipe says ``backend = "peft"``."""
+def load_with_lora(load_dir: str, recipe: dict, device: str, dtype):
+    """(LoRA-wrapped model, backend name). Unsloth first unless the recipe says ``backend = "peft"``; where
+    Unsloth fails to load the base or to attach LoRA, ``auto`` falls back to PEFT and ``unsloth`` gives up."""
     backend = recipe["backend"]
     if backend in ("auto", "unsloth"):
         try:
-            from unsloth import FastLanguageModel
-
-            model, _ = FastLanguageModel.from_pretrained(
-                model_name=load_dir, max_seq_length=recipe["max_seq_length"], dtype=dtype, load_in_4bit=False,
-                full_finetuning=False, local_files_only=True)
-            model = FastLanguageModel.get_peft_model(
-                model, r=recipe["lora_r"], lora_alpha=recipe["lora_alpha"], lora_dropout=recipe["lora_dropout"],
-                target_modules=recipe["target_modules"], bias="none",
-                use_gradient_checkpointing="unsloth" if recipe["gradient_checkpointing"] else False,
-                random_state=recipe["seed"], max_seq_length=recipe["max_seq_length"])
-            FastLanguageModel.for_training(model)
-            return model, "unsloth"
+            return attach_lora(load_base(load_dir, recipe, device, dtype, "unsloth"), recipe, "unsloth"), "unsloth"
         except Exception as exc:  # Unsloth fails in many ways (no kernels, no GPU support, version drift)
             if backend == "unsloth":
                 raise ModelError(f"Unsloth could not load {load_dir}: {exc}") from exc
             log.warning("Unsloth unavailable: %s: %s; falling back to PEFT", type(exc).__name__, exc)
             print(f"Unsloth unavailable: {type(exc).__name__}: {exc}; falling back to PEFT", flush=True)
-    from peft import LoraConfig, get_peft_model
+    return attach_lora(load_base(load_dir, recipe, device, dtype, "peft"), recipe, "peft"), "peft"
+
+
+def load_base(load_dir: str, recipe: dict, device: str, dtype, backend: str):
+    """The base causal LM through Unsloth's ``FastLanguageModel`` or, for ``peft``, plain transformers."""
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, _ = FastLanguageModel.from_pretrained(
+            model_name=load_dir, max_seq_length=recipe["max_seq_length"], dtype=dtype, load_in_4bit=False,
+            full_finetuning=False, local_files_only=True)
+        return model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(load_dir, dtype=dtype).to(device)
+    return AutoModelForCausalLM.from_pretrained(load_dir, dtype=dtype).to(device)
+
+
+def attach_lora(model, recipe: dict, backend: str):
+    """``model`` with the recipe's LoRA adapter (and gradient checkpointing if asked), ready to train."""
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model = FastLanguageModel.get_peft_model(
+            model, r=recipe["lora_r"], lora_alpha=recipe["lora_alpha"], lora_dropout=recipe["lora_dropout"],
+            target_modules=recipe["target_modules"], bias="none",
+            use_gradient_checkpointing="unsloth" if recipe["gradient_checkpointing"] else False,
+            random_state=recipe["seed"], max_seq_length=recipe["max_seq_length"])
+        FastLanguageModel.for_training(model)
+        return model
+    from peft import LoraConfig, get_peft_model
+
     if recipe["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -84,7 +152,54 @@ def load_for_training(load_dir: str, recipe: dict, device: str, dtype):
                         target_modules=recipe["target_modules"], bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
     model.train()
-    return model, "peft"
+    return model
+
+
+def trainable_in_fp32(model) -> list:
+    """The trainable parameters, held in fp32: low-precision training keeps the LoRA weights (the only ones
+    updated) in fp32, and autocast does the rest."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.data = p.data.float()
+    return trainable
+
+
+@dataclass(frozen=True)
+class Examples:
+    """The encoded training rows for the recipe's objective."""
+
+    rows: list[list[int]]
+    targets: list[int] | None  # label-token: each row's class index
+    response_starts: list[int] | None  # causal-lm: where each row's response, the tokens the loss is on, starts
+    lengths: list[int]
+
+
+def max_text_tokens(recipe: dict) -> int:
+    """Tokens kept of each text: the sequence length less room for the prompt around it."""
+    return max(8, recipe["max_seq_length"] - 96)
+
+
+def encode_examples(tokenizer, texts: Sequence[str], labels: Sequence[int], recipe: dict, instruction: str,
+                    label_ids: tuple[int, int]):
+    """Token rows, per-row targets and loss masks for the recipe's objective."""
+    prompts = prompt_token_ids(tokenizer, texts, instruction, max_text_tokens(recipe))
+    if recipe["objective"] == "label-token":
+        # SST-2 labels are already class indices into label_ids: 0 = negative, 1 = positive.
+        return prompts, [int(y) for y in labels], None
+    eos = tokenizer.eos_token_id
+    words = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in LABEL_WORDS]
+    rows, response_starts = [], []
+    for prompt, y in zip(prompts, labels):
+        response = words[0 if int(y) == 0 else 1] + ([eos] if eos is not None else [])
+        rows.append(prompt + response)
+        response_starts.append(len(prompt))
+    return rows, None, response_starts
+
+
+def build_dataset(tokenizer, texts: Sequence[str], labels: Sequence[int], recipe: dict, instruction: str,
+                  label_ids: tuple[int, int]) -> Examples:
+    rows, targets, response_starts = encode_examples(tokenizer, texts, labels, recipe, instruction, label_ids)
+    return Examples(rows, targets, response_starts, [len(r) for r in rows])
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, length_grouped: bool, rng: random.Random) -> list[list[int]]:
@@ -103,6 +218,12 @@ def batch_order(lengths: Sequence[int], batch_size: int, length_grouped: bool, r
     return batches
 
 
+def endless_batches(lengths: Sequence[int], batch_size: int, length_grouped: bool, rng: random.Random):
+    """Micro-batches of row indices, epoch after epoch."""
+    while True:
+        yield from batch_order(lengths, batch_size, length_grouped, rng)
+
+
 def lr_lambda(scheduler: str, warmup: int, total: int):
     def factor(step: int) -> float:
         if step < warmup:
@@ -116,95 +237,74 @@ def lr_lambda(scheduler: str, warmup: int, total: int):
     return factor
 
 
-def encode_examples(tokenizer, texts: Sequence[str], labels: Sequence[int], recipe: dict, instruction: str,
-                    label_ids: tuple[int, int]):
-    """Token rows, per-row targets and loss masks for the recipe's objective."""
-    max_text = max(8, recipe["max_seq_length"] - 96)
-    prompts = prompt_token_ids(tokenizer, texts, instruction, max_text)
-    if recipe["objective"] == "label-token":
-        # SST-2 labels are already class indices into label_ids: 0 = negative, 1 = positive.
-        return prompts, [int(y) for y in labels], None
-    eos = tokenizer.eos_token_id
-    words = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in LABEL_WORDS]
-    rows, response_starts = [], []
-    for prompt, y in zip(prompts, labels):
-        response = words[0 if int(y) == 0 else 1] + ([eos] if eos is not None else [])
-        rows.append(prompt + response)
-        response_starts.append(len(prompt))
-    return rows, None, response_starts
+def step_count(recipe: dict, n_rows: int, max_steps: int | None) -> int:
+    """Optimizer steps to run: ``max_steps`` if given, else the recipe's, else its epochs over the rows."""
+    steps_per_epoch = math.ceil(n_rows / (recipe["batch_size"] * recipe["grad_accum"]))
+    return max_steps or recipe["max_steps"] or math.ceil(recipe["epochs"] * steps_per_epoch)
 
 
-def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[int], output: str | Path,
-              max_steps: int | None = None, device: str = "auto") -> dict:
-    """Fine-tune ``base`` with LoRA per ``recipe`` on (texts, labels) and write a classifier folder to ``output``."""
-    if recipe.get("kind") != "llm-lora":
-        raise ConfigError(f"recipe {recipe.get('name')!r} has kind {recipe.get('kind')!r}; expected 'llm-lora'")
-    if len(texts) != len(labels) or not texts:
-        raise ConfigError(f"expected equal, non-zero numbers of texts and labels, got {len(texts)} and {len(labels)}")
-    t_start = time.perf_counter()
-    device = resolve_device(device)
-    if recipe["backend"] != "peft":
-        # Unsloth patches transformers when imported; it must come first.
-        try:
-            import unsloth  # noqa: F401
-        except Exception:  # reported by load_for_training, which decides whether to fall back
-            pass
-    import torch
-
-    random.seed(recipe["seed"])
-    torch.manual_seed(recipe["seed"])
-    ref, load_dir = prepare_base(base)
-    dtype = training_dtype(recipe["precision"], device)
-    model, backend = load_for_training(load_dir, recipe, device, dtype)
-    tokenizer = load_tokenizer(ref)
-    label_ids = label_token_ids(tokenizer)
-    instruction = recipe["instruction"] or INSTRUCTION
-    model_device = next(model.parameters()).device
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        # Low-precision training keeps the LoRA weights (the only ones updated) in fp32; autocast does the rest.
-        p.data = p.data.float()
-    n_params = sum(p.numel() for p in model.parameters())
-    n_trainable = sum(p.numel() for p in trainable)
-
-    rows, targets, response_starts = encode_examples(tokenizer, texts, labels, recipe, instruction, label_ids)
-    lengths = [len(r) for r in rows]
-    micro = recipe["batch_size"]
-    accum = recipe["grad_accum"]
-    steps_per_epoch = math.ceil(len(rows) / (micro * accum))
-    total_steps = max_steps or recipe["max_steps"] or math.ceil(recipe["epochs"] * steps_per_epoch)
-
-    use_autocast = model_device.type == "cuda" and dtype != torch.float32
-    scaler = torch.amp.GradScaler("cuda") if use_autocast and dtype == torch.float16 else None
-    use_graphs = (recipe["cuda_graphs"] and model_device.type == "cuda" and targets is not None and accum == 1
-                  and scaler is None)
-    if recipe["cuda_graphs"] and not use_graphs:
+def graphs_usable(recipe: dict, device, data: Examples, scaler) -> bool:
+    """Whether the recipe's ``cuda_graphs`` can be honoured here; where it cannot, the log says so."""
+    usable = (recipe["cuda_graphs"] and device.type == "cuda" and data.targets is not None
+              and recipe["grad_accum"] == 1 and scaler is None)
+    if recipe["cuda_graphs"] and not usable:
         log.warning("cuda_graphs needs a CUDA device, the label-token objective, grad_accum = 1 and bf16 or fp32; "
                     "training eagerly")
-    fused = model_device.type == "cuda"
-    factor = lr_lambda(recipe["lr_scheduler"], recipe["warmup_steps"], total_steps)
-    if use_graphs:
+    return usable
+
+
+def make_optimizer(trainable: list, recipe: dict, factor, graphed: bool, device):
+    import torch
+
+    if graphed:
         # A captured optimizer step reads its learning rate from device memory, updated in place every step.
-        optimizer = torch.optim.AdamW(trainable, lr=torch.tensor(recipe["learning_rate"] * factor(0),
-                                                                 device=model_device),
-                                      weight_decay=recipe["weight_decay"], fused=True, capturable=True)
-    else:
-        optimizer = torch.optim.AdamW(trainable, lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"],
-                                      fused=fused)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor) if not use_graphs else None
-    rng = random.Random(recipe["seed"])
-    pad_id = tokenizer.pad_token_id
+        return torch.optim.AdamW(trainable, lr=torch.tensor(recipe["learning_rate"] * factor(0), device=device),
+                                 weight_decay=recipe["weight_decay"], fused=True, capturable=True)
+    return torch.optim.AdamW(trainable, lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"],
+                             fused=device.type == "cuda")
 
-    def micro_batches():
-        while True:
-            yield from batch_order(lengths, micro, recipe["length_grouped"], rng)
 
-    batches = micro_batches()
+@dataclass
+class TrainedRun:
+    """What one training run did: steps, examples and tokens seen, the loss every 50 steps, its duration."""
+
+    steps: int
+    examples: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    loss_log: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    cuda_graphs: dict | None = None
+
+    def count(self, lengths: Sequence[int], idx: list[int], padded_tokens: int) -> None:
+        self.real_tokens += sum(lengths[i] for i in idx)
+        self.padded_tokens += padded_tokens
+        self.examples += len(idx)
+
+
+def train_adapter(model, trainable: list, data: Examples, recipe: dict, dtype, label_ids: tuple[int, int],
+                  pad_id: int, max_steps: int | None) -> TrainedRun:
+    """Train the LoRA weights on ``data`` for :func:`step_count` steps, eagerly or as replayed CUDA graphs."""
+    import torch
+
+    model_device = next(model.parameters()).device
+    total_steps = step_count(recipe, len(data.rows), max_steps)
+    use_autocast = model_device.type == "cuda" and dtype != torch.float32
+    scaler = torch.amp.GradScaler("cuda") if use_autocast and dtype == torch.float16 else None
+    use_graphs = graphs_usable(recipe, model_device, data, scaler)
+    factor = lr_lambda(recipe["lr_scheduler"], recipe["warmup_steps"], total_steps)
+    optimizer = make_optimizer(trainable, recipe, factor, use_graphs, model_device)
+    micro = recipe["batch_size"]
+    batches = endless_batches(data.lengths, micro, recipe["length_grouped"], random.Random(recipe["seed"]))
     model.train()
-    real_tokens = padded_tokens = examples = 0
+    run = TrainedRun(steps=total_steps)
     loss_sum = torch.zeros((), device=model_device)
-    loss_log = []
-    graphed = GraphedLabelTokenSteps(model, optimizer, label_ids, dtype, micro, pad_id) if use_graphs else None
+    if use_graphs:
+        graphed, eager = GraphedLabelTokenSteps(model, optimizer, label_ids, dtype, micro, pad_id), None
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        graphed, eager = None, EagerSteps(model, optimizer, scheduler, scaler, data, recipe["grad_accum"], dtype,
+                                          use_autocast, label_ids, pad_id)
     if model_device.type == "cuda":
         torch.cuda.synchronize()
     t_train = time.perf_counter()
@@ -212,83 +312,110 @@ def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[in
         if graphed is not None:
             idx = next(batches)
             optimizer.param_groups[0]["lr"].fill_(recipe["learning_rate"] * factor(step))
-            loss_sum += graphed.step([rows[i] for i in idx], [targets[i] for i in idx])
-            real_tokens += sum(lengths[i] for i in idx)
-            padded_tokens += graphed.last_width * micro
-            examples += len(idx)
+            loss_sum += graphed.step([data.rows[i] for i in idx], [data.targets[i] for i in idx])
+            run.count(data.lengths, idx, graphed.last_width * micro)
         else:
-            for _ in range(accum):
-                idx = next(batches)
-                ids, lens = pad_batch([rows[i] for i in idx], pad_id)
-                ids = ids.to(model_device, non_blocking=True)
-                lens = lens.to(model_device, non_blocking=True)
-                real_tokens += sum(lengths[i] for i in idx)
-                padded_tokens += ids.numel()
-                examples += len(idx)
-                with torch.autocast(device_type=model_device.type, dtype=dtype, enabled=use_autocast):
-                    if targets is not None:
-                        y = torch.as_tensor([targets[i] for i in idx], device=model_device)
-                        loss = torch.nn.functional.cross_entropy(label_logits(model, ids, lens, label_ids), y)
-                    else:
-                        lab = torch.full_like(ids, -100)
-                        for j, i in enumerate(idx):
-                            lab[j, response_starts[i]:lengths[i]] = ids[j, response_starts[i]:lengths[i]]
-                        loss = model(input_ids=ids, labels=lab).loss
-                loss = loss / accum
-                (scaler.scale(loss) if scaler else loss).backward()
-                loss_sum += loss.detach()
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            eager.step(batches, run, loss_sum)
         if (step + 1) % 50 == 0 or step + 1 == total_steps:
             mean = (loss_sum / ((step % 50) + 1)).item()
-            loss_log.append({"step": step + 1, "loss": round(mean, 5)})
+            run.loss_log.append({"step": step + 1, "loss": round(mean, 5)})
             log.info("step %d/%d loss %.4f", step + 1, total_steps, mean)
             loss_sum.zero_()
     if model_device.type == "cuda":
         torch.cuda.synchronize()
-    train_seconds = time.perf_counter() - t_train
-
-    output = Path(output)
-    graph_info = None
+    run.seconds = time.perf_counter() - t_train
     if graphed is not None:
-        graph_info = {"widths": sorted(graphed.graphs), "eager_steps": graphed.eager_steps,
-                      "capture_failed": graphed.disabled}
+        run.cuda_graphs = {"widths": sorted(graphed.graphs), "eager_steps": graphed.eager_steps,
+                           "capture_failed": graphed.disabled}
         graphed.release()
-    save_adapter(model, output / "adapter")
-    summary = {
-        "base": base, "recipe": recipe["name"] if "name" in recipe else None, "recipe_settings": recipe,
+    return run
+
+
+class EagerSteps:
+    """Training steps run operation by operation: ``accum`` micro-batches of gradients, then one optimizer step.
+
+    The loss is the recipe objective's: cross-entropy over the label tokens' logits (rows with ``targets``) or
+    next-token cross-entropy on each row's response.
+    """
+
+    def __init__(self, model, optimizer, scheduler, scaler, data: Examples, accum: int, dtype, use_autocast: bool,
+                 label_ids: tuple[int, int], pad_id: int):
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.data, self.accum, self.dtype, self.use_autocast = data, accum, dtype, use_autocast
+        self.label_ids, self.pad_id = label_ids, pad_id
+        self.device = next(model.parameters()).device
+
+    def step(self, batches, run: TrainedRun, loss_sum) -> None:
+        """One optimizer step over the next ``accum`` micro-batches; their losses are added to ``loss_sum``."""
+        for _ in range(self.accum):
+            idx = next(batches)
+            ids, lens = pad_batch([self.data.rows[i] for i in idx], self.pad_id)
+            ids = ids.to(self.device, non_blocking=True)
+            lens = lens.to(self.device, non_blocking=True)
+            run.count(self.data.lengths, idx, ids.numel())
+            loss = self.loss(idx, ids, lens) / self.accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += loss.detach()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def loss(self, idx: list[int], ids, lens):
+        import torch
+
+        data = self.data
+        with torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=self.use_autocast):
+            if data.targets is not None:
+                y = torch.as_tensor([data.targets[i] for i in idx], device=self.device)
+                return torch.nn.functional.cross_entropy(label_logits(self.model, ids, lens, self.label_ids), y)
+            lab = torch.full_like(ids, -100)
+            for j, i in enumerate(idx):
+                lab[j, data.response_starts[i]:data.lengths[i]] = ids[j, data.response_starts[i]:data.lengths[i]]
+            return self.model(input_ids=ids, labels=lab).loss
+
+
+def summarize_run(base: str, recipe: dict, backend: str, model, trainable: list, dtype, data: Examples,
+                  run: TrainedRun) -> dict:
+    """The figures ``training_summary.json`` keeps: where and how it trained, throughput and the loss curve."""
+    import torch
+
+    model_device = next(model.parameters()).device
+    n_params = sum(p.numel() for p in model.parameters())
+    n_rows = len(data.rows)
+    return {
+        "base": base, "recipe": recipe.get("name"), "recipe_settings": recipe,
         "backend": backend, "device": str(model_device),
         "gpu": torch.cuda.get_device_name(model_device) if model_device.type == "cuda" else None,
-        "dtype": str(dtype).replace("torch.", ""), "steps": total_steps, "examples_seen": examples,
-        "train_rows": len(rows), "epochs": round(examples / len(rows), 4), "train_seconds": round(train_seconds, 3),
-        "real_tokens": real_tokens, "padded_tokens": padded_tokens,
-        "tokens_per_s": round(real_tokens / train_seconds, 1),
-        "params": n_params, "trainable_params": n_trainable,
+        "dtype": str(dtype).replace("torch.", ""), "steps": run.steps, "examples_seen": run.examples,
+        "train_rows": n_rows, "epochs": round(run.examples / n_rows, 4), "train_seconds": round(run.seconds, 3),
+        "real_tokens": run.real_tokens, "padded_tokens": run.padded_tokens,
+        "tokens_per_s": round(run.real_tokens / run.seconds, 1),
+        "params": n_params, "trainable_params": sum(p.numel() for p in trainable),
         # The usual 6 * params * tokens estimate of training FLOPs (forward 2, backward 4), on real tokens.
-        "model_flops": 6 * n_params * real_tokens,
-        "share_of_bf16_peak": round(6 * n_params * real_tokens / train_seconds / BF16_PEAK_FLOPS, 4),
-        "loss_log": loss_log, "torch": torch.__version__,
-        "cuda_graphs": graph_info,
+        "model_flops": 6 * n_params * run.real_tokens,
+        "share_of_bf16_peak": round(6 * n_params * run.real_tokens / run.seconds / BF16_PEAK_FLOPS, 4),
+        "loss_log": run.loss_log, "torch": torch.__version__,
+        "cuda_graphs": run.cuda_graphs,
     }
+
+
+def write_manifest(output: Path, base: str, ref: BaseRef, recipe: dict, instruction: str,
+                   label_ids: tuple[int, int]) -> None:
+    """``screener_model.json``: what ``screener.classifiers.llm`` needs to score with the adapter."""
     manifest = {
         "kind": "llm-labeltoken", "name": output.name, "base": base, "adapter": "adapter",
         "instruction": instruction, "label_words": list(LABEL_WORDS), "label_token_ids": list(label_ids),
-        "max_text_tokens": max(8, recipe["max_seq_length"] - 96),
+        "max_text_tokens": max_text_tokens(recipe),
     }
     if ref.identity.startswith("sha256:"):
         manifest["base_sha256"] = ref.identity[len("sha256:"):]
     if ref.revision:
         manifest["revision"] = ref.revision
     (output / "screener_model.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    summary["output"] = str(output)
-    summary["seconds"] = round(time.perf_counter() - t_start, 3)
-    (output / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def fixed_shape_batch(rows: list[list[int]], targets: list[int], n_rows: int, pad_id: int, multiple: int):
@@ -320,11 +447,11 @@ def weighted_cross_entropy(logits, targets, weights):
 class GraphedLabelTokenSteps:
     """Whole training steps (forward, label-token loss, backward, AdamW) replayed as CUDA graphs.
 
-    A small model's step is bound by launching some 10^4 kernels from Python, not by arithmetic; a captured step
-    launches them all at once. Batches are padded to widths in multiples of 16 and to a fixed row count (extra rows
-    weigh zero in the loss), so a handful of graphs, one per width, covers an epoch. The first two batches of each
-    width run eagerly on a side stream (they warm up kernels and lazily created state, and train like any step);
-    the third is captured and every later one replayed.
+    A small model's step is bound by launching its many small kernels one by one from Python, not by arithmetic;
+    a captured step launches them all at once. Batches are padded to widths in multiples of 16 and to a fixed row
+    count (extra rows weigh zero in the loss), so a handful of graphs, one per width, covers an epoch. The first
+    two batches of each width run eagerly on a side stream (they warm up kernels and lazily created state, and
+    train like any step); the third is captured and every later one replayed.
     """
 
     WIDTH_MULTIPLE = 16

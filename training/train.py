@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 
@@ -21,12 +20,11 @@ def run_train(base: str, recipe: str, data_dir: str, output: str, max_steps: int
     """
     settings = load_recipe(recipe)
     if settings["kind"] == "encoder":
-        encoder = importlib.import_module("training.encoder")
+        from training.encoder import train as train_encoder
+
         start = time.perf_counter()
-        result = encoder.train(base, settings, data_dir, output, max_steps)
-        if isinstance(result, dict):
-            return result
-        return {"output": str(result), "recipe": settings["name"], "backend": "transformers",
+        folder = train_encoder(base, settings, data_dir, output, max_steps)
+        return {"output": str(folder), "recipe": settings["name"], "backend": "transformers",
                 "seconds": round(time.perf_counter() - start, 3)}
     from training.data import load_sst2
     from training.llm import train_llm
