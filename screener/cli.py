@@ -114,7 +114,8 @@ def main(verbose: int, quiet: bool) -> None:
               help="Results DuckDB file; required when ARCHIVE is Parquet (default: ARCHIVE itself).")
 @click.option("--model", help="Shipped model name or model folder [default].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run the model [auto].")
-@click.option("--batch-size", type=int, help="Messages per model batch [64].")
+@click.option("--batch-size", type=int,
+              help="Most messages per model batch; a batch also stays within the model's token budget [64].")
 @click.option("--rescore", is_flag=True, help="Score every message again with this model (needed after a model change).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the HTML report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
