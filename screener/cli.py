@@ -80,7 +80,6 @@ def settings_options(func):
     return func
 
 
-
 def build_settings(config_path, **kwargs):
     from screener.settings import load_settings
 
@@ -115,7 +114,8 @@ def main(verbose: int, quiet: bool) -> None:
               help="Results DuckDB file; required when ARCHIVE is Parquet (default: ARCHIVE itself).")
 @click.option("--model", help="Shipped model name or model folder [default].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run the model [auto].")
-@click.option("--batch-size", type=int, help="Messages per model batch [64].")
+@click.option("--batch-size", type=int,
+              help="Most messages per model batch; a batch also stays within the model's token budget [64].")
 @click.option("--rescore", is_flag=True, help="Score every message again with this model (needed after a model change).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the HTML report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
@@ -172,42 +172,12 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
                    f"{result.users_flagged} flagged")
 
 
-def _open_results(db):
-    from screener.settings import Settings
-    from screener.store import Store
-
-    store = Store(db, Settings(), read_only=True)
-    store.ensure_schema()
-    return store
-
-
-def _run_and_source(store, run_id):
-    from screener import aggregate
-    from screener.errors import InputError
-    from screener.settings import Settings
-    from screener.store import Source, is_parquet_source
-
-    if run_id is None:
-        run_id = store.scalar("run_latest")
-        if run_id is None:
-            raise InputError(f"{store.path} has no completed scan yet: run `screener scan {store.path}` first")
-    try:
-        run = aggregate.run_record(store, run_id)
-    except KeyError:
-        raise InputError(f"{store.path} has no run {run_id}") from None
-    # The report reads the archive the way that run did: same table, columns and windows.
-    store.settings = Settings(**json.loads(run["config"]))
-    source = run["source"]
-    store.attach_source(Source(source, parquet=is_parquet_source(source)))
-    return run_id
-
-
 def _write_report(db, run_id, output, fmt, redact):
     from screener import aggregate, report
+    from screener.runs import open_run
 
-    with _open_results(db) as store:
-        run_id = _run_and_source(store, run_id)
-        data = aggregate.report_data(store, run_id)
+    with open_run(db, run_id) as run:
+        data = aggregate.report_data(run.store, run.run_id)
     if output == "-":
         click.echo(report.render(data, fmt, redact=redact), nl=False)
     else:
@@ -247,10 +217,10 @@ def flags(db, as_json, run_id):
       screener flags messages.duckdb --json | jq '.[].user_id'
     """
     from screener import aggregate
+    from screener.runs import open_run
 
-    with _open_results(db) as store:
-        run_id = _run_and_source(store, run_id)
-        rows = aggregate.flags_json(store, run_id)
+    with open_run(db, run_id) as run:
+        rows = aggregate.flags_json(run.store, run.run_id)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

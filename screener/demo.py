@@ -9,10 +9,10 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from screener import aggregate, queries, report
-from screener.scan import ScanResult, scan
+from screener import aggregate, queries, report, runs
+from screener.scan import scan
 from screener.settings import Settings
-from screener.store import Source, Store
+from screener.store import Store
 
 
 def archive_path() -> Path:
@@ -31,18 +31,17 @@ def write_demo_db(db: Path) -> None:
         con.close()
 
 
-def run_demo(directory: Path, model: str = "default") -> tuple[ScanResult, Path, Path]:
+def run_demo(directory: Path, model: str = "default") -> tuple[runs.ScanResult, Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     db = directory / "messages.duckdb"
     write_demo_db(db)
     settings = Settings(model=model)
     with Store(db, settings) as store:
-        store.attach_source(Source(settings.table, parquet=False))
+        store.attach_source(runs.resolve_source(db, None, settings))
         newest = store.scalar("source_max_time")
     # The archive is historical: windows end just after its last message, so the demo looks the same every day.
     result = scan(db, settings, as_of=newest + timedelta(minutes=1), progress=True)
-    with Store(db, settings, read_only=True) as store:
-        store.attach_source(Source(settings.table, parquet=False))
-        data = aggregate.report_data(store, result.run_id)
+    with runs.open_run(db, result.run_id, settings) as run:
+        data = aggregate.report_data(run.store, run.run_id)
     report_path = report.write_report(data, directory / "report.html", "html")
     return result, db, report_path

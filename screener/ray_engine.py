@@ -9,7 +9,8 @@ The results database stays where the local engine keeps it; only the scoring mov
    and writes the block's scores to one Parquet file named by a hash of the block's message ids: a block retried
    after a worker died overwrites its own file instead of adding a second one.
 3. The driver loads the files into ``screener_scores`` in one transaction, skipping any message that already has
-   a score for the model, then aggregates, flags and closes the run record with the local engine's code.
+   a score for the model, then aggregates, flags and closes the run record as the local engine does
+   (:mod:`screener.runs`).
 
 Score files of a run whose driver died before step 3 are loaded by the next run, so finished blocks are not
 scored twice; the work folder of a completed run is removed.
@@ -21,26 +22,24 @@ import hashlib
 import logging
 import sys
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from screener import objstore, queries
+from screener import batching, objstore, queries, runs
 from screener.classifiers.base import Classifier
 from screener.errors import ConfigError, ModelError, ScreenerError
-from screener.scan import ScanResult, begin_run, complete_run, resolve_source, run_guard, utc
 from screener.settings import Settings
-from screener.store import Source, Store
+from screener.store import Store
 
 log = logging.getLogger(__name__)
 
 SCORES_VIEW = "screener_ray_scores"
-SKIPPED_VIEW = "screener_batch_skipped"
 
 Loader = Callable[[str, str], Classifier]
 
@@ -54,41 +53,24 @@ class RayOptions:
     # Pending messages and scores go here (local folder or s3:// / gs:// URI); None: '<results db>.ray/' beside
     # the database, which suits a one-machine cluster only.
     work_dir: str | None = None
-    # Padded tokens per model call: a batch of long messages holds fewer rows than one of short messages.
-    token_budget: int = 16384
+    # Padded tokens per model call (a batch of long messages holds fewer rows than one of short messages);
+    # None: the classifier's own budget.
+    token_budget: int | None = None
     # Messages per pending file, which is one Ray task: the unit a dead worker's retry repeats.
     rows_per_task: int = 2048
     cpus_per_worker: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("token_budget", "rows_per_task", "cpus_per_worker"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"ray option {name} must be at least 1, got {getattr(self, name)}")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"ray option workers must be at least 1, got {self.workers}")
+        for name, value in (("token_budget", self.token_budget), ("rows_per_task", self.rows_per_task),
+                            ("cpus_per_worker", self.cpus_per_worker), ("workers", self.workers)):
+            if value is not None and value < 1:
+                raise ConfigError(f"ray option {name} must be at least 1, got {value}")
 
 
 def _default_loader(name_or_path: str, device: str) -> Classifier:
     from screener.classifiers.registry import load_classifier
 
     return load_classifier(name_or_path, device=device)
-
-
-def token_budget_batches(lengths: list[int], budget: int, max_rows: int) -> list[np.ndarray]:
-    """Indices of ``lengths`` grouped into batches, shortest first, each padding to its longest member and holding
-    at most ``max_rows`` rows and ``budget`` padded tokens (a message longer than the budget goes alone)."""
-    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
-    batches: list[np.ndarray] = []
-    start = 0
-    for end in range(1, len(order) + 1):
-        too_many = end - start > max_rows
-        too_long = (end - start) * max(1, lengths[order[end - 1]]) > budget
-        if end - start > 1 and (too_many or too_long):
-            batches.append(order[start:end - 1])
-            start = end - 1
-    if start < len(order):
-        batches.append(order[start:])
-    return batches
 
 
 def block_key(message_ids: list[str]) -> str:
@@ -103,12 +85,16 @@ def block_key(message_ids: list[str]) -> str:
 class ScoreWorker:
     """A Ray Data actor: loads the classifier once, then scores blocks and writes each block's scores file."""
 
-    def __init__(self, model: str, device: str, model_id: str, run_id: int, threshold: float, token_budget: int,
-                 max_rows: int, scores_dir: str, threads: int | None, loader: Loader | None = None) -> None:
-        self.clf = (loader or _default_loader)(model, device)
-        if self.clf.model_id != model_id:
-            raise ModelError(f"model {model!r} has id {self.clf.model_id} on this worker but {model_id} on the "
+    def __init__(self, model: str, device: str, model_id: str, run_id: int, threshold: float,
+                 token_budget: int | None, max_rows: int, scores_dir: str, threads: int | None,
+                 loader: Loader | None = None) -> None:
+        self.clf = None
+        clf = (loader or _default_loader)(model, device)
+        if clf.model_id != model_id:
+            clf.close()
+            raise ModelError(f"model {model!r} has id {clf.model_id} on this worker but {model_id} on the "
                              "driver: every node must hold the same model files")
+        self.clf = clf
         torch = sys.modules.get("torch")
         if threads and torch is not None:
             # Several actors share a machine's cores; each gets its own share instead of all of them.
@@ -122,31 +108,25 @@ class ScoreWorker:
         block = objstore.read_parquet(self.fs, pending)
         ids = block.column("message_id").to_pylist()
         texts = block.column("text").to_pylist()
-        probs = np.empty(len(texts), dtype=np.float32)
-        if getattr(self.clf, "sizes_own_batches", False):
-            # The GPU engine sorts, packs and sizes its own batches (by a token budget fit for the GPU, with the
-            # prompt prefix cached): cutting the block into CPU-sized batches first would starve it.
-            probs[:] = self.clf.predict_negative(texts)
-        else:
-            lengths = self.clf.token_lengths(texts)
-            for idx in token_budget_batches(lengths, self.token_budget, self.max_rows):
-                probs[idx] = self.clf.predict_negative([texts[i] for i in idx])
-        scores = pa.table({
-            "message_id": pa.array(ids, pa.string()),
-            "model_id": pa.array([self.model_id] * len(ids), pa.string()),
-            "p_negative": pa.array(probs, pa.float32()),
-            "label": pa.array(np.where(probs >= self.threshold, "negative", "positive").tolist(), pa.string()),
-            "scored_at": pa.array([datetime.now(timezone.utc)] * len(ids), pa.timestamp("us", tz="UTC")),
-            "run_id": pa.array([self.run_id] * len(ids), pa.int64()),
-        })
+        probs = batching.predict_negative(self.clf, texts, self.max_rows, self.token_budget)
+        scores = runs.scores_table(ids, self.model_id, self.run_id, probs, self.threshold)
         path = f"{self.scores_dir.rstrip('/')}/{block_key(ids)}.parquet"
         objstore.write_parquet(scores, self.fs, path)
         return pa.table({"file": [path], "rows": [len(ids)]})
 
+    def close(self) -> None:
+        if self.clf is not None:
+            self.clf.close()
+            self.clf = None
+
+    def __del__(self) -> None:
+        # Ray Data drops an actor's instance when the pool shuts down gracefully: the model is released then.
+        self.close()
+
 
 def _identify(loader: Loader | None, model: str, device: str) -> tuple[str, str]:
-    clf = (loader or _default_loader)(model, device)
-    return clf.name, clf.model_id
+    with closing((loader or _default_loader)(model, device)) as clf:
+        return clf.name, clf.model_id
 
 
 def scan_ray(
@@ -158,7 +138,7 @@ def scan_ray(
     progress: bool = True,
     options: RayOptions = RayOptions(),
     loader: Loader | None = None,
-) -> ScanResult:
+) -> runs.ScanResult:
     """Like :func:`screener.scan.scan`, with the scoring done by Ray. ``loader(model, device)`` builds the
     classifier on each worker (default: the model registry)."""
     try:
@@ -169,9 +149,8 @@ def scan_ray(
                           "--engine local") from exc
 
     started = time.monotonic()
-    as_of = utc(as_of or datetime.now(timezone.utc))
-    remote = source is not None and objstore.is_uri(source)
-    src = Source(source, parquet=True) if remote else resolve_source(db, source, settings)
+    as_of = runs.utc(as_of or datetime.now(timezone.utc))
+    src = runs.resolve_source(db, source, settings)
     work_dir = options.work_dir or str(Path(db).expanduser().resolve()) + ".ray"
     fs, work = objstore.resolve(work_dir)
     started_ray = not ray.is_initialized()
@@ -196,20 +175,19 @@ def scan_ray(
                     raise exc.cause from None
                 raise
             model_dir = f"{work.rstrip('/')}/model={model_id}"
-            store.ensure_schema()
-            store.run("runs_mark_interrupted")
-            store.attach_source(src)
+            runs.prepare(store, src)
             if rescore:
                 _remove(fs, model_dir)
-            run_id = begin_run(store, settings, src, model_name, model_id, as_of, rescore)
+            run = runs.begin(store, settings, src, model_name, model_id, as_of, rescore, started)
+            run_id = run.run_id
             run_dir = f"{model_dir}/run={run_id}"
-            with run_guard(store, run_id, db, settings):
+            with runs.guard(store, run):
                 leftovers = _leftover_score_files(fs, model_dir)
                 pending, skipped_ids = _export_pending(store, fs, f"{run_dir}/pending", model_id,
                                                        options.rows_per_task, _ids_in(fs, leftovers))
                 written = []
                 if pending:
-                    workers = _worker_count(options, gpus, int(ray.cluster_resources().get("CPU", 0)))
+                    workers = worker_count(options, gpus, int(ray.cluster_resources().get("CPU", 0)))
                     log.info("run %d: %d files of pending messages, %d score files left by earlier runs; "
                              "scoring on %d %s actors", run_id, len(pending), len(leftovers), workers, device)
                     written = _score_on_ray(
@@ -220,8 +198,7 @@ def scan_ray(
                          "threads": options.cpus_per_worker if device == "cpu" else None, "loader": loader},
                         workers, actor_resources)
                 scored = _load_scores(store, fs, model_id, run_id, leftovers + written, skipped_ids)
-                result = complete_run(store, settings, run_id, model_name, model_id, as_of, scored, started,
-                                      rescore)
+                result = runs.complete(store, run, scored)
             # Only now are the files' scores committed; earlier, a crash keeps them for the next run to load.
             _remove(fs, model_dir)
     finally:
@@ -263,7 +240,7 @@ def _export_pending(store: Store, fs, pending_dir: str, model_id: str, rows_per_
     for batch in reader:
         ids = batch.column("message_id").to_pylist()
         texts = batch.column("text").to_pylist()
-        blank = [t is None or not t.strip() for t in texts]
+        blank = [runs.is_blank(t) for t in texts]
         skipped.extend(mid for mid, b in zip(ids, blank) if b)
         keep = [i for i, mid in enumerate(ids) if not blank[i] and mid not in done]
         if not keep:
@@ -276,7 +253,7 @@ def _export_pending(store: Store, fs, pending_dir: str, model_id: str, rows_per_
     return files, skipped
 
 
-def _worker_count(options: RayOptions, gpus: int, cpus: int) -> int:
+def worker_count(options: RayOptions, gpus: int, cpus: int) -> int:
     if gpus:
         return options.workers or gpus
     if options.workers:
@@ -307,12 +284,7 @@ def _score_on_ray(fs, pending: list[str], scores_uri: str, worker_kwargs: dict, 
 def _load_scores(store: Store, fs, model_id: str, run_id: int, files: list[str], skipped_ids: list[str]) -> int:
     """One transaction: every score file and the skipped messages, or nothing. Messages that already have a score
     for the model are left as they are, so a file loaded twice adds nothing."""
-    skipped = pa.table({
-        "message_id": pa.array(skipped_ids, pa.string()),
-        "model_id": pa.array([model_id] * len(skipped_ids), pa.string()),
-        "reason": pa.array(["empty_text"] * len(skipped_ids), pa.string()),
-        "run_id": pa.array([run_id] * len(skipped_ids), pa.int64()),
-    })
+    skipped = runs.skipped_table(skipped_ids, model_id, run_id)
     con = store.con
     inserted = 0
     con.begin()
@@ -323,11 +295,11 @@ def _load_scores(store: Store, fs, model_id: str, run_id: int, files: list[str],
                 inserted += int(store.run("ray_scores_insert", {"model_id": model_id}).fetchone()[0])
             finally:
                 con.unregister(SCORES_VIEW)
-        con.register(SKIPPED_VIEW, skipped)
+        con.register(runs.SKIPPED_VIEW, skipped)
         try:
             store.run("skipped_insert")
         finally:
-            con.unregister(SKIPPED_VIEW)
+            con.unregister(runs.SKIPPED_VIEW)
         con.commit()
     except BaseException:
         con.rollback()

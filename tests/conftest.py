@@ -24,7 +24,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 class KeywordClassifier(ClassifierBase):
-    """P(negative) = 0.9 when the text contains 'bad', else 0.1."""
+    """P(negative) = 0.9 when the text contains 'bad', else 0.1; a token is a word. Counts its calls and closes."""
 
     name = "keyword-test"
 
@@ -32,6 +32,7 @@ class KeywordClassifier(ClassifierBase):
         self.word = word
         self.model_id = hashlib.sha256(f"keyword:{word}".encode()).hexdigest()[:16]
         self.calls = 0
+        self.closed = 0
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         self.calls += 1
@@ -39,6 +40,9 @@ class KeywordClassifier(ClassifierBase):
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         return [len(t.split()) for t in texts]
+
+    def close(self) -> None:
+        self.closed += 1
 
 
 @pytest.fixture

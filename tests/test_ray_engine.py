@@ -19,7 +19,9 @@ from click.testing import CliRunner
 from conftest import AS_OF, KeywordClassifier, generated_rows, write_archive
 from screener import objstore
 from screener.cli import main
-from screener.ray_engine import RayOptions, _worker_count, block_key, scan_ray, token_budget_batches
+from screener.errors import ConfigError, ModelError
+from screener.batching import token_budget_batches
+from screener.ray_engine import RayOptions, ScoreWorker, block_key, scan_ray, worker_count
 from screener.scan import scan
 from screener.settings import Settings
 
@@ -51,10 +53,59 @@ def test_block_key_names_the_set_of_messages_not_their_order():
 
 
 def test_worker_count_is_one_actor_per_gpu_else_per_cpus_per_worker_unless_told():
-    assert _worker_count(RayOptions(), gpus=0, cpus=3) == 3
-    assert _worker_count(RayOptions(cpus_per_worker=2), gpus=0, cpus=7) == 3
-    assert _worker_count(RayOptions(), gpus=4, cpus=2) == 4
-    assert _worker_count(RayOptions(workers=2), gpus=4, cpus=64) == 2
+    assert worker_count(RayOptions(), gpus=0, cpus=3) == 3
+    assert worker_count(RayOptions(cpus_per_worker=2), gpus=0, cpus=7) == 3
+    assert worker_count(RayOptions(), gpus=4, cpus=2) == 4
+    assert worker_count(RayOptions(workers=2), gpus=4, cpus=64) == 2
+
+
+def test_ray_options_below_one_are_refused():
+    with pytest.raises(ConfigError, match="token_budget must be at least 1, got 0"):
+        RayOptions(token_budget=0)
+    with pytest.raises(ConfigError, match="workers must be at least 1, got 0"):
+        RayOptions(workers=0)
+
+
+def worker_for(tmp_path, clf, model_id=None, **kw) -> ScoreWorker:
+    kw = {"token_budget": None, "max_rows": 64, **kw}
+    return ScoreWorker("keyword", "cpu", model_id or clf.model_id, run_id=3, threshold=0.5,
+                       scores_dir=str(tmp_path / "scores"), threads=None, loader=lambda name, device: clf, **kw)
+
+
+class BatchRecorder(KeywordClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+
+    def predict_proba(self, texts):
+        self.batches.append(list(texts))
+        return super().predict_proba(texts)
+
+
+def test_score_worker_scores_a_pending_file_in_token_budget_batches_and_closes_its_classifier(tmp_path):
+    pending = tmp_path / "part-000000.parquet"
+    pq.write_table(pa.table({"message_id": ["a", "b", "c"], "text": ["bad bad bad", "good", "bad"]}), pending)
+    clf = BatchRecorder()
+    worker = worker_for(tmp_path, clf, token_budget=2)
+    summary = worker(pa.table({"path": [str(pending)]}))
+    # word counts 1, 1 | 3: a pair of one-word texts fills the budget of 2, the three-word text goes alone
+    assert clf.batches == [["good", "bad"], ["bad bad bad"]]
+    (path,) = summary.column("file").to_pylist()
+    assert path.endswith(f"{block_key(['a', 'b', 'c'])}.parquet") and summary.column("rows").to_pylist() == [3]
+    written = pq.read_table(path)
+    assert written.column("message_id").to_pylist() == ["a", "b", "c"]
+    assert written.column("label").to_pylist() == ["negative", "positive", "negative"]
+    assert written.column("run_id").to_pylist() == [3, 3, 3]
+    assert clf.closed == 0
+    del worker
+    assert clf.closed == 1
+
+
+def test_score_worker_refuses_another_model_id_and_closes_what_it_loaded(tmp_path):
+    clf = KeywordClassifier()
+    with pytest.raises(ModelError, match="every node must hold the same model files"):
+        worker_for(tmp_path, clf, model_id="0123456789abcdef")
+    assert clf.closed == 1
 
 
 def test_expand_matches_one_component_per_glob_and_lists_folders(tmp_path):
@@ -270,8 +321,8 @@ def test_archive_and_work_folder_in_s3_give_the_local_result(ray_cluster, s3_ser
     left = s3.get_file_info(pafs.FileSelector("screener-test/work", recursive=True, allow_not_found=True))
     assert [f.path for f in left if f.type == pafs.FileType.File] == []
     # the report of that run reads its evidence back from the bucket
-    from screener.cli import _write_report
-
-    _write_report(db, result.run_id, str(tmp_path / "report.json"), "json", False)
+    out = CliRunner().invoke(main, ["report", str(db), "--run", str(result.run_id), "--format", "json",
+                                    "-o", str(tmp_path / "report.json")])
+    assert out.exit_code == 0, out.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert [u["user_id"] for u in report["flagged"]] == [f[0] for f in flags(db, result.run_id)]

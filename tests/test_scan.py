@@ -1,4 +1,5 @@
-"""The scan pipeline: incremental scoring, Parquet input, skipped rows, model changes, schema and input errors."""
+"""The scan pipeline: incremental scoring, Parquet input, skipped rows, model changes, schema and input errors,
+batching and the classifier's lifetime."""
 
 from datetime import timedelta
 
@@ -9,7 +10,7 @@ import pytest
 
 from conftest import AS_OF, KeywordClassifier, generated_rows, score_counts, write_archive
 from screener.errors import InputError, ModelError, SchemaError
-from screener.scan import scan
+from screener.scan import scan, whole_windows
 from screener.settings import Settings
 
 
@@ -180,13 +181,59 @@ def test_failure_scoring_a_window_keeps_the_windows_before_it_and_the_rerun_scor
 
 
 def test_partial_record_batches_are_regrouped_into_whole_windows():
-    from screener.scan import _windows
-
     sizes, start, batches = [13, 50, 7, 50], 0, []
     for size in sizes:
         batches.append(pa.record_batch({"message_id": [f"m{i}" for i in range(start, start + size)]}))
         start += size
     reader = pa.RecordBatchReader.from_batches(batches[0].schema, batches)
-    windows = list(_windows(reader, 50))
+    windows = list(whole_windows(reader, 50))
     assert [w.num_rows for w in windows] == [50, 50, 20]
     assert sum((w.column("message_id").to_pylist() for w in windows), []) == [f"m{i}" for i in range(120)]
+
+
+class BatchRecorder(KeywordClassifier):
+    """Records the texts of each model call."""
+
+    def __init__(self, token_budget: int) -> None:
+        super().__init__()
+        self.token_budget = token_budget
+        self.batches: list[list[str]] = []
+
+    def predict_proba(self, texts):
+        self.batches.append(list(texts))
+        return super().predict_proba(texts)
+
+
+def test_local_scan_packs_batches_by_the_classifiers_token_budget_and_batch_size(tmp_path):
+    when = AS_OF - timedelta(hours=1)
+    texts = ["w w w w w", "w", "w w", "w w w", "w", "", "w"]
+    db = write_archive(tmp_path / "a.duckdb", [(f"m{i}", "u", when, t) for i, t in enumerate(texts)])
+    clf = BatchRecorder(token_budget=4)
+    # Shortest first, the blank text skipped: word counts 1, 1, 1, 2, 3, 5. A batch holds two rows (batch_size),
+    # so the third one-word text opens a batch that takes the two-word one (2 rows x 2 words, the budget of 4);
+    # three or five words exceed the budget in any pair, so each goes alone.
+    result = run(db, classifier=clf, settings=Settings(batch_size=2))
+    assert clf.batches == [["w", "w"], ["w", "w w"], ["w w w"], ["w w w w w"]]
+    assert result.messages_scored == 6 and result.skipped_by_reason == {"empty_text": 1}
+
+
+def test_a_loaded_classifier_is_closed_and_a_passed_one_is_left_open(archive, monkeypatch):
+    from screener.classifiers import registry
+
+    loaded = KeywordClassifier()
+    monkeypatch.setattr(registry, "load_classifier", lambda name, device: loaded)
+    scan(archive, Settings(), as_of=AS_OF, progress=False)
+    assert loaded.closed == 1
+    passed = KeywordClassifier()
+    run(archive, classifier=passed)
+    assert passed.closed == 0
+
+
+def test_a_loaded_classifier_is_closed_when_the_scan_fails(archive, monkeypatch):
+    from screener.classifiers import registry
+
+    loaded = WindowRecorder(fail_on=1)
+    monkeypatch.setattr(registry, "load_classifier", lambda name, device: loaded)
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        scan(archive, Settings(), as_of=AS_OF, progress=False)
+    assert loaded.closed == 1
