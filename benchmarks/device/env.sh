@@ -14,7 +14,7 @@ need() {  # need NAME... : stop unless these bundles are assembled
   local name
   for name in "$@"; do
     if [ ! -e "$BUNDLES/$name.done" ]; then
-      echo "bundle $name is not assembled; pieces staged: $(cd /tmp/parts && ls "$name".tar.gz.* 2>/dev/null | tr '\n' ' ')" >&2
+      echo "bundle $name is not assembled; pieces staged:" /tmp/parts/"$name".tar.gz.* >&2
       echo "carry the missing .carry/$name-K folders (prepare_carry.sh) in calls made back to back" >&2
       exit 3
     fi
@@ -23,5 +23,12 @@ need() {  # need NAME... : stop unless these bundles are assembled
 
 smollm2_model() {  # smollm2_model DIR : the shipped smollm2-sst2 folder with its base set to the carried GGUF
   rm -rf "$1" && cp -r screener/models/smollm2-sst2 "$1"
-  python3 -c "import json, sys; p = sys.argv[1] + '/screener_model.json'; m = json.load(open(p)); m['base'] = sys.argv[2]; json.dump(m, open(p, 'w'))" "$1" "$GGUF"
+  python3 - "$1/screener_model.json" "$GGUF" <<'EOF'
+import json
+import sys
+
+manifest = json.load(open(sys.argv[1]))
+manifest["base"] = sys.argv[2]
+json.dump(manifest, open(sys.argv[1], "w"))
+EOF
 }

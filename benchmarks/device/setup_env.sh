@@ -7,8 +7,8 @@ set -euo pipefail
 source benchmarks/device/env.sh
 shopt -s nullglob
 
-for folder in .carry/*/; do
-  cp "$folder"* /tmp/parts/
+for sum in .carry/*/*.sha256; do
+  [ -e "$BUNDLES/$(basename "$sum" .sha256).done" ] || cp "$(dirname "$sum")"/* /tmp/parts/
 done
 
 for sum in /tmp/parts/*.sha256; do
