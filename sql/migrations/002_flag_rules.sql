@@ -1,11 +1,12 @@
 -- name: 002_flag_rules
 -- Schema version 2: each flag records the rule that matched and a reason; flags of version 1 get the rule it applied.
-ALTER TABLE screener_flags ADD COLUMN rule VARCHAR;
+-- Version 1 had a single rule, the one now named high_negative_share: its flags get that name through the default,
+-- which is dropped afterwards so that every later flag has to name its rule.
+ALTER TABLE screener_flags ADD COLUMN rule VARCHAR NOT NULL DEFAULT 'high_negative_share';
 ALTER TABLE screener_flags ADD COLUMN reason VARCHAR;
--- Version 1 had a single rule, the one now named high_negative_share; its reason is rebuilt from the flag's counts
--- and the settings recorded with its run, in the words sql/rules/high_negative_share.sql uses.
+-- Their reason is rebuilt from the flag's counts and the settings recorded with its run, in the words of
+-- sql/rules/high_negative_share.sql.
 UPDATE screener_flags f SET
-    rule = 'high_negative_share',
     reason = printf('%d of %d messages in the last %d days negative (%.0f%%), '
                     || 'threshold %.0f%% with at least %d messages',
                     f.n_negative, f.n_messages,
@@ -15,5 +16,4 @@ UPDATE screener_flags f SET
                     CAST(json_extract(r.config, '$.min_messages') AS BIGINT))
 FROM screener_runs r
 WHERE r.run_id = f.run_id;
-UPDATE screener_flags SET rule = 'high_negative_share' WHERE rule IS NULL;
-ALTER TABLE screener_flags ALTER COLUMN rule SET NOT NULL;
+ALTER TABLE screener_flags ALTER COLUMN rule DROP DEFAULT;
