@@ -21,7 +21,7 @@ from pathlib import Path
 
 _NAME_LINE = re.compile(r"^-- name: (?P<name>[a-z0-9_]+)\s*$")
 _SLOT = re.compile(r"\{([a-z_]+)\}")
-SUFFIX = ".sql"
+_SUFFIX = ".sql"
 
 
 class UnknownIdentifier(ValueError):
@@ -38,7 +38,7 @@ class Statement:
 
     @property
     def path(self) -> str:
-        return "/".join(part for part in ("sql", self.folder, self.name + SUFFIX) if part)
+        return "/".join(part for part in ("sql", self.folder, self.name + _SUFFIX) if part)
 
 
 @lru_cache(maxsize=1)
@@ -60,8 +60,8 @@ def statements(root: Traversable) -> dict[str, Statement]:
         for entry in directory.iterdir():
             if entry.is_dir():
                 pending.append((f"{folder}/{entry.name}".lstrip("/"), entry))
-            elif entry.name.endswith(SUFFIX):
-                name = entry.name[: -len(SUFFIX)]
+            elif entry.name.endswith(_SUFFIX):
+                name = entry.name[: -len(_SUFFIX)]
                 statement = Statement(name, folder, entry)
                 if name in found:
                     raise ValueError(
