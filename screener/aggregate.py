@@ -1,4 +1,5 @@
-"""Per-user window statistics, the flag rule and the data the report shows, all computed by SQL in ``sql/``."""
+"""Per-user window statistics, the flags the rules give and the data the report shows, all computed by SQL in
+``sql/``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any
 
+from screener import rules
 from screener.settings import Settings
 from screener.store import Store
 
@@ -22,23 +24,20 @@ def stats_params(settings: Settings, model_id: str, as_of: datetime) -> dict[str
         "baseline_min_messages": settings.baseline_min_messages,
         "last_n": settings.last_n,
         "z": settings.confidence_z,
-        "min_messages": settings.min_messages,
-        "min_ratio": settings.min_ratio,
         "escalation_delta": settings.escalation_delta,
     }
 
 
 def compute_user_stats(store: Store, settings: Settings, model_id: str, as_of: datetime) -> None:
-    """Fill the temp table ``screener_user_stats`` (all users with scored messages up to ``as_of``)."""
+    """Fill the temp tables ``screener_user_stats`` (all users with scored messages up to ``as_of``) and
+    ``screener_rule_hits`` (the users each flag rule matches)."""
     store.run("user_stats", stats_params(settings, model_id, as_of))
-
-
-def user_stats_rows(store: Store) -> list[dict[str, Any]]:
-    return _rows(store.run("user_stats_rows"))
+    rules.evaluate(store, settings)
 
 
 def store_flags(store: Store, run_id: int) -> tuple[int, int]:
-    """Insert the run's flags from ``screener_user_stats``; returns (users seen, users flagged)."""
+    """Insert the run's flags from ``screener_user_stats`` and ``screener_rule_hits``; returns (users seen, users
+    flagged)."""
     store.run("flags_insert", {"run_id": run_id})
     return int(store.scalar("users_seen")), int(store.scalar("flags_count", {"run_id": run_id}))
 
@@ -78,6 +77,7 @@ def flags_json(store: Store, run_id: int) -> list[dict[str, Any]]:
             "n_negative": f["n_negative"], "ratio": f["ratio"], "wilson_lower": f["wilson_lower"],
             "ratio_long": f["ratio_long"], "ratio_last_n": f["ratio_last"], "baseline_ratio": f["baseline_ratio"],
             "escalating": f["escalating"], "first_flagged": _iso(f["first_flagged"]),
+            "rule": f["rule"], "reason": f["reason"],
         })
     return out
 
@@ -120,6 +120,7 @@ def report_data(store: Store, run_id: int, generated_at: datetime | None = None)
             "last_n": {"n": int(f["n_last"]), "neg": int(f["neg_last"]), "ratio": f["ratio_last"]},
             "baseline_ratio": f["baseline_ratio"],
             "escalating": bool(f["escalating"]),
+            "rule": f["rule"], "reason": f["reason"],
             "first_flagged": _iso(f["first_flagged"])[:10],
             "earlier_flags": sorted(set(earlier.get(uid, []))),
             "daily": daily.get(uid, []),
@@ -146,6 +147,7 @@ def report_data(store: Store, run_id: int, generated_at: datetime | None = None)
             "baseline_days": s.baseline_days,
             "escalation_delta": s.escalation_delta,
             "negative_threshold": s.negative_threshold,
+            "rules": rules.describe(s),
         },
         "flagged": users,
     }

@@ -24,6 +24,7 @@ import click
 
 from screener import __version__
 from screener.errors import ScreenerError
+from screener.report import FORMATS
 
 log = logging.getLogger("screener")
 
@@ -188,7 +189,7 @@ def _write_report(db, run_id, output, fmt, redact):
 @main.command()
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, help="Output file, or - for stdout.")
-@click.option("--format", "fmt", type=click.Choice(["html", "csv", "json"]), default="html", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="html", show_default=True)
 @click.option("--run", "run_id", type=int, help="Run id (default: the latest completed run).")
 @click.option("--redact", is_flag=True, help="Mask e-mail addresses, phone numbers, URLs and @handles in evidence.")
 @translate_errors

@@ -30,7 +30,7 @@ class Settings:
     # Rows read, length-sorted and committed together; bounds memory and the work a kill can lose.
     window_rows: int = 4096
     negative_threshold: float = 0.5
-    # Aggregation and the flag rule.
+    # Aggregation, the flag rules (see FLAG_RULES) and the escalation mark.
     short_window_days: int = 7
     long_window_days: int = 30
     last_n: int = 20
@@ -76,8 +76,8 @@ class Settings:
     def duckdb_threads(self) -> int:
         """DuckDB threads: ``threads`` when set, else one per 64 MiB of ``memory_limit`` up to the core count.
 
-        Each DuckDB thread keeps its own hash tables and buffers; on a 32-core machine the default 256 MB limit
-        ran out of memory in the aggregation with one thread per core."""
+        Each DuckDB thread keeps its own hash tables and buffers, so one thread per core on a machine with many
+        cores can exhaust a small memory limit in the aggregation."""
         if self.threads:
             return self.threads
         return max(1, min(os.cpu_count() or 1, memory_bytes(self.memory_limit) // MIB_PER_THREAD))
@@ -87,6 +87,12 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
+
+# The flag rules, in priority order (a user several rules match is flagged under the first), each with the settings
+# its file sql/rules/<rule>.sql binds as $<setting>; see screener.rules for how to add one.
+FLAG_RULES: dict[str, tuple[str, ...]] = {
+    "high_negative_share": ("min_messages", "min_ratio", "short_window_days"),
+}
 
 MIB_PER_THREAD = 64 * 2**20
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

@@ -1,7 +1,13 @@
-"""The results database (DuckDB) and the archive it reads: schema, locking, source view, runs, scores."""
+"""The results database (DuckDB) and the archive it reads: schema and its migrations, locking, source view.
+
+The schema is built by the numbered migrations in ``sql/migrations/``: ``NNN_<what>.sql`` brings a database from
+version NNN-1 to NNN (``001_create_tables`` creates version 1). A new database gets all of them, an older one the
+ones it lacks, in one transaction either way, so an upgrade is complete or leaves the file as it was.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -19,12 +25,30 @@ from screener.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-SOURCE_VIEW = "screener_source"
 PARQUET_VIEW = "screener_parquet"
 
 _TIME_TYPES = ("TIMESTAMP", "DATE", "VARCHAR")
 _TEXT_TYPES = ("VARCHAR",)
+
+
+_MIGRATION_NAME = re.compile(r"^(?P<version>\d{3})_[a-z0-9_]+$")
+
+
+def migrations() -> list[tuple[int, str]]:
+    """(schema version, statement name) of every migration, oldest first; versions run 1, 2, ... without gaps."""
+    found = []
+    for name in queries.names("migrations"):
+        match = _MIGRATION_NAME.match(name)
+        if not match:
+            raise ValueError(f"sql/migrations/{name}.sql: a migration's name must be NNN_<what>")
+        found.append((int(match.group("version")), name))
+    found.sort()
+    if [version for version, _ in found] != list(range(1, len(found) + 1)):
+        raise ValueError(f"sql/migrations/ must number its files 001, 002, ... without gaps, found {found}")
+    return found
+
+
+SCHEMA_VERSION = migrations()[-1][0]
 
 
 def is_parquet_source(source: str) -> bool:
@@ -111,20 +135,48 @@ class Store:
             raise SchemaError(f"{self.path}: screener_meta holds schema_version {value!r}, not a number") from None
 
     def ensure_schema(self) -> None:
+        """Bring the database to ``SCHEMA_VERSION``: create it when new, upgrade it in place when older (every
+        result kept), refuse it when newer. A read-only database is never changed, so an older one is refused."""
         version = self.schema_version()
-        if version is not None and version != SCHEMA_VERSION:
-            newer = version > SCHEMA_VERSION
+        if version is not None and version > SCHEMA_VERSION:
             raise SchemaError(
                 f"{self.path} has screener schema version {version}; this release reads version {SCHEMA_VERSION}. "
-                + ("Upgrade screener to read it." if newer else "Re-create the results with this release.")
+                "Upgrade screener to read it."
             )
-        if version is None:
-            if self.read_only:
+        if version == SCHEMA_VERSION:
+            return
+        if self.read_only:
+            if version is None:
                 raise InputError(f"{self.path} has no screener results: run `screener scan` on it first")
-            self.con.begin()
-            self.con.execute(queries.load("schema_create"))
-            self.run("schema_version_set", {"version": str(SCHEMA_VERSION)})
+            raise SchemaError(
+                f"{self.path} has screener schema version {version}, older than this release's {SCHEMA_VERSION}, "
+                f"and was opened read-only. Run `screener scan {self.path}` once: it upgrades the file in place and "
+                "keeps every result."
+            )
+        self._migrate(version or 0)
+
+    def _migrate(self, version: int) -> None:
+        pending = [(number, name) for number, name in migrations() if number > version]
+        self.con.begin()
+        try:
+            for _, name in pending:
+                self.con.execute(queries.load(name))
+            self.con.execute(queries.load("schema_version_set"), {"version": str(SCHEMA_VERSION)})
             self.con.commit()
+        except duckdb.Error as exc:
+            with contextlib.suppress(duckdb.Error):  # a failed commit has already ended the transaction
+                self.con.rollback()
+            if isinstance(exc, duckdb.IOException):
+                raise StorageError(
+                    f"writing to {self.path} failed while upgrading its schema: {str(exc).splitlines()[0]}. "
+                    "The file was left as it was; free disk space and run again."
+                ) from exc
+            raise SchemaError(
+                f"{self.path}: upgrading screener schema version {version} to {SCHEMA_VERSION} failed "
+                f"({str(exc).splitlines()[0]}); the file was left at version {version}."
+            ) from exc
+        if version:
+            log.info("upgraded %s from screener schema version %d to %d", self.path, version, SCHEMA_VERSION)
 
     # --- source -----------------------------------------------------------------------------------------------
     def attach_source(self, source: Source, con=None) -> None:
@@ -135,7 +187,7 @@ class Store:
             # DuckDB's S3/GCS extensions are downloaded at run time; pyarrow's filesystems are installed.
             fs, files = objstore.expand(source.location)
             con.register(PARQUET_VIEW, objstore.dataset(fs, files))
-            table, schema = PARQUET_VIEW, None
+            table = PARQUET_VIEW
         elif source.parquet:
             if not glob.glob(source.location):
                 raise InputError(f"no Parquet files match {source.location!r}: expected a file or a glob such as "
@@ -144,10 +196,10 @@ class Store:
                 con.read_parquet(source.location, union_by_name=True).create_view(PARQUET_VIEW, replace=True)
             except duckdb.Error as exc:
                 raise InputError(f"cannot read Parquet {source.location!r}: {str(exc).splitlines()[0]}") from exc
-            table, schema = PARQUET_VIEW, None
+            table = PARQUET_VIEW
         else:
-            table, schema = source.location, None
-        columns = dict(con.execute(queries.load("table_columns"), {"table": table, "schema": schema}).fetchall())
+            table = source.location
+        columns = dict(con.execute(queries.load("table_columns"), {"table": table}).fetchall())
         if not columns:
             found = sorted(t for t in self._tables() if not t.startswith("screener_"))
             raise InputError(

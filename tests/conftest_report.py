@@ -1,4 +1,4 @@
-"""Report input in the shape the lead's pipeline builds (see screener.report), shared by the report tests."""
+"""Report input in the shape screener.aggregate.report_data builds, shared by the report tests."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ AS_OF = "2026-11-29T06:00:00+00:00"
 SETTINGS = {
     "windows_days": [7, 30], "last_n": 20, "flag_window_days": 7, "min_ratio": 0.6, "min_messages": 5,
     "confidence_z": 1.96, "baseline_days": 30, "escalation_delta": 0.3, "negative_threshold": 0.5,
+    "rules": [{"name": "high_negative_share",
+               "description": "At least 5 messages in the last 7 days, with a negative share of at least 0.6."}],
 }
 
 NEGATIVE_TEXTS = [
@@ -44,6 +46,9 @@ def _user(rng, rank, user_id, n, neg, wilson, ratio_30, last_n, baseline, escala
                     {"days": 30, "n": n * 3, "neg": round(n * 3 * ratio_30), "ratio": ratio_30}],
         "last_n": {"n": 20, "neg": round(20 * last_n), "ratio": last_n},
         "baseline_ratio": baseline, "escalating": escalating,
+        "rule": "high_negative_share",
+        "reason": f"{neg} of {n} messages in the last 7 days negative ({neg / n:.0%}), threshold 60% with at least 5 "
+                  "messages",
         "first_flagged": earlier[0] if earlier else "2026-11-29", "earlier_flags": earlier,
         "daily": _daily(rng, 31, late, early),
         "evidence": [
@@ -106,8 +111,10 @@ def hostile_data() -> dict:
     data = sample_data()
     data["run"]["model_name"] = "<script>window.__pwned='model'</script>{{ 7*7 }}"
     data["run"]["skipped_by_reason"] = {"<img src=x onerror=\"window.__pwned='reason'\">": 3}
+    data["settings"]["rules"] = [{"name": HOSTILE[2], "description": HOSTILE[4]}]
     for user, payload in zip(data["flagged"], [HOSTILE[0], HOSTILE[1], HOSTILE[3], HOSTILE[11]]):
         user["user_id"] = payload
+        user["rule"], user["reason"] = HOSTILE[6], HOSTILE[7]
         user["evidence"] = [
             {"message_id": payload, "sent_at": "2026-11-28T10:00:00+00:00", "p_negative": 0.9, "text": payload}
             for payload in HOSTILE

@@ -18,6 +18,13 @@ from conftest_report import HOSTILE, empty_data, hostile_data, sample_data
 
 from screener import report
 from screener.errors import ConfigError, StorageError
+from screener.renderers import RENDERERS, html_page, redaction, rows as report_rows
+
+def render(data: dict, fmt: str = "html", redact: bool = False) -> str:
+    content = report.render(data, fmt, redact=redact)
+    assert isinstance(content, bytes)
+    return content.decode("utf-8")
+
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
@@ -82,7 +89,7 @@ def _csp(page: Page) -> dict[str, str]:
 
 
 def test_sample_report_parses_with_every_element_closed_and_one_section_per_user():
-    page = Page(report.render(sample_data()))
+    page = Page(render(sample_data()))
     sections = [a for a in page.all("section") if "user-card" in a.get("class", "")]
     assert len(sections) == 4
     assert len(page.all("tr")) == 1 + 4
@@ -90,7 +97,7 @@ def test_sample_report_parses_with_every_element_closed_and_one_section_per_user
 
 
 def test_script_tags_in_message_text_user_ids_and_model_name_are_escaped():
-    html = report.render(hostile_data())
+    html = render(hostile_data())
     page = Page(html)
     assert len(page.raw["script"]) == 1 and "__pwned" not in page.raw["script"][0]
     assert len(page.raw["style"]) == 1 and "__pwned" not in page.raw["style"][0]
@@ -110,14 +117,14 @@ def test_template_syntax_in_data_is_shown_not_evaluated():
     data = sample_data()
     data["flagged"][0]["user_id"] = "{{ 7*7 }}"
     data["flagged"][0]["evidence"][0]["text"] = "{% for x in range(3) %}loop{% endfor %} {{ config }}"
-    page = Page(report.render(data))
+    page = Page(render(data))
     assert "{{ 7*7 }}" in page.visible_text
     assert "{% for x in range(3) %}loop{% endfor %} {{ config }}" in page.visible_text
     assert "looplooploop" not in page.visible_text
 
 
 def test_no_resource_is_referenced_outside_the_page():
-    html = report.render(sample_data())
+    html = render(sample_data())
     page = Page(html)
     assert "http://" not in html and "https://" not in html
     assert "url(" not in page.raw["style"][0]
@@ -132,7 +139,7 @@ def test_no_resource_is_referenced_outside_the_page():
 
 
 def test_csp_pins_exactly_the_inline_script_and_style_by_hash():
-    html = report.render(sample_data())
+    html = render(sample_data())
     page = Page(html)
     csp = _csp(page)
     assert csp == {
@@ -150,11 +157,11 @@ def test_missing_key_in_data_raises_instead_of_rendering_blank():
     data = sample_data()
     del data["run"]["users_seen"]
     with pytest.raises(jinja2.UndefinedError, match="users_seen"):
-        report.render(data)
+        render(data)
 
 
 def test_nobody_flagged_shows_the_empty_state_and_no_table():
-    page = Page(report.render(empty_data()))
+    page = Page(render(empty_data()))
     assert "Nobody was flagged in this run" in page.visible_text
     assert page.all("table") == []
     assert not [a for a in page.all("section") if "user-card" in a.get("class", "")]
@@ -163,7 +170,7 @@ def test_nobody_flagged_shows_the_empty_state_and_no_table():
 def test_table_links_point_to_user_sections_by_hash_of_the_user_id():
     data = sample_data()
     data["flagged"][1]["user_id"] = '" onmouseover="x'
-    page = Page(report.render(data))
+    page = Page(render(data))
     links = [a["href"] for a in page.all("a") if a["href"] != "#flagged-users"]
     section_ids = [a["id"] for a in page.all("section") if "user-card" in a.get("class", "")]
     assert links == ["#" + i for i in section_ids]
@@ -180,7 +187,7 @@ def test_chart_leaves_gaps_for_days_without_messages_and_stubs_for_days_with_non
         {"day": "2026-11-28", "n": 4, "neg": 3, "ratio": 0.75},
         {"day": "2026-11-29", "n": 2, "neg": 1, "ratio": 0.5},
     ]
-    page = Page(report.render(data))
+    page = Page(render(data))
     rects = {a["class"]: a for a in page.all("rect")}
     bars = [a["class"] for a in page.all("rect") if a["class"].startswith("bar-")]
     assert bars == ["bar-zero", "bar-hi", "bar-lo"]
@@ -195,14 +202,32 @@ def test_chart_leaves_gaps_for_days_without_messages_and_stubs_for_days_with_non
     assert "2026-11-28: 3 of 4 negative (75%)" in page.visible_text
 
 
-def test_summary_states_rule_confidence_and_skips():
+def test_summary_states_rules_confidence_and_skips():
     data = sample_data()
     data["settings"]["confidence_z"] = 2.576
-    text = Page(report.render(data)).words
-    assert "at least 60% of their messages in the last 7 days are negative, with at least 5 messages" in text
-    assert "99% Wilson interval" in text
+    text = Page(render(data)).words
+    assert ("high_negative_share: At least 5 messages in the last 7 days, with a negative share of at least 0.6."
+            in text)
+    assert "P(negative) ≥ 0.5" in text
+    assert "99% Wilson interval of their 7-day share" in text
     assert "empty text: 2" in text and "null user id: 1" in text
     assert "ab12cd34ef56" in text
+
+
+def test_each_card_names_the_rule_and_its_reason():
+    data = sample_data()
+    data["flagged"][1]["rule"] = "other_rule"
+    data["flagged"][2]["reason"] = None
+    page = Page(render(data))
+    text = page.words
+    assert ("high_negative_share: 21 of 24 messages in the last 7 days negative (88%), threshold 60% with at least 5 "
+            "messages. With 95% confidence the user's true 7-day share is at least 69%, against 12% over the user's "
+            "own 30-day baseline, a sharp rise.") in text
+    assert "other_rule: 10 of 12 messages" in text
+    assert "high_negative_share: no reason was recorded for this flag." in text
+    rule_names = [text for text in page.text if text in ("high_negative_share", "other_rule")]
+    assert rule_names == ["high_negative_share", "high_negative_share", "other_rule", "high_negative_share",
+                          "high_negative_share"]  # the rule list, then one card per user
 
 
 def test_control_characters_are_made_visible_and_huge_messages_shortened():
@@ -210,9 +235,9 @@ def test_control_characters_are_made_visible_and_huge_messages_shortened():
     evidence = data["flagged"][0]["evidence"]
     evidence[0]["text"] = "bell\x07escape\x1b[31mred"
     evidence[1]["text"] = "H" * 3000 + "T" * 3000
-    text = Page(report.render(data)).visible_text
+    text = Page(render(data)).visible_text
     assert "bell\ufffdescape\ufffd[31mred" in text
-    half = report.EVIDENCE_MAX_CHARS // 2
+    half = html_page.EVIDENCE_MAX_CHARS // 2
     assert "H" * half + " … [4800 characters omitted] … " + "T" * half in text
     assert "H" * (half + 1) not in text
 
@@ -237,22 +262,22 @@ def test_control_characters_are_made_visible_and_huge_messages_shortened():
     ],
 )
 def test_redact(text, expected):
-    assert report.redact(text) == expected
+    assert redaction.redact(text) == expected
 
 
 def test_redact_stays_linear_on_inputs_that_make_backtracking_patterns_explode():
     # A naive phone pattern needs 2**n steps on n digits followed by a letter; 5000 would never finish.
-    assert report.redact("1" * 5000 + "a") == "1" * 5000 + "a"
-    assert report.redact("1-" * 5000 + "x") == "1-" * 5000 + "x"
-    assert report.redact("a." * 5000 + "@") == "a." * 5000 + "@"
+    assert redaction.redact("1" * 5000 + "a") == "1" * 5000 + "a"
+    assert redaction.redact("1-" * 5000 + "x") == "1-" * 5000 + "x"
+    assert redaction.redact("a." * 5000 + "@") == "a." * 5000 + "@"
 
 
 def test_redacted_html_masks_evidence_but_keeps_user_ids():
     data = sample_data()
     data["flagged"][0]["user_id"] = "bob@example.com"
     data["flagged"][0]["evidence"][0]["text"] = "write to bob@example.com or call 555-123-4567"
-    plain = Page(report.render(data)).visible_text
-    masked = Page(report.render(data, redact=True)).visible_text
+    plain = Page(render(data)).visible_text
+    masked = Page(render(data, redact=True)).visible_text
     assert "write to bob@example.com or call 555-123-4567" in plain
     assert "write to [email] or call [phone]" in masked
     assert "bob@example.com" in masked  # the user id: staff need it to reach out
@@ -262,20 +287,21 @@ def test_redacted_html_masks_evidence_but_keeps_user_ids():
 def test_redaction_happens_before_a_huge_message_is_shortened():
     data = sample_data()
     data["flagged"][0]["evidence"][0]["text"] = "x" * 590 + " https://example.com/" + "secret/" * 200 + " end"
-    text = Page(report.render(data, redact=True)).visible_text
+    text = Page(render(data, redact=True)).visible_text
     assert "secret" not in text and "x" * 590 + " [url] end" in text
 
 
 def test_csv_has_one_row_per_user_with_hand_checked_values():
     data = sample_data()
     data["flagged"][0]["evidence"][2]["p_negative"] = 0.999
-    rows = list(csv.DictReader(io.StringIO(report.render(data, "csv"))))
+    rows = list(csv.DictReader(io.StringIO(render(data, "csv"))))
     assert [r["user_id"] for r in rows] == ["u-1042", "maria.k", "anon-77", "zed_9"]
     assert rows[0] == {
         "rank": "1", "user_id": "u-1042", "n_messages": "24", "n_negative": "21", "ratio": "0.875",
         "wilson_lower": "0.69", "ratio_30d": "0.42", "ratio_last_n": "0.85", "baseline_ratio": "0.12",
         "escalating": "true", "first_flagged": "2026-11-25", "top_evidence_message_id": "m-1002",
-        "top_evidence_p_negative": "0.999",
+        "top_evidence_p_negative": "0.999", "rule": "high_negative_share",
+        "reason": "21 of 24 messages in the last 7 days negative (88%), threshold 60% with at least 5 messages",
     }
     assert rows[3]["baseline_ratio"] == "" and rows[3]["escalating"] == "false"
 
@@ -287,7 +313,7 @@ def test_csv_cells_that_a_spreadsheet_would_evaluate_get_an_apostrophe():
         user["user_id"] = user_id
     data["flagged"][0]["evidence"][0]["message_id"] = "=cmd|' /C calc'!A0"
     data["flagged"][1]["evidence"][0]["message_id"] = "\t=1"
-    rows = list(csv.DictReader(io.StringIO(report.render(data, "csv"))))
+    rows = list(csv.DictReader(io.StringIO(render(data, "csv"))))
     assert [r["user_id"] for r in rows] == ["'" + i for i in ids]
     assert rows[0]["top_evidence_message_id"] == "'=cmd|' /C calc'!A0"
     assert rows[1]["top_evidence_message_id"] == "'\t=1"
@@ -295,26 +321,36 @@ def test_csv_cells_that_a_spreadsheet_would_evaluate_get_an_apostrophe():
 
 
 def test_empty_csv_still_has_its_header():
-    text = report.render(empty_data(), "csv")
-    assert text.splitlines() == [",".join(report.row_keys(30))]
+    text = render(empty_data(), "csv")
+    assert text.splitlines() == [",".join(report_rows.row_keys(30))]
 
 
 def test_json_round_trips_run_settings_and_rows():
     data = hostile_data()
-    text = report.render(data, "json")
+    text = render(data, "json")
     assert "<" not in text and ">" not in text
     document = json.loads(text)
     assert set(document) == {"run", "settings", "flagged"}
     assert document["run"] == data["run"]
     assert document["settings"] == data["settings"]
-    assert document["flagged"] == report.flagged_rows(data)
+    assert document["flagged"] == report_rows.flagged_rows(data)
     assert document["flagged"][0]["user_id"] == HOSTILE[0]
     assert document["flagged"][3]["baseline_ratio"] is None
 
 
 def test_unknown_format_is_a_config_error():
     with pytest.raises(ConfigError, match="expected one of html, csv, json"):
-        report.render(sample_data(), "pdf")
+        render(sample_data(), "pdf")
+
+
+def test_every_format_renders_bytes_and_the_cli_offers_exactly_the_registered_ones():
+    from screener.cli import main
+
+    assert report.FORMATS == ("html", "csv", "json") == tuple(RENDERERS)
+    for fmt in report.FORMATS:
+        assert isinstance(report.render(sample_data(), fmt), bytes)
+    [fmt_option] = [p for p in main.commands["report"].params if p.name == "fmt"]
+    assert tuple(fmt_option.type.choices) == report.FORMATS
 
 
 @pytest.mark.parametrize("fmt", ["html", "csv", "json"])
@@ -329,7 +365,7 @@ def test_report_file_is_private_even_with_a_permissive_umask(tmp_path, fmt):
         os.umask(previous)
     assert written == target
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert target.read_bytes().decode("utf-8") == report.render(sample_data(), fmt)
+    assert target.read_bytes() == report.render(sample_data(), fmt)
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
 
 

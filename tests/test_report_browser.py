@@ -15,6 +15,12 @@ from conftest_report import HOSTILE, empty_data, hostile_data, sample_data
 
 from screener import report
 
+
+
+def html_of(data: dict) -> str:
+    return report.render(data, "html").decode("utf-8")
+
+
 CHROMIUM = os.environ.get("SCREENER_CHROMIUM", "/usr/bin/chromium")
 if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
     pytest.skip(
@@ -112,7 +118,7 @@ def _user_column(v: Visit) -> list[str]:
 
 
 def test_hostile_strings_render_as_text_and_nothing_runs_or_loads(visit):
-    v = visit(report.render(hostile_data()))
+    v = visit(html_of(hostile_data()))
     v.page.wait_for_timeout(300)  # room for an onerror/onload handler or a meta refresh to fire
     assert v.js("typeof window.__pwned") == "undefined"
     assert v.js("typeof parent.__pwned") == "undefined"
@@ -138,7 +144,7 @@ def test_hostile_strings_render_as_text_and_nothing_runs_or_loads(visit):
 
 
 def test_clicking_headers_sorts_the_table_under_the_csp(visit):
-    v = visit(report.render(sample_data()))
+    v = visit(html_of(sample_data()))
     assert _user_column(v) == ["u-1042", "maria.k", "anon-77", "zed_9"]
 
     v.page.click("#flagged-table th >> text=User")
@@ -160,7 +166,7 @@ def test_clicking_headers_sorts_the_table_under_the_csp(visit):
 
 
 def test_empty_report_loads_without_errors(visit):
-    v = visit(report.render(empty_data()))
+    v = visit(html_of(empty_data()))
     assert "Nobody was flagged in this run" in v.js("document.body.innerText")
     assert v.errors == [] and v.js("window.__violations") == [] and v.outside_requests == []
 
@@ -168,7 +174,7 @@ def test_empty_report_loads_without_errors(visit):
 def test_csp_would_stop_markup_that_slipped_past_escaping(visit):
     # Checks the harness as much as the policy: the same injection without the CSP is seen to run and to fetch.
     injected = '<script>window.__pwned = "injected"</script><img src="http://127.0.0.1:9/leak.png"></body>'
-    guarded = report.render(sample_data()).replace("</body>", injected)
+    guarded = html_of(sample_data()).replace("</body>", injected)
     v = visit(guarded, "guarded.html")
     assert v.js("typeof window.__pwned") == "undefined"
     assert sorted(d.split()[0] for d in v.js("window.__violations")) == ["img-src", "script-src-elem"]

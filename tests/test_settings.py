@@ -10,6 +10,18 @@ def test_defaults_are_the_documented_flag_rule(tmp_path, monkeypatch):
     assert (s.min_ratio, s.min_messages, s.short_window_days, s.long_window_days) == (0.6, 5, 7, 30)
 
 
+def test_flag_rule_settings_come_from_the_toml_file_into_the_rule_parameters(tmp_path):
+    from screener import rules
+    from screener.settings import FLAG_RULES
+
+    path = tmp_path / "s.toml"
+    path.write_text("[flag]\nmin_ratio = 0.8\nmin_messages = 2\nshort_window_days = 3\n")
+    params = rules.rule_params("high_negative_share", load_settings(path))
+    assert FLAG_RULES["high_negative_share"] == ("min_messages", "min_ratio", "short_window_days")
+    assert params == {"rule": "high_negative_share", "priority": 0, "min_messages": 2, "min_ratio": 0.8,
+                      "short_window_days": 3}
+
+
 def test_toml_overrides_defaults_and_flags_override_toml(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "screener.toml").write_text('[flag]\nmin_ratio = 0.7\nmin_messages = 3\n[input]\ntable = "msgs"\n')
@@ -62,7 +74,7 @@ def test_bad_memory_limit_is_a_config_error_naming_the_setting():
 
 
 def test_duckdb_threads_follow_the_memory_limit_not_the_core_count(monkeypatch):
-    # On a 32-core machine, 32 DuckDB threads under a 256 MB limit ran out of memory in the aggregation.
+    # One thread per core would cut a small memory limit into shares too small for the aggregation.
     monkeypatch.setattr("os.cpu_count", lambda: 32)
     assert Settings(memory_limit="256MB").duckdb_threads() == 3  # 256e6 bytes hold three whole 64 MiB shares
     assert Settings(memory_limit="8GB").duckdb_threads() == 32

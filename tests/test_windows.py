@@ -14,6 +14,15 @@ from screener.store import Source, Store
 BAD, GOOD = "bad day", "fine day"
 
 
+def user_stats_rows(store):
+    """The rows of ``screener_user_stats``, each marked ``flagged`` when a flag rule matched the user."""
+    cursor = store.con.execute(
+        "SELECT s.*, s.user_id IN (SELECT user_id FROM screener_rule_hits) AS flagged "
+        "FROM screener_user_stats s ORDER BY s.user_id")
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
 def stats_for(tmp_path, rows, settings=None, tz=True, as_of=AS_OF):
     settings = settings or Settings()
     db = write_archive(tmp_path / "a.duckdb", rows, tz=tz)
@@ -21,7 +30,7 @@ def stats_for(tmp_path, rows, settings=None, tz=True, as_of=AS_OF):
     with Store(db, settings, read_only=True) as store:
         store.attach_source(Source("messages", parquet=False))
         aggregate.compute_user_stats(store, settings, result.model_id, as_of)
-        stats = {r["user_id"]: r for r in aggregate.user_stats_rows(store)}
+        stats = {r["user_id"]: r for r in user_stats_rows(store)}
         flags = aggregate.flags_json(store, result.run_id)
     return stats, flags
 

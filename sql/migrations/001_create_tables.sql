@@ -1,5 +1,5 @@
--- name: schema_create
--- Creates screener's result tables when absent; existing tables and rows are left untouched.
+-- name: 001_create_tables
+-- Schema version 1: screener's result tables (runs, scores, skipped messages, flags) and the meta table.
 CREATE TABLE IF NOT EXISTS screener_meta (
     key VARCHAR PRIMARY KEY,
     value VARCHAR NOT NULL

@@ -1,6 +1,6 @@
 -- name: user_stats
 -- Per-user negative counts and ratios as of $as_of over the short, long and baseline windows and the last N messages,
--- the Wilson lower bound of the short-window ratio, the flag rule and the escalation mark.
+-- the Wilson lower bound of the short-window ratio and the escalation mark; the flag rules in sql/rules/ read it.
 -- Windows are half-open: (as_of - days, as_of]. A message exactly `days` before as_of is outside the window.
 -- The baseline is the stretch just before the short window: (as_of - short - baseline, as_of - short].
 CREATE OR REPLACE TEMP TABLE screener_user_stats AS
@@ -25,8 +25,8 @@ windows AS (
             WHERE sent_at <= $as_of - to_days(CAST($short_days AS INTEGER))
               AND sent_at > $as_of - to_days(CAST($short_days AS INTEGER) + CAST($baseline_days AS INTEGER))
         ), 0) AS baseline_neg,
-        -- The last N messages' labels, newest first: a bounded top-N per user inside the same hash aggregate (a
-        -- row_number() window over every message ran out of memory at 10M messages under a 256 MB limit).
+        -- The last N messages' labels, newest first: a bounded top-N per user inside the same hash aggregate, so
+        -- memory grows with the number of users, not with a window over every message.
         max_by(neg, sent_at, CAST($last_n AS BIGINT)) AS last_labels
     FROM scored
     GROUP BY user_id
@@ -50,6 +50,5 @@ stats AS (
 )
 SELECT
     *,
-    n_short >= $min_messages AND ratio_short >= $min_ratio AS flagged,
     coalesce(ratio_short - baseline_ratio >= $escalation_delta, false) AS escalating
 FROM stats;
