@@ -15,6 +15,7 @@ import pytest
 
 from screener.classifiers import hf
 from screener.classifiers.base import Classifier
+from screener.classifiers.device import native_cpu_bf16
 from screener.classifiers.registry import MANIFEST, load_classifier
 from screener.errors import ModelError
 
@@ -173,7 +174,7 @@ def test_bad_manifest_is_a_model_error_saying_what_is_wrong(tiny_folder, tmp_pat
 
 
 def test_bf16_weights_scores_stay_close_to_fp32(tiny_folder, tiny):
-    if not hf.native_cpu_bf16():
+    if not native_cpu_bf16():
         pytest.skip("this CPU has no native bf16")
     manifest = {**json.loads((tiny_folder / MANIFEST).read_text()), "cpu_bf16": True}
     fast = hf.load(tiny_folder, manifest, device="cpu")
@@ -203,7 +204,7 @@ def test_shipped_default_model_scores_obvious_sentences():
 def test_torch_threads_follow_omp_num_threads_when_set(monkeypatch):
     import torch
 
-    from screener.classifiers.hf import use_all_cores
+    from screener.classifiers.device import use_all_cores
 
     before = torch.get_num_threads()
     try:

@@ -16,15 +16,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from screener.classifiers.base import Classifier  # noqa: E402
-from screener.classifiers.llm_engine import (  # noqa: E402
-    LabelTokenEngine,
-    MultiGPUEngine,
-    PromptTokenizer,
-    load_engine,
-    plan_batches,
-    shared_prefix_lengths,
-)
-from screener.classifiers import llm_engine  # noqa: E402
+from screener.classifiers.gpu import fp8  # noqa: E402
+from screener.classifiers.gpu.loader import load_engine  # noqa: E402
+from screener.classifiers.gpu.multi import MultiGPUEngine  # noqa: E402
+from screener.classifiers.gpu.packing import plan_batches  # noqa: E402
+from screener.classifiers.gpu.prompt_tokens import PromptTokenizer, shared_prefix_lengths  # noqa: E402
+from screener.classifiers.gpu.runner import LabelTokenEngine  # noqa: E402
 from screener.errors import ModelError  # noqa: E402
 from screener.prompt import alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
 
@@ -260,7 +257,7 @@ def test_load_engine_scores_a_model_folder_like_the_reference_classifier(tmp_pat
     tiny_model(0).save_pretrained(tmp_path / "base")
     tiny_tokenizer().save_pretrained(tmp_path / "base")
     manifest = {"kind": "llm-labeltoken", "base": str(tmp_path / "base")}
-    reference = llm.load(tmp_path, manifest, device="cpu")
+    reference = llm.load_reference(tmp_path, manifest, device="cpu")
     engine = load_engine(tmp_path, manifest, "cpu", name=reference.name, model_id=reference.model_id)
     assert isinstance(engine, LabelTokenEngine) and engine.model_id == reference.model_id
     np.testing.assert_allclose(engine.predict_negative(TEXTS), reference.predict_negative(TEXTS), atol=2e-5, rtol=0)
@@ -313,7 +310,7 @@ def test_fp8_engine_stays_close_to_the_full_precision_engine():
     # Milder weights than the other tests': with std 0.25 the logits are so large that any rounding flips them.
     expected = LabelTokenEngine(tiny_model(0, scale=0.12), tokenizer, label_ids).predict_negative(TEXTS)
     engine = LabelTokenEngine(tiny_model(0, scale=0.12), tokenizer, label_ids, fp8=True)
-    assert all(isinstance(w, llm_engine._FP8Weight) for layer in engine._layers
+    assert all(isinstance(w, fp8.FP8Weight) for layer in engine._layers
                for w in (layer.wqkv, layer.wo, layer.wgu, layer.wdown))
     got = engine.predict_negative(TEXTS)
     assert expected.max() - expected.min() > 0.2
@@ -321,11 +318,10 @@ def test_fp8_engine_stays_close_to_the_full_precision_engine():
 
 
 def test_fp8_linear_is_the_product_of_the_row_scaled_float8_operands():
-    from screener.classifiers.llm_engine import _to_fp8
-
     torch.manual_seed(0)
     x, w, b = torch.randn(5, 7, 32), torch.randn(48, 32) * 0.1, torch.randn(48)
-    got = LabelTokenEngine._linear(x, _to_fp8(w), b, slice(16, None))
+    got = fp8.to_fp8(w).linear(x, b, slice(16, None))
+    assert torch.equal(LabelTokenEngine._linear(x, fp8.to_fp8(w), b, slice(16, None)), got)
 
     def rounded(m):  # each row scaled so its largest magnitude is e4m3's largest value, rounded, scaled back
         scale = m.abs().amax(-1, keepdim=True) / 448

@@ -19,7 +19,7 @@ DEFAULT_MODEL = "default"
 # kind -> module with a ``load(folder: Path, manifest: dict, device: str) -> Classifier`` function
 LOADERS = {
     "hf-seqcls": "screener.classifiers.hf",
-    "llm-labeltoken": "screener.classifiers.llm",
+    "llm-labeltoken": "screener.classifiers.gpu.loader",
 }
 
 
