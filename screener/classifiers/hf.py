@@ -241,10 +241,8 @@ class HFSequenceClassifier(ClassifierBase):
         return out
 
 
-def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassifier:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelError(f"model folder {folder} does not exist")
+def read_settings(folder: Path, manifest: dict) -> dict:
+    """The manifest's scoring settings, checked: what ``model_id`` covers besides the files."""
     try:
         max_length = int(manifest.get("max_length", DEFAULT_MAX_LENGTH))
         max_chars = int(manifest.get("max_chars", max_chars_for(max_length)))
@@ -257,6 +255,12 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
         raise ModelError(f"{folder}/screener_model.json: expected max_length >= 4, max_chars >= 1 and "
                          f"0 <= negative_index < num_labels, found max_length={max_length}, "
                          f"max_chars={max_chars}, negative_index={negative_index}, num_labels={num_labels}")
+    return {"max_length": max_length, "max_chars": max_chars, "num_labels": num_labels,
+            "negative_index": negative_index, "truncation": TRUNCATION_SCHEME}
+
+
+def locate(folder: Path, manifest: dict) -> tuple[Path, Path | None, Path]:
+    """(base checkpoint folder, adapter folder or None, tokenizer folder) of a model folder, checked."""
     base = manifest.get("base")
     if base is not None and not isinstance(base, str):
         raise ModelError(f"{folder}/screener_model.json: 'base' must be a string, found {base!r}")
@@ -273,9 +277,21 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
     tokenizer_dir = folder if has_tokenizer(folder) else base_dir
     if not has_tokenizer(tokenizer_dir):
         raise ModelError(f"no tokenizer files (tokenizer.json or vocab.txt) in {folder} or {base_dir}")
+    return base_dir, adapter_dir, tokenizer_dir
 
-    settings = {"max_length": max_length, "max_chars": max_chars, "num_labels": num_labels,
-                "negative_index": negative_index, "truncation": TRUNCATION_SCHEME}
+
+def manifest_model_id(folder: Path, manifest: dict) -> str:
+    """The model id of a model folder, from its files and settings, without loading any weights."""
+    folder = Path(folder)
+    return compute_model_id(*locate(folder, manifest), read_settings(folder, manifest))
+
+
+def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassifier:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist")
+    settings = read_settings(folder, manifest)
+    base_dir, adapter_dir, tokenizer_dir = locate(folder, manifest)
     model_id = compute_model_id(base_dir, adapter_dir, tokenizer_dir, settings)
     device = resolve_device(device)
 
@@ -288,7 +304,7 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
         with quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(
-                str(base_dir), num_labels=num_labels, local_files_only=True, dtype=torch.float32)
+                str(base_dir), num_labels=settings["num_labels"], local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"cannot load the checkpoint in {base_dir}: {exc}") from exc
     if adapter_dir is not None:
@@ -298,5 +314,6 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
     if bf16:
         model.to(torch.bfloat16)
     return HFSequenceClassifier(model, tokenizer, name=str(manifest.get("name") or folder.name),
-                                model_id=model_id, device=device, max_length=max_length, max_chars=max_chars,
-                                labels=class_labels(num_labels, negative_index), bf16=bf16)
+                                model_id=model_id, device=device, max_length=settings["max_length"],
+                                max_chars=settings["max_chars"],
+                                labels=class_labels(settings["num_labels"], settings["negative_index"]), bf16=bf16)

@@ -133,7 +133,7 @@ class LabelTokenEngine(ClassifierBase):
         if attention is None and self.on_cuda:
             attention = ("efficient_attention", "math")
         self.attention = tuple(attention or ())
-        self._attention_backends()  # an unknown kernel name fails here, not at the first batch
+        self.attention_backends()  # an unknown kernel name fails here, not at the first batch
         # About 32k tokens per batch keep an 8B model's matrix products at full speed with a few GB of activations.
         # Smaller models want more rows per batch, up to 64k tokens, past which they gain nothing and only hold
         # more memory.
@@ -224,20 +224,24 @@ class LabelTokenEngine(ClassifierBase):
         producer = threading.Thread(target=self._produce, args=(texts, batches, stop), daemon=True)
         producer.start()
         try:
-            with torch.inference_mode(), self._attention_backends():
+            with torch.inference_mode(), self.attention_backends():
                 while (item := batches.get()) is not None:
                     if isinstance(item, BaseException):
                         raise item
-                    ids = item.ids.to(self.device, non_blocking=True)
-                    last = item.last.to(self.device, non_blocking=True)
-                    rows = item.rows.to(self.device, non_blocking=True)
-                    out.index_copy_(0, rows, self._probabilities(ids, last, item.shared))
+                    out.index_copy_(0, item.rows.to(self.device, non_blocking=True), self.run_batch(item))
         finally:
             stop.set()
             producer.join()
         return out.cpu().numpy()
 
-    def _attention_backends(self):
+    def run_batch(self, batch: Batch):
+        """Class probabilities [rows, labels] of one batch, on the device (call under ``torch.inference_mode()``
+        and ``attention_backends()``)."""
+        ids = batch.ids.to(self.device, non_blocking=True)
+        last = batch.last.to(self.device, non_blocking=True)
+        return self._probabilities(ids, last, batch.shared)
+
+    def attention_backends(self):
         """The scaled-dot-product-attention kernels the forward may use (``attention``), or torch's choice."""
         if not self.attention:
             return contextlib.nullcontext()
