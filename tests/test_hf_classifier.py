@@ -216,3 +216,32 @@ def test_torch_threads_follow_omp_num_threads_when_set(monkeypatch):
         assert torch.get_num_threads() == len(os.sched_getaffinity(0))
     finally:
         torch.set_num_threads(before)
+
+
+def test_predict_proba_is_the_softmax_in_label_order_and_the_hints_are_attributes(tiny):
+    assert tiny.labels == ("negative", "positive")
+    proba = tiny.predict_proba(TEXTS)
+    assert proba.dtype == np.float32 and proba.shape == (len(TEXTS), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(tiny.predict_negative(TEXTS), proba[:, 0])
+    assert tiny.predict_proba([]).shape == (0, 2)
+    assert (tiny.sizes_own_batches, tiny.min_window_rows, tiny.token_budget) == (False, 0, hf.BATCH_SIZE * MAX_LENGTH)
+
+
+def test_a_small_token_budget_changes_the_batches_not_the_scores(tiny):
+    reference = tiny.predict_proba(TEXTS)
+    tiny.token_budget = 2 * MAX_LENGTH // 4  # a few short texts per batch, long ones alone
+    try:
+        np.testing.assert_allclose(tiny.predict_proba(TEXTS), reference, atol=1e-5)
+    finally:
+        tiny.token_budget = hf.BATCH_SIZE * MAX_LENGTH
+
+
+def test_negative_index_names_the_columns(tiny_folder, tiny, tmp_path):
+    folder = shutil.copytree(tiny_folder, tmp_path / "m")
+    manifest = {**json.loads((folder / MANIFEST).read_text()), "negative_index": 1}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    flipped = load_classifier(str(folder), device="cpu")
+    assert flipped.labels == ("positive", "negative") and flipped.negative_index == 1
+    np.testing.assert_allclose(flipped.predict_negative(TEXTS), tiny.predict_proba(TEXTS)[:, 1], atol=1e-6)
+    assert hf.class_labels(3, 1) == ("class_0", "negative", "class_2")
