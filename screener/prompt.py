@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from screener.classifiers.base import NEGATIVE
+from screener.errors import ModelError
 
 INSTRUCTION = "Classify the sentiment of the following text."
 
@@ -39,7 +40,7 @@ def label_classes(words: Sequence[str]) -> tuple[str, ...]:
     """The classes that label words score, in column order: the words themselves, one of them ``negative``."""
     labels = tuple(str(w) for w in words)
     if len(labels) < 2 or NEGATIVE not in labels or len(set(labels)) < len(labels):
-        raise ValueError(f"label words {list(words)}: expected two or more distinct words, one of them "
+        raise ModelError(f"label words {list(words)}: expected two or more distinct words, one of them "
                          f"{NEGATIVE!r} (the class whose probability the scan stores)")
     return labels
 

@@ -157,7 +157,8 @@ LORA_PREFIX = "base_model.model."
 
 def merge_lora(model, adapter_dir: Path) -> None:
     """Fold a PEFT LoRA adapter into the model's weights: W += B @ A * alpha / r, and copy the saved modules
-    (the classifier head). Done by hand because importing peft at scan time would cost far more memory than the merge."""
+    (the classifier head). Done by hand because importing peft at scan time would cost far more memory than the
+    merge itself."""
     import torch
     from safetensors.torch import load_file
 

@@ -83,7 +83,8 @@ def _fuse(linears):
 def _norm_weight(norm) -> tuple[object, float]:
     eps = getattr(norm, "variance_epsilon", None)
     if eps is None or not type(norm).__name__.endswith("RMSNorm"):
-        raise ModelError(f"the GPU engine supports RMSNorm layers with weight * x / rms(x), found {type(norm).__name__}")
+        raise ModelError("the GPU engine supports RMSNorm layers with weight * x / rms(x), found "
+                         f"{type(norm).__name__}")
     return norm.weight.detach(), float(eps)
 
 
