@@ -52,7 +52,6 @@ def parts_dir() -> Path:
 class Base:
     """A resolved base: ``path`` is a folder or a GGUF file on this machine; for a Hub id it is None."""
 
-    spec: str
     path: Path | None = None
     hub_id: str | None = None
 
@@ -113,17 +112,17 @@ def resolve(spec: str, folder: Path | None = None) -> Base:
     if spec.startswith(PYPI_PREFIX):
         name = spec[len(PYPI_PREFIX):]
         path = assemble(SPLIT_BASES[name]) if name in SPLIT_BASES else installed_base(name)
-        return Base(spec, path=path)
+        return Base(path=path)
     path = Path(spec).expanduser()
     if not path.is_absolute() and folder is not None and (Path(folder) / path).exists():
         path = Path(folder) / path
     if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
-        return Base(spec, path=path)
+        return Base(path=path)
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ModelError(f"base {spec!r}: {path} does not exist or is neither a model folder nor a .gguf file; "
                          "expected 'pypi:PACKAGE', a .gguf file, a model folder or a Hub id like "
                          "'meta-llama/Llama-3.1-8B'")
-    return Base(spec, hub_id=spec)
+    return Base(hub_id=spec)
 
 
 def hub_snapshot(base: Base, patterns: list[str]) -> Path:

@@ -90,7 +90,3 @@ class ProducerProcess:
                 self._conn.send(None)
             self._process.join(timeout=10)
         self._conn.close()
-
-    @property
-    def alive(self) -> bool:
-        return self._process.is_alive()
