@@ -9,9 +9,10 @@ allocator are process-wide, so a variant run after another would start warm. Eac
 - ``producer_msgs_per_s``: the CPU side alone (tokenize, plan, pack, pin).
 
 Settings are ``LabelTokenEngine`` keyword arguments (``attention=cudnn_attention``, ``max_padding=0.3``,
-``token_budget=32768``), plus ``gpus=N`` for ``MultiGPUEngine`` over N GPUs and ``impl=FILE`` for the engine
-module from another file (an earlier commit's, as a baseline; add ``producer=thread`` when that file has the
-producer process, whose spawned child cannot import a module loaded from a file); ``env.NAME=VALUE`` sets an
+``token_budget=32768``), plus ``gpus=N`` for ``MultiGPUEngine`` over N GPUs and ``impl=FILE`` for a module
+defining ``LabelTokenEngine`` read from another file (an earlier commit's ``screener/classifiers/gpu/runner.py``,
+as a baseline; add ``producer=thread`` when that file defines the producer process itself, whose spawned child
+cannot import a module loaded from a file); ``env.NAME=VALUE`` sets an
 environment variable of the variant's process (``env.RAYON_NUM_THREADS=8``: the tokenizer's thread pool). Usage,
 on the device:
 
@@ -58,7 +59,7 @@ def build_engine(args: dict, settings: dict, device: str):
     import torch
 
     from gpu_scan import build_llama8b, load_smollm2
-    from screener.classifiers.llm_engine import LabelTokenEngine
+    from screener.classifiers.gpu.runner import LabelTokenEngine
     from screener.prompt import label_token_ids
 
     settings = dict(settings)
@@ -88,7 +89,7 @@ def one_variant(args: dict) -> dict:
     import torch
 
     from gpu_scan import load_messages
-    from screener.classifiers.llm_engine import MultiGPUEngine
+    from screener.classifiers.gpu.multi import MultiGPUEngine
 
     settings = dict(args["settings"])
     gpus = int(settings.pop("gpus", 1))

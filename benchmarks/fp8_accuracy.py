@@ -24,9 +24,10 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     import torch
 
+    from screener.classifiers.gpu.runner import LabelTokenEngine
     from screener.classifiers.llm import load_model_and_tokenizer
-    from screener.classifiers.llm_engine import DEFAULT_MAX_TEXT_TOKENS, LabelTokenEngine
     from screener.classifiers.registry import read_manifest, resolve_model_dir
+    from screener.prompt import DEFAULT_MAX_TEXT_TOKENS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-sst2")

@@ -61,11 +61,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from gpu_scan import load_messages
-    from screener.classifiers.llm_engine import PromptTokenizer
+    from screener.classifiers.gpu.prompt_tokens import PromptTokenizer
 
     texts = load_messages(Path(args.data_dir), args.n)
     prompts = PromptTokenizer(load_tokenizer(args.tokenizer))
-    part = prompts._tails if prompts.anchored else prompts._whole
+    part = prompts.parts
     runs = [{"what": "sleep (no GIL held)", **dict(zip(("longest_pause_s", "seconds"),
                                                         longest_pause(lambda: time.sleep(1.0))))}]
     pause, seconds = longest_pause(lambda: part(texts))

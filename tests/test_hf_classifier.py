@@ -15,6 +15,7 @@ import pytest
 
 from screener.classifiers import hf
 from screener.classifiers.base import Classifier
+from screener.classifiers.device import native_cpu_bf16
 from screener.classifiers.registry import MANIFEST, load_classifier
 from screener.errors import ModelError
 
@@ -173,7 +174,7 @@ def test_bad_manifest_is_a_model_error_saying_what_is_wrong(tiny_folder, tmp_pat
 
 
 def test_bf16_weights_scores_stay_close_to_fp32(tiny_folder, tiny):
-    if not hf.native_cpu_bf16():
+    if not native_cpu_bf16():
         pytest.skip("this CPU has no native bf16")
     manifest = {**json.loads((tiny_folder / MANIFEST).read_text()), "cpu_bf16": True}
     fast = hf.load(tiny_folder, manifest, device="cpu")
@@ -203,7 +204,7 @@ def test_shipped_default_model_scores_obvious_sentences():
 def test_torch_threads_follow_omp_num_threads_when_set(monkeypatch):
     import torch
 
-    from screener.classifiers.hf import use_all_cores
+    from screener.classifiers.device import use_all_cores
 
     before = torch.get_num_threads()
     try:
@@ -215,3 +216,32 @@ def test_torch_threads_follow_omp_num_threads_when_set(monkeypatch):
         assert torch.get_num_threads() == len(os.sched_getaffinity(0))
     finally:
         torch.set_num_threads(before)
+
+
+def test_predict_proba_is_the_softmax_in_label_order_and_the_hints_are_attributes(tiny):
+    assert tiny.labels == ("negative", "positive")
+    proba = tiny.predict_proba(TEXTS)
+    assert proba.dtype == np.float32 and proba.shape == (len(TEXTS), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(tiny.predict_negative(TEXTS), proba[:, 0])
+    assert tiny.predict_proba([]).shape == (0, 2)
+    assert (tiny.sizes_own_batches, tiny.min_window_rows, tiny.token_budget) == (False, 0, hf.BATCH_SIZE * MAX_LENGTH)
+
+
+def test_a_small_token_budget_changes_the_batches_not_the_scores(tiny):
+    reference = tiny.predict_proba(TEXTS)
+    tiny.token_budget = 2 * MAX_LENGTH // 4  # a few short texts per batch, long ones alone
+    try:
+        np.testing.assert_allclose(tiny.predict_proba(TEXTS), reference, atol=1e-5)
+    finally:
+        tiny.token_budget = hf.BATCH_SIZE * MAX_LENGTH
+
+
+def test_negative_index_names_the_columns(tiny_folder, tiny, tmp_path):
+    folder = shutil.copytree(tiny_folder, tmp_path / "m")
+    manifest = {**json.loads((folder / MANIFEST).read_text()), "negative_index": 1}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    flipped = load_classifier(str(folder), device="cpu")
+    assert flipped.labels == ("positive", "negative") and flipped.negative_index == 1
+    np.testing.assert_allclose(flipped.predict_negative(TEXTS), tiny.predict_proba(TEXTS)[:, 1], atol=1e-6)
+    assert hf.class_labels(3, 1) == ("class_0", "negative", "class_2")

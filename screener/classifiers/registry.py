@@ -16,10 +16,11 @@ from screener.errors import ModelError
 MANIFEST = "screener_model.json"
 DEFAULT_MODEL = "default"
 
-# kind -> module with a ``load(folder: Path, manifest: dict, device: str) -> Classifier`` function
+# kind -> module with a ``load(folder: Path, manifest: dict, device: str) -> Classifier`` function (for
+# llm-labeltoken the GPU engine's loader, which picks the engine on CUDA and the reference classifier elsewhere)
 LOADERS = {
     "hf-seqcls": "screener.classifiers.hf",
-    "llm-labeltoken": "screener.classifiers.llm",
+    "llm-labeltoken": "screener.classifiers.gpu.loader",
 }
 
 

@@ -1,0 +1,63 @@
+"""Batch planning: prompts sorted, cut into batches under a token budget and a padding bound, packed as arrays."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import numpy as np
+
+from screener.classifiers.gpu.prompt_tokens import PromptTokenizer, shared_prefix_lengths
+
+
+def plan_batches(lengths: np.ndarray, shared: np.ndarray, token_budget: int, max_batch: int,
+                 max_padding: float = 0.1) -> list[np.ndarray]:
+    """Indices of each batch: rows sorted by (shared prefix, length) and cut so that rows x longest stays within
+    the token budget and within ``1 + max_padding`` times the batch's real tokens.
+
+    A batch never mixes shared-prefix lengths (they need different cached keys); a row longer than the budget gets
+    a batch of its own.
+    """
+    order = np.lexsort((lengths, shared))
+    batches = []
+    start, n = 0, len(order)
+    while start < n:
+        end, real = start + 1, int(lengths[order[start]])
+        while end < n and end - start < max_batch and shared[order[end]] == shared[order[start]]:
+            padded = (end - start + 1) * int(lengths[order[end]])
+            if padded > token_budget or padded > (1 + max_padding) * (real + lengths[order[end]]):
+                break
+            real += int(lengths[order[end]])
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
+def pack_chunk(prompts: PromptTokenizer, prefix_ids: Sequence[int], texts: Sequence[str], *, max_text_tokens: int,
+               token_budget: int, max_batch: int, max_padding: float) -> list[tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray, int]]:
+    """The batches for ``texts`` as numpy arrays: (right-padded ids [rows, width], index of each row's last real
+    token, position of each row in ``texts``, cached prefix tokens the rows reuse).
+
+    Pure CPU work with no engine state, so that it can run in the producer thread or in a producer process.
+    Prompts come as head + part, the head's ids shared by all; only the parts are per message. The parts are laid
+    end to end in one array and every batch is gathered from it by numpy: per-row Python here would hold the GIL
+    that the thread launching GPU work needs.
+    """
+    head = len(prompts.head)
+    parts = prompts.split(texts, max_text_tokens)
+    total = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    flat = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64, count=int(total.sum()))
+    starts = np.zeros(len(parts), dtype=np.int64)
+    np.cumsum(total[:-1], out=starts[1:])
+    skips = shared_prefix_lengths(flat, starts, total, prefix_ids[head:])
+    lengths = total - skips
+    out = []
+    for idx in plan_batches(lengths, skips + head, token_budget, max_batch, max_padding):
+        skip = int(skips[idx[0]])
+        cols = np.arange(int(lengths[idx].max()))
+        source = np.minimum(starts[idx, None] + skip + cols, len(flat) - 1)
+        ids = np.where(cols < lengths[idx, None], flat[source], 0)
+        out.append((ids, lengths[idx] - 1, idx, skip + head))
+    return out
