@@ -252,11 +252,7 @@ def _sql(name: str, columns: dict[str, dict[str, str]], table: str, **identifier
 
 
 def _execute(store: Store, sql: str, params: dict | None = None):
-    try:
-        return store.con.execute(sql, params or {})
-    except duckdb.IOException as exc:
-        raise StorageError(f"writing to {store.path} failed during the purge: {str(exc).splitlines()[0]}. "
-                           "Nothing was removed; free disk space and run it again.") from exc
+    return store.con.execute(sql, params or {})
 
 
 def _count(store: Store, sql: str, params: dict | None = None) -> int:
@@ -282,13 +278,18 @@ def _blank_quoting_cells(store: Store, columns, table: str, column: str, quotes:
 
 @contextlib.contextmanager
 def _transaction(store: Store) -> Iterator[None]:
+    """All or nothing: any failure rolls every change back and is reported as a storage error."""
     store.con.begin()
     try:
         yield
         store.con.commit()
-    except BaseException:
-        with contextlib.suppress(duckdb.Error):
+    except BaseException as exc:
+        with contextlib.suppress(duckdb.Error):  # a failed commit has already ended the transaction
             store.con.rollback()
+        if isinstance(exc, duckdb.Error):
+            raise StorageError(f"the purge of {store.path} failed ({str(exc).splitlines()[0]}); nothing was "
+                               "removed. Fix the cause (free disk space, a constraint of the table named) and "
+                               "run it again.") from exc
         raise
 
 
