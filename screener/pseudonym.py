@@ -9,10 +9,10 @@ a chance of about n^2 / 2^65 (n = 10 million users: 3 in a million).
 
 :func:`pseudonymize_report` rewrites the report data of :func:`screener.aggregate.report_data` before it is rendered,
 so every format gets the same pseudonyms: every value under a ``user_id`` key, every value under a ``message_id``
-key (or a key ending in ``_message_id``), and, in free text (``text`` and ``note`` values), every whole-word
-occurrence of a user id or message id the data holds; free text is then redacted
-(:func:`screener.renderers.redaction.redact`), which masks the @handles, e-mail addresses, phone numbers and URLs
-that could name a person the data does not list.
+key (or a key ending in ``_message_id``), and free text (``text`` and ``note`` values). Free text is redacted first
+(:func:`screener.renderers.redaction.redact`: @handles, e-mail addresses, phone numbers and URLs are masked, so a
+person the data does not list cannot be named either), then every whole-word occurrence of a user id or message id
+the data holds is replaced by its pseudonym. A pseudonym passes a second redaction unchanged.
 """
 
 from __future__ import annotations
@@ -93,9 +93,8 @@ def pseudonymize_report(data: dict, key: bytes) -> dict:
     pattern = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)") if words else None
 
     def text(value: str) -> str:
-        if pattern is not None:
-            value = pattern.sub(lambda m: names[m.group(0)], value)
-        return redact(value)
+        value = redact(value)
+        return value if pattern is None else pattern.sub(lambda m: names[m.group(0)], value)
 
     def walk(value: Any) -> Any:
         if isinstance(value, dict):
