@@ -109,11 +109,13 @@ def erase_user(store: Store, user_id: str, request_id: str) -> Tombstone:
             if table == TOMBSTONES:
                 continue
             if USER_COLUMN in cols:
-                removed[table] = removed.get(table, 0) + _count(store, _sql(
-                    "rows_of_user_delete", columns, table, user_id=USER_COLUMN), {"user_id": user_id})
+                sql = queries.with_identifiers("rows_of_user_delete", _allowed(columns, table), table=table,
+                                               user_id=USER_COLUMN)
+                removed[table] = removed.get(table, 0) + _count(store, sql, {"user_id": user_id})
             if MESSAGE_COLUMN in cols:
-                removed[table] = removed.get(table, 0) + _count(store, _sql(
-                    "rows_of_messages_delete", columns, table, message_id=MESSAGE_COLUMN))
+                sql = queries.with_identifiers("rows_of_messages_delete", _allowed(columns, table), table=table,
+                                               message_id=MESSAGE_COLUMN)
+                removed[table] = removed.get(table, 0) + _count(store, sql)
         for table, cols in columns.items():
             for column in _free_text(cols):
                 blanked = _blank_quoting_cells(store, columns, table, column, quotes)
@@ -245,10 +247,11 @@ def _free_text(cols: dict[str, str]) -> list[str]:
     return [c for c in FREE_TEXT_COLUMNS if cols.get(c, "").startswith("VARCHAR")]
 
 
-def _sql(name: str, columns: dict[str, dict[str, str]], table: str, **identifiers: str) -> str:
-    allowed = {"table": set(columns), "user_id": set(columns[table]), "message_id": set(columns[table]),
-               "text": set(columns[table])}
-    return queries.with_identifiers(name, allowed, table=table, **identifiers)
+def _allowed(columns: dict[str, dict[str, str]], table: str) -> dict[str, set[str]]:
+    """The identifiers a purge statement may name: screener's tables and the columns of ``table``, as the
+    catalogue lists them."""
+    names = set(columns[table])
+    return {"table": set(columns), "user_id": names, "message_id": names, "text": names}
 
 
 def _execute(store: Store, sql: str, params: dict | None = None):
@@ -268,10 +271,11 @@ def _quote_finder(user_id: str, messages: list[tuple[str, str | None]]) -> Calla
 
 
 def _blank_quoting_cells(store: Store, columns, table: str, column: str, quotes: Callable[[str], bool]) -> int:
-    cells = _execute(store, _sql("text_cells", columns, table, text=column)).fetchall()
+    allowed = _allowed(columns, table)
+    cells = _execute(store, queries.with_identifiers("text_cells", allowed, table=table, text=column)).fetchall()
     rowids = [rowid for rowid, text in cells if quotes(text)]
     if rowids:
-        _execute(store, _sql("text_cells_blank", columns, table, text=column),
+        _execute(store, queries.with_identifiers("text_cells_blank", allowed, table=table, text=column),
                  {"marker": ERASED_MARKER, "rowids": rowids})
     return len(rowids)
 

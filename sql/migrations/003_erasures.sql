@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS screener_erasures (
     erased_at TIMESTAMPTZ NOT NULL,
     -- Retention: results about times before this were removed. NULL for a user erasure.
     cutoff TIMESTAMPTZ,
-    -- JSON object: rows removed (or text cells blanked) per table, e.g. {"screener_flags": 2, ...}.
+    -- A JSON object: rows removed (or, under "table.column", text cells blanked) per table.
     removed VARCHAR NOT NULL,
     -- User erasure: how many of the person's messages the source archives still hold (screener never deletes them).
     source_messages_left BIGINT
