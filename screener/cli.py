@@ -222,6 +222,8 @@ def _failure(exc: BaseException) -> tuple[str, str, int]:
         return run_summary.FAILED, str(exc), exc.exit_code
     if isinstance(exc, click.ClickException):
         return run_summary.FAILED, exc.format_message(), exc.exit_code
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int):
+        return run_summary.FAILED, f"exited with {exc.code}", exc.code
     return run_summary.FAILED, f"{type(exc).__name__}: {exc}", 1
 
 
