@@ -3,8 +3,8 @@
 A teacher file is Parquet, CSV or TSV with a text column (``text`` or ``sentence``), ``p_negative`` and, from a
 three-way teacher, ``p_neutral`` and ``p_positive`` (``training.teacher`` writes them, with a ``source`` column
 naming where each text came from: ``sst2``, ``sms`` or ``sentiment140``). A file with ``p_negative`` alone is a
-two-way teacher's: its neutral is 0 and its positive the rest. Rows are matched to the training texts by exact
-text, so the teacher may have scored them in any order.
+two-way teacher's: its neutral is 0 and its positive the rest. Rows are matched to the training texts by text
+(exactly, else case-insensitively after cleaning), so the teacher may have scored them in any order.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from screener.classifiers.base import BINARY_LABELS, NEGATIVE, THREE_WAY_LABELS
+from training.data import read_table, text_key
 
 TEXT_COLUMNS = ("text", "sentence")
 PROB_COLUMNS = ("p_negative", "p_neutral", "p_positive")  # THREE_WAY_LABELS order
@@ -26,15 +27,20 @@ LABELLED_SOURCES = ("sst2",)
 
 @dataclass(frozen=True)
 class Teacher:
-    """A teacher file: text -> probabilities over ``THREE_WAY_LABELS`` (duplicates averaged), and the texts it
-    scored from message sources, in file order, each once."""
+    """A teacher file: text -> probabilities over ``THREE_WAY_LABELS`` (duplicates averaged), the same by
+    ``training.data.text_key`` (a text that differs in case or spacing only), and the texts it scored from message
+    sources, in file order, each once."""
 
     probs: dict[str, np.ndarray]
     message_texts: list[str]
+    by_key: dict[str, np.ndarray]
+
+    def get(self, text: str) -> np.ndarray | None:
+        p = self.probs.get(text)
+        return p if p is not None else self.by_key.get(text_key(text))
 
 
 def read_teacher(path: str | Path) -> Teacher:
-    from training.data import read_table
 
     path = Path(path)
     columns = read_table(path, "teacher probabilities file")
@@ -61,6 +67,9 @@ def read_teacher(path: str | Path) -> Teacher:
         else:
             sums[text], counts[text] = row.copy(), 1
     averaged = {t: (s / counts[t]).astype(np.float32) for t, s in sums.items()}
+    by_key: dict[str, np.ndarray] = {}
+    for text, p in averaged.items():
+        by_key.setdefault(text_key(text), p)
     messages: list[str] = []
     if "source" in columns:
         seen = set()
@@ -68,7 +77,7 @@ def read_teacher(path: str | Path) -> Teacher:
             if source not in LABELLED_SOURCES and text in averaged and text not in seen:
                 seen.add(text)
                 messages.append(text)
-    return Teacher(averaged, messages)
+    return Teacher(averaged, messages, by_key)
 
 
 def in_classes(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
@@ -97,7 +106,7 @@ def teacher_targets(teacher: Teacher, texts: Sequence[str], labels: Sequence[int
     targets = np.zeros((len(texts), k), dtype=np.float32)
     labelled = covered = 0
     for i, (text, label) in enumerate(zip(texts, labels)):
-        p = teacher.probs.get(text)
+        p = teacher.get(text)
         if label >= 0:
             labelled += 1
         if p is not None:
