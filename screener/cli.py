@@ -532,23 +532,26 @@ def eval_(model, data, text_column, label_column, positive, negative, device, as
 
 
 @main.command()
-@click.option("--model", "models_", multiple=True, required=True,
-              help="A model to compare (repeat); 'vader' and 'textblob' are lexicon baselines.")
-@click.option("--data", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--model", "models_", multiple=True,
+              help="A model to compare (repeat; default: every shipped model); 'vader' and 'textblob' are lexicon "
+                   "baselines, always included.")
+@click.option("--data", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="An evaluation file (repeat; default: SST-2 dev, training/labels/messages_dev.tsv and the SMS "
+                   "collection's ham, from ../shared beside the checkout).")
 @click.option("--out", "out_prefix", default="comparison", show_default=True,
               help="Writes OUT.md and OUT.html.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @translate_errors
 def compare(models_, data, out_prefix, device):
-    """Run several models over the same data and write the comparison table (Markdown and HTML).
+    """Run several models over the same data and write the comparison tables (Markdown and HTML).
 
     \b
     Example:
-      screener compare --model default --model vader --model textblob --data ../shared/data/sst2/dev.tsv
+      screener compare --model default --data ../shared/data/sst2/dev.tsv --data training/labels/messages_dev.tsv
     """
     from training.compare import compare as run_compare
 
-    rows = run_compare(list(models_), data, f"{out_prefix}.md", f"{out_prefix}.html", device=device)
+    rows = run_compare(list(models_), list(data) or None, f"{out_prefix}.md", f"{out_prefix}.html", device=device)
     click.echo(json.dumps(rows, indent=2, default=str))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from screener.classifiers.base import BINARY_LABELS
 from screener.classifiers.registry import MANIFEST, load_classifier
 from training import encoder
 from training.distill import blend_targets, read_teacher, teacher_targets
@@ -108,7 +109,7 @@ def test_distillation_follows_the_teacher_over_the_hard_labels(tiny_base, data_d
 
 
 def test_blend_targets_mixes_teacher_and_hard_label():
-    targets = blend_targets(np.array([0.8, 0.2], dtype=np.float32), [1, 0], alpha=0.25)
+    targets = blend_targets(np.array([[0.8, 0.2], [0.2, 0.8]], dtype=np.float32), [1, 0], alpha=0.25)
     # row 0: 0.25 * 0.8 + 0.75 * 0 = 0.2 negative; row 1: 0.25 * 0.2 + 0.75 * 1 = 0.8 negative
     np.testing.assert_allclose(targets, [[0.2, 0.8], [0.8, 0.2]], atol=1e-6)
 
@@ -117,18 +118,21 @@ def test_teacher_targets_average_duplicates_and_fall_back_to_labels(tmp_path):
     path = tmp_path / "t.csv"
     pl.DataFrame({"text": ["a", "a", "b"], "p_negative": [0.2, 0.4, 0.9]}).write_csv(path)
     teacher = read_teacher(path)
-    assert teacher["a"] == pytest.approx(0.3)
+    # a two-way teacher: neutral 0, positive the rest
+    np.testing.assert_allclose(teacher.probs["a"], [0.3, 0.0, 0.7], atol=1e-6)
     texts = ["a", "b"] * 10 + ["unseen"]
-    targets = teacher_targets(teacher, texts, [1] * 21)
-    assert targets[0] == pytest.approx(0.3) and targets[1] == pytest.approx(0.9) and targets[-1] == 0.0
+    targets = teacher_targets(teacher, texts, [1] * 21, BINARY_LABELS)
+    np.testing.assert_allclose(targets[0], [0.3, 0.7], atol=1e-6)
+    np.testing.assert_allclose(targets[1], [0.9, 0.1], atol=1e-6)
+    np.testing.assert_allclose(targets[-1], [0.0, 1.0])  # the hard label: positive
     with pytest.raises(ValueError, match="covers 2 of 3"):
-        teacher_targets(teacher, ["a", "b", "unseen"], [1, 1, 1])
+        teacher_targets(teacher, ["a", "b", "unseen"], [1, 1, 1], BINARY_LABELS)
 
 
 def test_shipped_minilm_recipes_validate_as_encoder_recipes():
     from training.recipes import ENCODER, load_recipe
 
-    for name in ("minilm", "minilm-distill"):
+    for name in ("minilm", "minilm-distill", "minilm-3way-distill", "mpnet-3way"):
         recipe = load_recipe(name)
         assert recipe["kind"] == "encoder" and recipe["method"] == "lora"
         assert list(recipe) == [*ENCODER.keys, "name"]

@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
+from screener.classifiers.base import ClassifierBase, binary_proba
 from training.evaluate import evaluate_classifier, metrics
 
 LABELS = [0, 0, 1, 1, 0]  # 1 = positive, 0 = negative (SST-2)
@@ -60,12 +61,12 @@ def test_mismatched_inputs_are_refused():
         metrics([0, 1], [0.5])
 
 
-class StubClassifier:
+class StubClassifier(ClassifierBase):
     name = "stub"
     model_id = "stub0000"
 
-    def predict_negative(self, texts):
-        return np.array([0.9 if "bad" in t else 0.2 for t in texts], dtype=np.float32)
+    def predict_proba(self, texts):
+        return binary_proba(np.array([0.9 if "bad" in t else 0.2 for t in texts], dtype=np.float32))
 
     def token_lengths(self, texts):
         return [len(t.split()) for t in texts]

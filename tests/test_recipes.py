@@ -212,7 +212,7 @@ def test_the_scan_path_never_reaches_training():
 
 @pytest.mark.parametrize("module", ["training", "training.compare", "training.data", "training.distill",
                                     "training.encoder", "training.evaluate", "training.llm", "training.recipes",
-                                    "training.train"])
+                                    "training.teacher", "training.train"])
 def test_each_training_module_imports_alone_in_a_fresh_interpreter_without_torch(module):
     code = (f"import sys, {module}\n"
             "heavy = [m for m in ('torch', 'transformers', 'peft', 'unsloth') if m in sys.modules]\n"

@@ -1,8 +1,16 @@
-"""Fine-tune an encoder (MiniLM, BERT, RoBERTa, ...) as a two-way sentiment classifier for the CPU scan.
+"""Fine-tune an encoder (MiniLM, BERT, RoBERTa, ...) as a sentiment classifier for the CPU scan: two classes
+(negative, positive) or, with ``num_labels = 3``, three (negative, neutral, positive).
 
-``train`` writes a folder that ``screener.classifiers.hf`` loads: ``screener_model.json`` plus either a LoRA
-adapter (``method = "lora"``; the base comes from its package or folder at load time, so the folder stays a few
-MB) or the full weights and tokenizer (``method = "full"``). Output index 0 is negative, as everywhere.
+``train`` writes a folder that ``screener.classifiers.hf`` loads: ``screener_model.json`` (with ``num_labels``,
+``labels`` and ``negative_index``) plus either a LoRA adapter (``method = "lora"``; the base comes from its
+package or folder at load time, so the folder stays a few MB) or the full weights and tokenizer
+(``method = "full"``). Output index 0 is negative, as everywhere.
+
+Targets are distributions over the classes: a hard label's one-hot, or a teacher's probabilities
+(``training.distill``) blended with the hard label where the row has one. Rows come from SST-2 train (in the
+three-way space its classes are negative and positive), the recipe's hand-labelled message file and, with
+``teacher_unlabelled``, the teacher file's message texts with the teacher's targets alone. Each epoch is scored on
+the recipe's ``dev`` file (and SST-2 dev); ``select_best`` keeps the epoch with the best ``select_metric`` there.
 
 Recipe keys (TOML, see ``training/recipes/minilm.toml``), their defaults and ranges are the ``ENCODER`` schema
 in ``training/recipes.py``.
@@ -18,20 +26,22 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from screener.classifiers import hf
+from screener.classifiers.base import BINARY_LABELS, NEGATIVE, THREE_WAY_LABELS
 from screener.classifiers.bases import PYPI_PREFIX
 from screener.classifiers.registry import MANIFEST
-from training.data import load_sst2
-from training.distill import blend_targets, read_teacher, teacher_targets
-from training.recipes import for_trainer, load_recipe, override
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
+from screener.errors import ConfigError
+from training.data import (Labelled, excluded_keys, load_sst2, read_labelled, resolve_repo_path, text_key,
+                           training_rows)
+from training.distill import blend_targets, one_hot, read_teacher, teacher_targets
+from training.evaluate import score
+from training.recipes import for_trainer, load_recipe, override, parse_overrides
 
 def log(message: str) -> None:
     print(f"[encoder] {message}", file=sys.stderr, flush=True)
@@ -52,24 +62,10 @@ def base_spec(base: str) -> str:
     return PYPI_PREFIX + base
 
 
-def negative_metrics(p_negative: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy and precision/recall/F1 of the negative class (label 0) at P(negative) >= 0.5."""
-    pred_neg = p_negative >= 0.5
-    is_neg = labels == 0
-    tp = int(np.sum(pred_neg & is_neg))
-    fp = int(np.sum(pred_neg & ~is_neg))
-    fn = int(np.sum(~pred_neg & is_neg))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": float(np.mean(pred_neg == is_neg)), "precision": precision, "recall": recall, "f1": f1,
-            "n": int(len(labels))}
-
-
 def predict(model, encoded: list[list[int]], pad_id: int, device: str, batch_size: int) -> np.ndarray:
     import torch
 
-    out = np.empty(len(encoded), dtype=np.float32)
+    out = np.empty((len(encoded), model.config.num_labels), dtype=np.float32)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     model.eval()
     with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
@@ -78,17 +74,9 @@ def predict(model, encoded: list[list[int]], pad_id: int, device: str, batch_siz
             idx = order[start: start + batch_size]
             ids, mask = hf.pad_batch([encoded[i] for i in idx], pad_id)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            out[idx] = torch.softmax(logits.float(), dim=-1)[:, 0].cpu().numpy()
+            out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     model.train()
     return out
-
-
-def resolve_repo_path(name: str) -> Path:
-    """A path relative to the working directory or else to the repository root."""
-    path = Path(name)
-    if not path.is_absolute() and not path.exists() and (REPO_ROOT / name).exists():
-        path = REPO_ROOT / name
-    return path
 
 
 def resolve_teacher(recipe: dict) -> Path | None:
@@ -102,7 +90,7 @@ def build_model(base_dir: Path, cfg: dict, device: str):
 
     with hf.quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(base_dir), num_labels=2, local_files_only=True, dtype=torch.float32)
+            str(base_dir), num_labels=int(cfg["num_labels"]), local_files_only=True, dtype=torch.float32)
     if cfg["method"] == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -156,37 +144,103 @@ def param_groups(model, cfg: dict) -> list[dict]:
     ]
 
 
+def classes_for(num_labels: int) -> tuple[str, ...]:
+    return BINARY_LABELS if num_labels == 2 else THREE_WAY_LABELS
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """The rows an encoder trains on: texts, hard labels (-1: none, the teacher's targets alone) and the target
+    distributions over the classes, with how many rows came from where."""
+
+    texts: list[str]
+    labels: list[int]
+    targets: np.ndarray
+    counts: dict
+
+
+def training_set(cfg: dict, data_dir: str, classes: tuple[str, ...]) -> TrainingSet:
+    """The recipe's labelled rows (``training.data.training_rows``), the teacher file's message texts when
+    ``teacher_unlabelled``, and their targets: the teacher's blended with the hard labels by ``distill_alpha``,
+    or the hard labels alone without a teacher."""
+    if cfg["messages"] and len(classes) != 3:
+        raise ConfigError(f"recipe {cfg.get('name')!r}: three-way messages need num_labels = 3")
+    rows = training_rows(cfg, data_dir, classes)
+    texts, labels = list(rows.texts), list(rows.labels)
+    counts = {"labelled": len(texts), "unlabelled": 0}
+    teacher_path = resolve_teacher(cfg)
+    if teacher_path is None:
+        if cfg["teacher_unlabelled"]:
+            raise ConfigError(f"recipe {cfg.get('name')!r}: teacher_unlabelled needs a teacher file")
+        return TrainingSet(texts, labels, one_hot(labels, len(classes)), counts)
+    teacher = read_teacher(teacher_path)
+    if cfg["teacher_unlabelled"]:
+        blocked = {text_key(t) for t in texts}
+        if cfg["exclude"]:
+            blocked |= excluded_keys([resolve_repo_path(cfg["exclude"])])
+        for text in teacher.message_texts:
+            key = text_key(text)
+            if key not in blocked:
+                blocked.add(key)
+                texts.append(text)
+                labels.append(-1)
+        counts["unlabelled"] = len(texts) - counts["labelled"]
+    probs = teacher_targets(teacher, texts, labels, classes, float(cfg["teacher_coverage"]))
+    log(f"distilling from {teacher_path} (alpha {cfg['distill_alpha']}): {counts['labelled']} labelled and "
+        f"{counts['unlabelled']} teacher-only rows")
+    return TrainingSet(texts, labels, blend_targets(probs, labels, float(cfg["distill_alpha"])), counts)
+
+
+def dev_sets(cfg: dict, data_dir: str) -> list[tuple[str, Labelled]]:
+    """The development sets each epoch is scored on: the recipe's ``dev`` file first (it selects the epoch),
+    then SST-2 dev from ``data_dir`` where it exists."""
+    sets = []
+    if cfg["dev"]:
+        path = resolve_repo_path(cfg["dev"])
+        sets.append((path.stem, read_labelled(path)))
+    try:
+        sets.append(("sst2_dev", load_sst2("dev", data_dir)))
+    except FileNotFoundError:
+        pass
+    if sets and cfg["select_metric"] == "macro_f1" and len(sets[0][1].classes) != 3:
+        raise ConfigError(f"recipe {cfg.get('name')!r}: select_metric macro_f1 needs a three-way dev file")
+    return sets
+
+
+def dev_record(probs: np.ndarray, classes: tuple[str, ...], data: Labelled) -> dict:
+    """The figures of one development set that a manifest keeps."""
+    result = score(probs, classes, data.labels, data.classes)
+    if "macro_f1" in result:
+        return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
+                "neutral_called_negative": result["neutral_called_negative"],
+                "called_negative": result["called_negative"],
+                "recall": {c: v["recall"] for c, v in result["per_class"].items()},
+                "precision": {c: v["precision"] for c, v in result["per_class"].items()}, "n": result["n"]}
+    return {k: result[k] for k in ("accuracy", "precision", "recall", "f1", "n")}
+
+
 def train(base: str, recipe: dict, data_dir: str, output: str, max_steps: int | None = None) -> Path:
-    """Fine-tune ``base`` on ``data_dir``'s train split (SST-2 layout) and write a model folder to ``output``."""
+    """Fine-tune ``base`` on the recipe's data (SST-2 train from ``data_dir`` and the recipe's files) and write a
+    model folder to ``output``."""
     cfg = for_trainer(recipe, "encoder")
     import torch
     from transformers import AutoTokenizer
 
+    classes = classes_for(int(cfg["num_labels"]))
     spec = base_spec(base)
     base_dir = hf.resolve_base(spec, Path.cwd())
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(int(cfg["seed"]))
     rng = np.random.default_rng(int(cfg["seed"]))
 
-    train_data = load_sst2("train", data_dir)
-    try:
-        dev_data = load_sst2("dev", data_dir)
-    except FileNotFoundError:
-        dev_data = None
+    data = training_set(cfg, data_dir, classes)
+    devs = dev_sets(cfg, data_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
     max_length = int(cfg["max_length"])
     max_chars = hf.max_chars_for(max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train_ids = hf.encode_texts(tokenizer, train_data.texts, max_length, max_chars)
-    labels = np.asarray(train_data.labels, dtype=np.int64)
-    teacher_path = resolve_teacher(cfg)
-    if teacher_path is not None:
-        p_teacher = teacher_targets(read_teacher(teacher_path), train_data.texts, train_data.labels)
-        targets = blend_targets(p_teacher, labels, float(cfg["distill_alpha"]))
-        log(f"distilling from {teacher_path} (alpha {cfg['distill_alpha']})")
-    else:
-        targets = blend_targets(np.zeros(len(labels), dtype=np.float32), labels, 0.0)
-    dev_ids = hf.encode_texts(tokenizer, dev_data.texts, max_length, max_chars) if dev_data else None
+    train_ids = hf.encode_texts(tokenizer, data.texts, max_length, max_chars)
+    dev_ids = [hf.encode_texts(tokenizer, rows.texts, max_length, max_chars) for _, rows in devs]
 
     model = build_model(base_dir, cfg, device)
     model.train()
@@ -204,15 +258,18 @@ def train(base: str, recipe: dict, data_dir: str, output: str, max_steps: int | 
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    targets_t = torch.from_numpy(targets)
-    log(f"{cfg['method']} on {base_dir}: {len(train_ids)} texts, {total_steps} steps of {batch_size}, {device}")
+    targets_t = torch.from_numpy(data.targets)
+    log(f"{cfg['method']} on {base_dir}: {len(train_ids)} texts, {len(classes)} classes, {total_steps} steps of "
+        f"{batch_size}, {device}")
 
     out = Path(output)
-    record = {"data": str(data_dir), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+    record = {"data": str(data_dir), "rows": data.counts,
+              "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+    select = cfg["select_metric"]
     start_time = time.time()
     step = 0
     history = []
-    best = {"accuracy": -1.0}
+    best = None
     while step < total_steps:
         perm = rng.permutation(len(train_ids))
         for start in range(0, len(perm), batch_size):
@@ -231,19 +288,26 @@ def train(base: str, recipe: dict, data_dir: str, output: str, max_steps: int | 
                 log(f"step {step}/{total_steps} loss {loss.item():.4f} {time.time() - start_time:.0f}s")
             if step >= total_steps:
                 break
-        if dev_ids is None:
+        if not devs:
             continue
-        metrics = negative_metrics(predict(model, dev_ids, pad_id, device, int(cfg["eval_batch_size"])),
-                                   np.asarray(dev_data.labels))
-        history.append({"step": step, **metrics})
-        log(f"step {step}: dev accuracy {metrics['accuracy']:.4f} f1(neg) {metrics['f1']:.4f}")
+        records = {name: dev_record(predict(model, ids, pad_id, device, int(cfg["eval_batch_size"])), classes, rows)
+                   for (name, rows), ids in zip(devs, dev_ids)}
+        primary = records[devs[0][0]]
+        entry = {"step": step, **primary}
+        if len(records) > 1:
+            entry["also"] = {name: r for name, r in records.items() if name != devs[0][0]}
+        history.append(entry)
+        log(f"step {step}: " + "; ".join(f"{name} " + " ".join(f"{k} {v:.4f}" for k, v in r.items()
+                                                                 if isinstance(v, float))
+                                          for name, r in records.items()))
         # Writing after every kept epoch leaves a usable folder behind even if a long run is stopped.
-        if not cfg["select_best"] or metrics["accuracy"] > best["accuracy"]:
-            best = metrics
-            write_model_folder(out, model, tokenizer, cfg, spec, {**record, "steps": step, "dev": best,
-                                                                  "train_seconds": round(time.time() - start_time, 1)})
+        if not cfg["select_best"] or best is None or primary[select] > best[select]:
+            best = primary
+            write_model_folder(out, model, tokenizer, cfg, spec, {
+                **record, "steps": step, "dev": best, "dev_set": devs[0][0], "dev_sets": records,
+                "train_seconds": round(time.time() - start_time, 1)})
     train_seconds = round(time.time() - start_time, 1)
-    if dev_ids is None:
+    if not devs:
         write_model_folder(out, model, tokenizer, cfg, spec, {**record, "steps": step, "dev": None,
                                                               "train_seconds": train_seconds})
     else:
@@ -251,15 +315,18 @@ def train(base: str, recipe: dict, data_dir: str, output: str, max_steps: int | 
         manifest["training"].update({"dev_history": history, "total_steps": step,
                                      "total_train_seconds": train_seconds})
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    log(f"wrote {out} in {train_seconds:.0f}s" + (f", dev accuracy {best['accuracy']:.4f}" if history else ""))
+    log(f"wrote {out} in {train_seconds:.0f}s" + (f", dev {select} {best[select]:.4f}" if history else ""))
     return out
 
 
 def write_model_folder(out: Path, model, tokenizer, cfg: dict, spec: str, training_record: dict) -> None:
     """The folder ``screener.classifiers.hf`` loads: a LoRA adapter over ``spec`` or full weights + tokenizer."""
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"kind": "hf-seqcls", "name": out.name, "num_labels": 2, "negative_index": 0,
-                "max_length": int(cfg["max_length"])}
+    classes = classes_for(int(cfg["num_labels"]))
+    manifest = {"kind": "hf-seqcls", "name": out.name, "num_labels": len(classes), "labels": list(classes),
+                "negative_index": classes.index(NEGATIVE), "max_length": int(cfg["max_length"])}
+    if cfg["description"]:
+        manifest["description"] = cfg["description"]
     if cfg["method"] == "lora":
         model.peft_config["default"].base_model_name_or_path = spec
         model.save_pretrained(str(out / "adapter"), save_embedding_layers=False)
@@ -272,13 +339,6 @@ def write_model_folder(out: Path, model, tokenizer, cfg: dict, spec: str, traini
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
-def parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Fine-tune an encoder sentiment classifier.")
     parser.add_argument("--base", required=True)
@@ -289,11 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key (JSON value), e.g. --set learning_rate=1e-3")
     args = parser.parse_args(argv)
-    changes = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        changes[key] = parse_value(value)
-    recipe = override(load_recipe(args.recipe), changes, f"{args.recipe} with {args.set}")
+    recipe = override(load_recipe(args.recipe), parse_overrides(args.set), f"{args.recipe} with {args.set}")
     train(args.base, recipe, args.data, args.output, args.max_steps)
 
 

@@ -4,8 +4,11 @@ Two objectives (a recipe's ``objective``):
 
 - ``causal-lm``: the paper's. Each example is the Alpaca prompt followed by the label word and the end-of-text
   token; next-token cross-entropy on those response tokens only.
-- ``label-token``: what the classifier is scored with. Cross-entropy over the logits of the two label tokens at
-  the last prompt position (the output head restricted to two rows), nothing else.
+- ``label-token``: what the classifier is scored with. Cross-entropy over the logits of the label tokens at the
+  last prompt position (the output head restricted to their rows), nothing else.
+
+The classes are the recipe's ``label_words`` (``negative`` and ``positive``, or ``negative``, ``neutral`` and
+``positive`` for a three-way model); labels are class indices into them.
 
 The output folder holds ``adapter/`` (PEFT LoRA weights), ``screener_model.json`` (kind ``llm-labeltoken``) and
 ``training_summary.json``; ``screener.classifiers.registry.load_classifier(folder)`` loads it.
@@ -25,7 +28,7 @@ from typing import Sequence
 from screener.classifiers.llm import (BaseRef, dequantized_dir, label_logits, load_tokenizer, pad_batch,
                                       prompt_token_ids, resolve_device)
 from screener.errors import ConfigError, ModelError
-from screener.prompt import INSTRUCTION, LABEL_WORDS, label_token_ids
+from screener.prompt import INSTRUCTION, label_classes, label_token_ids
 from training.recipes import for_trainer
 
 log = logging.getLogger(__name__)
@@ -43,8 +46,11 @@ def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[in
     the manifest and the summary. Returns the summary.
     """
     recipe = for_trainer(recipe, "llm-lora")
+    words = recipe_label_words(recipe)
     if len(texts) != len(labels) or not texts:
         raise ConfigError(f"expected equal, non-zero numbers of texts and labels, got {len(texts)} and {len(labels)}")
+    if not all(0 <= int(y) < len(words) for y in labels):
+        raise ConfigError(f"labels must be class indices into the label words {list(words)}")
     t_start = time.perf_counter()
     device = resolve_device(device)
     import_unsloth_first(recipe)
@@ -56,12 +62,13 @@ def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[in
     dtype = training_dtype(recipe["precision"], device)
     model, backend = load_with_lora(load_dir, recipe, device, dtype)
     tokenizer = load_tokenizer(ref)
-    label_ids = label_token_ids(tokenizer)
+    label_ids = label_token_ids(tokenizer, words)
     instruction = recipe["instruction"] or INSTRUCTION
     trainable = trainable_in_fp32(model)
     data = build_dataset(tokenizer, texts, labels, recipe, instruction, label_ids)
     run = train_adapter(model, trainable, data, recipe, dtype, label_ids, tokenizer.pad_token_id, max_steps)
     summary = summarize_run(base, recipe, backend, model, trainable, dtype, data, run)
+    summary["class_counts"] = {word: sum(1 for y in labels if int(y) == i) for i, word in enumerate(words)}
 
     output = Path(output)
     save_adapter(model, output / "adapter")
@@ -70,6 +77,14 @@ def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[in
     summary["seconds"] = round(time.perf_counter() - t_start, 3)
     (output / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def recipe_label_words(recipe: dict) -> tuple[str, ...]:
+    """The recipe's label words, checked: two or more distinct words, one of them ``negative``."""
+    try:
+        return label_classes(recipe["label_words"])
+    except ModelError as exc:
+        raise ConfigError(f"recipe {recipe.get('name')!r}: {exc}") from exc
 
 
 def import_unsloth_first(recipe: dict) -> None:
@@ -180,24 +195,24 @@ def max_text_tokens(recipe: dict) -> int:
 
 
 def encode_examples(tokenizer, texts: Sequence[str], labels: Sequence[int], recipe: dict, instruction: str,
-                    label_ids: tuple[int, int]):
+                    label_ids: tuple[int, ...]):
     """Token rows, per-row targets and loss masks for the recipe's objective."""
     prompts = prompt_token_ids(tokenizer, texts, instruction, max_text_tokens(recipe))
     if recipe["objective"] == "label-token":
-        # SST-2 labels are already class indices into label_ids: 0 = negative, 1 = positive.
+        # Labels are class indices into the label words, so into label_ids too.
         return prompts, [int(y) for y in labels], None
     eos = tokenizer.eos_token_id
-    words = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in LABEL_WORDS]
+    words = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in recipe["label_words"]]
     rows, response_starts = [], []
     for prompt, y in zip(prompts, labels):
-        response = words[0 if int(y) == 0 else 1] + ([eos] if eos is not None else [])
+        response = words[int(y)] + ([eos] if eos is not None else [])
         rows.append(prompt + response)
         response_starts.append(len(prompt))
     return rows, None, response_starts
 
 
 def build_dataset(tokenizer, texts: Sequence[str], labels: Sequence[int], recipe: dict, instruction: str,
-                  label_ids: tuple[int, int]) -> Examples:
+                  label_ids: tuple[int, ...]) -> Examples:
     rows, targets, response_starts = encode_examples(tokenizer, texts, labels, recipe, instruction, label_ids)
     return Examples(rows, targets, response_starts, [len(r) for r in rows])
 
@@ -282,7 +297,7 @@ class TrainedRun:
         self.examples += len(idx)
 
 
-def train_adapter(model, trainable: list, data: Examples, recipe: dict, dtype, label_ids: tuple[int, int],
+def train_adapter(model, trainable: list, data: Examples, recipe: dict, dtype, label_ids: tuple[int, ...],
                   pad_id: int, max_steps: int | None) -> TrainedRun:
     """Train the LoRA weights on ``data`` for :func:`step_count` steps, eagerly or as replayed CUDA graphs."""
     import torch
@@ -339,7 +354,7 @@ class EagerSteps:
     """
 
     def __init__(self, model, optimizer, scheduler, scaler, data: Examples, accum: int, dtype, use_autocast: bool,
-                 label_ids: tuple[int, int], pad_id: int):
+                 label_ids: tuple[int, ...], pad_id: int):
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.data, self.accum, self.dtype, self.use_autocast = data, accum, dtype, use_autocast
         self.label_ids, self.pad_id = label_ids, pad_id
@@ -404,11 +419,11 @@ def summarize_run(base: str, recipe: dict, backend: str, model, trainable: list,
 
 
 def write_manifest(output: Path, base: str, ref: BaseRef, recipe: dict, instruction: str,
-                   label_ids: tuple[int, int]) -> None:
+                   label_ids: tuple[int, ...]) -> None:
     """``screener_model.json``: what ``screener.classifiers.llm`` needs to score with the adapter."""
     manifest = {
         "kind": "llm-labeltoken", "name": output.name, "base": base, "adapter": "adapter",
-        "instruction": instruction, "label_words": list(LABEL_WORDS), "label_token_ids": list(label_ids),
+        "instruction": instruction, "label_words": list(recipe["label_words"]), "label_token_ids": list(label_ids),
         "max_text_tokens": max_text_tokens(recipe),
     }
     if ref.identity.startswith("sha256:"):

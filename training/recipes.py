@@ -12,6 +12,7 @@ This module imports no trainer: the trainers import it.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -120,6 +121,17 @@ class RecipeSchema:
         return recipe
 
 
+# What a recipe trains on besides SST-2 train (which comes from the --data folder): paths are relative to the
+# working directory or the repository.
+DATA_KEYS = {
+    "sst2_fraction": Key(NUMBER, 1.0, FRACTION),  # a seeded random share of SST-2 train (1: all of it, in order)
+    # a hand-labelled three-way message file (training/labels layout), repeated messages_repeat times
+    "messages": Key((str,), ""),
+    "messages_repeat": Key((int,), 1, AT_LEAST_1),
+    # a labelled file none of whose texts is trained on (case-insensitively): the development set
+    "exclude": Key((str,), ""),
+}
+
 LLM_LORA = RecipeSchema("llm-lora", {
     "kind": choice("llm-lora"),
     "description": Key((str,), ""),
@@ -148,11 +160,16 @@ LLM_LORA = RecipeSchema("llm-lora", {
     "seed": Key((int,), 3407, NON_NEGATIVE),
     "backend": choice("auto", "unsloth", "peft", default="auto"),
     "instruction": Key((str,), ""),  # empty: the prompt the classifier scores with
+    # The classes, as the words whose first tokens the classifier reads; one of them is "negative".
+    "label_words": names(["negative", "positive"]),
+    **DATA_KEYS,
 })
 
 ENCODER = RecipeSchema("encoder", {
     "kind": choice("encoder"),
     "description": Key((str,), ""),
+    # 2: (negative, positive); 3: (negative, neutral, positive)
+    "num_labels": Key((int,), 2, Range(2, 3)),
     # lora: an adapter over a base that the folder names, so the folder stays a few MB; full: all weights.
     "method": choice("lora", "full", default="lora"),
     "epochs": Key(NUMBER, 3.0, POSITIVE),
@@ -169,11 +186,19 @@ ENCODER = RecipeSchema("encoder", {
     "target_modules": names(["query", "key", "value", "output.dense", "intermediate.dense"]),
     "modules_to_save": names(["classifier", "pooler"]),
     "seed": Key((int,), 42, NON_NEGATIVE),
-    # a file of teacher P(negative) for the training texts, relative to the working directory or the repository
+    **DATA_KEYS,
+    # a file of teacher class probabilities for the training texts (training.teacher writes one)
     "teacher": Key((str,), ""),
     "distill_alpha": Key(NUMBER, 1.0, FRACTION),  # weight of the teacher against the hard label
-    # keep the epoch with the best dev accuracy (dev is the only split tuned on)
+    # the teacher file's message texts join the training rows with the teacher's targets alone
+    "teacher_unlabelled": Key((bool,), False),
+    # the least share of the labelled training texts the teacher file must have scored
+    "teacher_coverage": Key(NUMBER, 0.95, FRACTION),
+    # the development file each epoch is scored on (empty: dev.tsv of the --data folder); never trained on
+    "dev": Key((str,), ""),
+    # keep the epoch with the best dev select_metric (dev is the only split tuned on)
     "select_best": Key((bool,), False),
+    "select_metric": choice("accuracy", "macro_f1", default="accuracy"),
     # a model folder written by this trainer (or its adapter/ folder) whose LoRA weights and head to start from
     "init_adapter": Key((str,), ""),
     "eval_batch_size": Key((int,), 256, AT_LEAST_1),
@@ -237,6 +262,20 @@ def with_name(recipe: Mapping, where: str) -> dict:
 def override(recipe: Mapping, changes: Mapping, where: str) -> dict:
     """``recipe`` with ``changes`` applied, validated again."""
     return with_name({**recipe, **changes}, where)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` command-line overrides as a dict; a value is read as JSON where it parses, else as text."""
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
+    return changes
 
 
 def for_trainer(recipe: Mapping, kind: str) -> dict:

