@@ -75,11 +75,10 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>")
 
 
-def tiny_model(seed: int = 0, dtype=None, scale: float = 0.25):
+def tiny_model(seed: int = 0, dtype=None, scale: float = 0.25, vocab_size: int | None = None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+    config = LlamaConfig(vocab_size=vocab_size or len(tiny_tokenizer()), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=False)
     torch.manual_seed(seed)
@@ -113,6 +112,13 @@ def make_engine(seed=0, **kwargs):
 def build_tiny_engine(device: str) -> LabelTokenEngine:
     torch.set_num_threads(1)
     return make_engine(0, name="tiny")[3]
+
+
+def one_thread(build, device: str):
+    """``build(device)`` in a forked worker with torch on one thread: a thread pool the parent used before the fork
+    would deadlock there."""
+    torch.set_num_threads(1)
+    return build(device)
 
 
 def test_tokenizer_makes_a_newline_text_straddle_the_cached_prefix():
@@ -425,6 +431,34 @@ def test_registry_loads_the_reference_classifier_off_cuda(tmp_path):
     clf = load_classifier(str(tmp_path), device="cpu")
     assert isinstance(clf, LabelTokenClassifier) and clf.name == "tiny"
 
+
+
+def test_engine_reference_and_workers_give_the_same_three_way_probabilities(tmp_path):
+    from transformers import AutoTokenizer
+
+    from screener.classifiers import llm
+    from screener.classifiers.gpu.loader import build_engine
+
+    # "neutral" shares its first BPE token with "negative" here; as a token of its own it is a third class.
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "base")
+    tokenizer.add_tokens(["neutral"])
+    tokenizer.save_pretrained(tmp_path / "base")
+    tiny_model(5, vocab_size=len(tokenizer)).save_pretrained(tmp_path / "base")
+    words = ["negative", "neutral", "positive"]
+    manifest = {"kind": "llm-labeltoken", "base": str(tmp_path / "base"), "label_words": words}
+    reference = llm.load_reference(tmp_path, manifest, device="cpu")
+    expected = reference.predict_proba(TEXTS)
+    assert reference.labels == tuple(words) and expected.shape == (len(TEXTS), 3)
+    assert (expected.max(axis=0) > 0.3).all()  # every class wins somewhere: the columns are not interchangeable
+    engine = load_engine(tmp_path, manifest, "cpu", name="tiny3", model_id=reference.model_id)
+    assert isinstance(engine, LabelTokenEngine) and engine.labels == tuple(words) and engine.negative_index == 0
+    np.testing.assert_allclose(engine.predict_proba(TEXTS), expected, atol=2e-5, rtol=0)
+    build = functools.partial(one_thread, functools.partial(build_engine, tmp_path, manifest, name="tiny3",
+                                                            model_id=reference.model_id))
+    with MultiGPUEngine(build, ["cpu", "cpu"], start_method="fork") as multi:
+        assert multi.labels == tuple(words)
+        np.testing.assert_allclose(multi.predict_proba(TEXTS), expected, atol=2e-5, rtol=0)
 
 
 # ---- child processes that cannot start or die --------------------------------------------------------------
