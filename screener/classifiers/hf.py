@@ -138,15 +138,16 @@ def has_tokenizer(folder: Path) -> bool:
 
 
 @contextmanager
-def quiet_transformers():
-    """Loading a base checkpoint into a classification model always reports the fresh head as 'newly
-    initialized'; that is expected here (the adapter supplies it), so only errors are shown meanwhile, and no
-    progress bar interrupts the scan's own output."""
+def quiet_transformers(errors_only: bool = True):
+    """No progress bar interrupts the scan's own output (or a cron log) meanwhile, and with ``errors_only`` only
+    errors are shown: loading a base checkpoint into a classification model always reports the fresh head as
+    'newly initialized', which is expected here (the adapter supplies it)."""
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
     bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
+    if errors_only:
+        hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         yield
