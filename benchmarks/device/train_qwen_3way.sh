@@ -160,8 +160,10 @@ eval_sets() {  # the three evaluation files (cut to --eval-limit texts where giv
   local f
   for f in "$SST2/dev.tsv" training/labels/messages_dev.tsv "$SMS"; do
     if [ ${#EVAL_LIMIT[@]} -gt 0 ]; then
-      head -n "$((EVAL_LIMIT[0] + 1))" "$f" > "$WORK/eval_$(basename "$f")"
-      f=$WORK/eval_$(basename "$f")
+      local cut=$WORK/eval/$(basename "$(dirname "$f")")
+      mkdir -p "$cut"
+      head -n "$((EVAL_LIMIT[0] + 1))" "$f" > "$cut/$(basename "$f")"
+      f=$cut/$(basename "$f")
     fi
     printf -- '--data\n%s\n' "$f"
   done
