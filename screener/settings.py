@@ -13,6 +13,7 @@ from typing import Any
 from screener.errors import ConfigError
 
 CONFIG_FILE = "screener.toml"
+NOTIFY_TIMEOUT_RANGE = (1.0, 3600.0)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Settings:
     # Report.
     evidence_per_user: int = 5
     chart_days: int = 60
+    # Seconds `scan --notify-command` may run before it is killed; a slow mail or chat relay must not hold cron.
+    notify_timeout_seconds: float = 60.0
     # DuckDB resources: a bounded memory limit keeps a nightly run's footprint flat as the archive grows.
     memory_limit: str = "256MB"
     threads: int = 0
@@ -62,6 +65,9 @@ class Settings:
             problems.append(f"baseline_min_messages must be at least 1, got {self.baseline_min_messages}")
         if not -1.0 <= self.escalation_delta <= 1.0:
             problems.append(f"escalation_delta must be between -1 and 1, got {self.escalation_delta}")
+        if not NOTIFY_TIMEOUT_RANGE[0] <= self.notify_timeout_seconds <= NOTIFY_TIMEOUT_RANGE[1]:
+            problems.append(f"notify_timeout_seconds must be between {NOTIFY_TIMEOUT_RANGE[0]:g} and "
+                            f"{NOTIFY_TIMEOUT_RANGE[1]:g}, got {self.notify_timeout_seconds}")
         if self.threads < 0:
             problems.append(f"threads must be 0 (automatic) or more, got {self.threads}")
         try:

@@ -193,7 +193,8 @@ class Store:
                 raise InputError(f"no Parquet files match {source.location!r}: expected a file or a glob such as "
                                  "'archive/*.parquet'")
             try:
-                con.read_parquet(source.location, union_by_name=True).create_view(PARQUET_VIEW, replace=True)
+                # A registered relation lives in the connection only, so a read-only open can attach it again.
+                con.register(PARQUET_VIEW, con.read_parquet(source.location, union_by_name=True))
             except duckdb.Error as exc:
                 raise InputError(f"cannot read Parquet {source.location!r}: {str(exc).splitlines()[0]}") from exc
             table = PARQUET_VIEW

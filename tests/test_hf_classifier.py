@@ -26,7 +26,7 @@ TEXTS = ["the movie was good", "awful", "the plot is boring and the acting is ba
          "very very good film", "not great", "a"]
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+def build_tiny_model(folder: Path, seed: int = 0, num_labels: int = 2) -> Path:
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
@@ -36,7 +36,7 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     tokenizer = BertTokenizer(vocab=str(vocab))
     vocab.unlink()
     config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, num_labels=2)
+                        intermediate_size=32, max_position_embeddings=64, num_labels=num_labels)
     torch.manual_seed(seed)
     BertForSequenceClassification(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
@@ -245,3 +245,68 @@ def test_negative_index_names_the_columns(tiny_folder, tiny, tmp_path):
     assert flipped.labels == ("positive", "negative") and flipped.negative_index == 1
     np.testing.assert_allclose(flipped.predict_negative(TEXTS), tiny.predict_proba(TEXTS)[:, 1], atol=1e-6)
     assert hf.class_labels(3, 1) == ("class_0", "negative", "class_2")
+
+
+@pytest.fixture(scope="module")
+def three_way_folder(tmp_path_factory) -> Path:
+    folder = build_tiny_model(tmp_path_factory.mktemp("three") / "model", seed=3, num_labels=3)
+    manifest = {**json.loads((folder / MANIFEST).read_text()), "num_labels": 3,
+                "labels": ["negative", "neutral", "positive"]}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+def plain_softmax(folder: Path, texts) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    with torch.no_grad():
+        return np.concatenate([torch.softmax(model(**tokenizer(t, return_tensors="pt")).logits, -1).numpy()
+                               for t in texts])
+
+
+def test_a_three_way_manifest_names_its_columns_with_its_labels(three_way_folder):
+    clf = load_classifier(str(three_way_folder), device="cpu")
+    assert clf.labels == ("negative", "neutral", "positive") and clf.negative_index == 0
+    proba = clf.predict_proba(TEXTS)
+    assert proba.shape == (len(TEXTS), 3)
+    np.testing.assert_allclose(proba, plain_softmax(three_way_folder, TEXTS), atol=1e-5)
+    # Negative is its own class: P(negative) is its column, not one minus P(positive).
+    np.testing.assert_array_equal(clf.predict_negative(TEXTS), proba[:, 0])
+    assert np.abs(proba[:, 0] - (1 - proba[:, 2])).max() > 1e-3
+
+
+def test_labels_in_another_order_move_the_negative_column(three_way_folder, tmp_path):
+    folder = shutil.copytree(three_way_folder, tmp_path / "m")
+    manifest = {**json.loads((folder / MANIFEST).read_text()), "labels": ["positive", "negative", "neutral"]}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    clf = load_classifier(str(folder), device="cpu")
+    assert clf.labels == ("positive", "negative", "neutral") and clf.negative_index == 1
+    np.testing.assert_allclose(clf.predict_negative(TEXTS), plain_softmax(folder, TEXTS)[:, 1], atol=1e-5)
+    assert clf.model_id != load_classifier(str(three_way_folder), device="cpu").model_id
+
+
+def test_declaring_the_labels_a_binary_manifest_implies_keeps_its_model_id(tiny_folder, tiny, tmp_path):
+    folder = shutil.copytree(tiny_folder, tmp_path / "m")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert "labels" not in hf.read_settings(folder, manifest)
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "labels": ["negative", "positive"]}))
+    same = load_classifier(str(folder), device="cpu")
+    assert same.labels == ("negative", "positive") and same.model_id == tiny.model_id
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"labels": ["neutral", "positive", "good"]}, "one of them 'negative'"),
+    ({"labels": ["negative", "negative", "positive"]}, "distinct"),
+    ({"labels": "negative,neutral,positive"}, "must list"),
+    ({"labels": ["negative", "neutral", "positive"], "num_labels": 2}, "num_labels=2"),
+    ({"labels": ["negative", "neutral", "positive"], "negative_index": 2}, "negative_index=2"),
+])
+def test_bad_labels_are_a_model_error(three_way_folder, tmp_path, extra, message):
+    folder = shutil.copytree(three_way_folder, tmp_path / "m")
+    manifest = {**json.loads((folder / MANIFEST).read_text()), **extra}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=message):
+        load_classifier(str(folder), device="cpu")

@@ -182,3 +182,15 @@ def test_label_words_without_negative_are_refused(tmp_path):
     (folder / "screener_model.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="one of them 'negative'"):
         load_classifier(str(folder), device="cpu")
+
+
+def test_loading_a_model_shows_no_progress_bar(tmp_path, capfd):
+    from transformers import AutoModelForCausalLM
+
+    base = make_tiny_llama(tmp_path / "base")
+    (tmp_path / "screener_model.json").write_text(json.dumps({"kind": "llm-labeltoken", "base": str(base)}))
+    capfd.readouterr()
+    AutoModelForCausalLM.from_pretrained(base)
+    assert "Loading weights" in capfd.readouterr().err  # what transformers shows by default
+    load_classifier(str(tmp_path), device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err

@@ -8,6 +8,13 @@ pattern, so that a text starting with a newline merges with the prompt prefix's 
 from __future__ import annotations
 
 import functools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +22,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from screener.classifiers.base import Classifier  # noqa: E402
-from screener.classifiers.gpu import fp8  # noqa: E402
+from screener.classifiers.base import Classifier, ClassifierBase  # noqa: E402
+from screener.classifiers.gpu import child, fp8  # noqa: E402
 from screener.classifiers.gpu.loader import load_engine  # noqa: E402
 from screener.classifiers.gpu.multi import MultiGPUEngine  # noqa: E402
 from screener.classifiers.gpu.packing import plan_batches  # noqa: E402
@@ -24,6 +31,8 @@ from screener.classifiers.gpu.prompt_tokens import PromptTokenizer, shared_prefi
 from screener.classifiers.gpu.runner import LabelTokenEngine  # noqa: E402
 from screener.errors import ModelError  # noqa: E402
 from screener.prompt import alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
@@ -66,12 +75,11 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>")
 
 
-def tiny_model(seed: int = 0, dtype=None, scale: float = 0.25):
+def tiny_model(seed: int = 0, dtype=None, scale: float = 0.25, vocab_size: int | None = None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+    config = LlamaConfig(vocab_size=vocab_size or len(tiny_tokenizer()), hidden_size=64, intermediate_size=96,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -104,6 +112,13 @@ def make_engine(seed=0, **kwargs):
 def build_tiny_engine(device: str) -> LabelTokenEngine:
     torch.set_num_threads(1)
     return make_engine(0, name="tiny")[3]
+
+
+def one_thread(build, device: str):
+    """``build(device)`` in a forked worker with torch on one thread: a thread pool the parent used before the fork
+    would deadlock there."""
+    torch.set_num_threads(1)
+    return build(device)
 
 
 def test_tokenizer_makes_a_newline_text_straddle_the_cached_prefix():
@@ -415,3 +430,168 @@ def test_registry_loads_the_reference_classifier_off_cuda(tmp_path):
         '{"kind": "llm-labeltoken", "base": "%s", "name": "tiny"}' % (tmp_path / "base"))
     clf = load_classifier(str(tmp_path), device="cpu")
     assert isinstance(clf, LabelTokenClassifier) and clf.name == "tiny"
+
+
+
+def test_engine_reference_and_workers_give_the_same_three_way_probabilities(tmp_path):
+    from transformers import AutoTokenizer
+
+    from screener.classifiers import llm
+    from screener.classifiers.gpu.loader import build_engine
+
+    # "neutral" shares its first BPE token with "negative" here; as a token of its own it is a third class.
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "base")
+    tokenizer.add_tokens(["neutral"])
+    tokenizer.save_pretrained(tmp_path / "base")
+    tiny_model(5, vocab_size=len(tokenizer)).save_pretrained(tmp_path / "base")
+    words = ["negative", "neutral", "positive"]
+    manifest = {"kind": "llm-labeltoken", "base": str(tmp_path / "base"), "label_words": words}
+    reference = llm.load_reference(tmp_path, manifest, device="cpu")
+    expected = reference.predict_proba(TEXTS)
+    assert reference.labels == tuple(words) and expected.shape == (len(TEXTS), 3)
+    assert (expected.max(axis=0) > 0.3).all()  # every class wins somewhere: the columns are not interchangeable
+    engine = load_engine(tmp_path, manifest, "cpu", name="tiny3", model_id=reference.model_id)
+    assert isinstance(engine, LabelTokenEngine) and engine.labels == tuple(words) and engine.negative_index == 0
+    np.testing.assert_allclose(engine.predict_proba(TEXTS), expected, atol=2e-5, rtol=0)
+    build = functools.partial(one_thread, functools.partial(build_engine, tmp_path, manifest, name="tiny3",
+                                                            model_id=reference.model_id))
+    with MultiGPUEngine(build, ["cpu", "cpu"], start_method="fork") as multi:
+        assert multi.labels == tuple(words)
+        np.testing.assert_allclose(multi.predict_proba(TEXTS), expected, atol=2e-5, rtol=0)
+
+
+# ---- child processes that cannot start or die --------------------------------------------------------------
+
+
+class SleepingClassifier(ClassifierBase):
+    """A worker's classifier whose every call takes a minute: a worker killed meanwhile dies mid-call."""
+
+    model_id = name = "sleeping"
+
+    def predict_proba(self, texts):
+        time.sleep(60)
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    def token_lengths(self, texts):
+        return [len(t) for t in texts]
+
+
+def build_sleeping(device: str) -> SleepingClassifier:
+    return SleepingClassifier()
+
+
+def build_and_die(device: str):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def gpu_workers() -> list:
+    import multiprocessing
+
+    return [p for p in multiprocessing.active_children() if p.name.startswith("screener-gpu-worker")]
+
+
+def test_a_producer_process_killed_mid_call_is_a_model_error_within_seconds():
+    before = set(packer_processes())
+    _, _, _, engine = make_engine(0, producer="process")
+    try:
+        (packer,) = set(packer_processes()) - before
+        engine.token_budget, engine.chunk_size = 60, 2  # many chunks: the call is still going when it is killed
+        batches = engine.batches(TEXTS * 10)
+        next(batches)
+        os.kill(packer.pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(ModelError, match=r"tokenizer process was killed by SIGKILL \(the out-of-memory"):
+            list(batches)
+        assert time.monotonic() - start < 5
+        with pytest.raises(ModelError, match="killed by SIGKILL"):  # and so is every later call
+            engine.predict_proba(TEXTS)
+    finally:
+        engine.close()
+
+
+PACK_OPTIONS = {"max_text_tokens": 64, "token_budget": 256, "max_batch": 16, "max_padding": 0.1}
+
+SCRIPT = """
+import sys
+from transformers import AutoTokenizer
+from screener.classifiers.gpu.producer import ProducerProcess
+from screener.classifiers.gpu.prompt_tokens import PromptTokenizer
+
+prompts = PromptTokenizer(AutoTokenizer.from_pretrained(sys.argv[1]))
+packer = ProducerProcess(prompts, prompts.prefix_ids)
+print(len(list(packer.map([["a great movie"]], {options!r}))))
+"""
+
+
+def run_script(tmp_path, source: str) -> subprocess.CompletedProcess:
+    tiny_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    script = tmp_path / "score.py"
+    script.write_text(source)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(script), str(tmp_path / "tokenizer")], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=tmp_path)
+
+
+def test_a_script_without_the_main_guard_fails_fast_naming_the_fix(tmp_path):
+    done = run_script(tmp_path, SCRIPT.format(options=PACK_OPTIONS))
+    assert done.returncode == 1
+    assert "ModelError: cannot start the engine's tokenizer process" in done.stderr
+    assert 'has no `if __name__ == "__main__":` guard' in done.stderr
+    assert "bootstrapping" not in done.stderr  # refused before a process ran the script again
+
+
+def test_a_child_that_dies_while_starting_is_reported_with_the_fix(tmp_path):
+    # A guard that does not cover the engine passes the check; the spawned process dies importing the script.
+    source = 'if __name__ == "__main__":\n    print("guarded")\n' + SCRIPT.format(options=PACK_OPTIONS)
+    done = run_script(tmp_path, source)
+    assert done.returncode == 1
+    assert "ModelError: the engine's tokenizer process exited with code 1 before it started" in done.stderr
+    assert 'guard the script\'s entry point with `if __name__ == "__main__":`' in done.stderr
+    assert "bootstrapping" in done.stderr  # the process's own error, shown above the engine's
+
+
+def test_the_same_script_with_the_main_guard_runs(tmp_path):
+    body = SCRIPT.format(options=PACK_OPTIONS).strip().splitlines()
+    imports = [line for line in body if line.startswith(("import", "from"))]
+    rest = [line for line in body if line and line not in imports]
+    source = "\n".join(imports + ['if __name__ == "__main__":'] + [f"    {line}" for line in rest]) + "\n"
+    done = run_script(tmp_path, source)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("source, guarded", [
+    ('if __name__ == "__main__":\n    main()\n', True),
+    ("import sys\nif '__main__' == __name__:\n    sys.exit(main())\n", True),
+    ("def main():\n    pass\nmain()\n", False),
+    ("def main():\n    if __name__ == '__main__':\n        pass\n", False),  # not at the top level
+    ("this is not python (", True),  # not judged
+])
+def test_has_main_guard_looks_for_a_top_level_if_on_name(source, guarded):
+    assert child.has_main_guard(source) is guarded
+
+
+def test_a_gpu_worker_killed_mid_call_is_a_model_error_naming_it_and_the_engine_closes():
+    multi = MultiGPUEngine(build_sleeping, ["cpu", "cpu"], start_method="fork")
+    try:
+        workers = gpu_workers()
+        assert len(workers) == 2
+        threading.Timer(1.0, os.kill, (workers[0].pid, signal.SIGKILL)).start()
+        start = time.monotonic()
+        with pytest.raises(ModelError, match="the GPU worker for cpu was killed by SIGKILL"):
+            multi.predict_proba(["a", "b", "c"])
+        assert time.monotonic() - start < 10  # not the other worker's minute
+        assert not any(p.is_alive() for p in workers)
+        with pytest.raises(ModelError, match="closed"):
+            multi.predict_proba(["a"])
+    finally:
+        multi.close()
+
+
+def test_a_gpu_worker_that_dies_while_loading_is_a_model_error_at_once():
+    start = time.monotonic()
+    with pytest.raises(ModelError, match="the GPU worker for cpu was killed by SIGKILL"):
+        MultiGPUEngine(build_and_die, ["cpu", "cpu"], start_method="fork")
+    assert time.monotonic() - start < 10
+    assert not gpu_workers()

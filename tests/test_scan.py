@@ -1,6 +1,7 @@
 """The scan pipeline: incremental scoring, Parquet input, skipped rows, model changes, schema and input errors,
 batching and the classifier's lifetime."""
 
+import json
 from datetime import timedelta
 
 import duckdb
@@ -54,6 +55,27 @@ def test_parquet_glob_input_writes_results_to_separate_db(tmp_path):
     duck = run(write_archive(tmp_path / "same.duckdb", rows))
     assert parquet.messages_scored == 120
     assert (parquet.users, parquet.users_flagged) == (duck.users, duck.users_flagged)
+
+
+def test_results_of_a_parquet_scan_open_read_only_for_flags_and_report(tmp_path):
+    from click.testing import CliRunner
+
+    from screener.cli import main
+
+    rows = generated_rows()
+    table = pa.table({"message_id": [r[0] for r in rows], "user_id": [r[1] for r in rows],
+                      "sent_at": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
+                      "text": [r[3] for r in rows]})
+    pq.write_table(table, tmp_path / "archive.parquet")
+    results = tmp_path / "results.duckdb"
+    flagged = run(results, source=str(tmp_path / "archive.parquet")).users_flagged
+    assert flagged > 0
+    runner = CliRunner()
+    flags = runner.invoke(main, ["flags", str(results), "--json"])
+    assert flags.exit_code == 0, flags.output
+    assert len(json.loads(flags.stdout)) == flagged
+    report = runner.invoke(main, ["report", str(results), "-o", str(tmp_path / "r.html")])
+    assert report.exit_code == 0, report.output
 
 
 def test_missing_parquet_files_are_an_input_error(tmp_path):

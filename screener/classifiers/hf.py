@@ -10,9 +10,13 @@ A model folder holds ``screener_model.json`` with ``"kind": "hf-seqcls"`` and:
   fine-tune, or a tiny test model).
 - ``adapter`` (optional): a PEFT LoRA folder inside the model folder; its ``modules_to_save`` carry the trained
   classifier head. It is merged into the base weights at load, so inference runs at the plain model's speed.
-- ``num_labels`` (default 2), ``negative_index`` (default 0): which output is P(negative). A two-label model's
-  classes are (negative, positive) in the order ``negative_index`` gives; other outputs of a larger head are named
-  ``class_<index>``.
+- ``labels`` (optional): the class of each output, in output order, such as ``["negative", "neutral",
+  "positive"]`` for a three-way head; distinct names, one of them ``negative``, as many as ``num_labels`` (which
+  defaults to their number). A model that knows two classes says so by declaring two, and is read as negative
+  against the rest.
+- ``num_labels`` (default 2), ``negative_index`` (default 0): which output is P(negative), where ``labels`` is not
+  given. A two-label model's classes are then (negative, positive) in the order ``negative_index`` gives; other
+  outputs of a larger head are named ``class_<index>``.
 - ``max_length`` (default 128): tokens per text, special tokens included.
 - ``max_chars`` (default 16 * max_length): characters per text kept before tokenizing.
 - ``cpu_bf16`` (default true): on a CPU with native bf16 matrix units (AMX or AVX512-BF16) the merged weights are
@@ -37,7 +41,7 @@ import numpy as np
 
 from screener.batching import token_budget_batches
 from screener.classifiers import bases, identity
-from screener.classifiers.base import BINARY_LABELS, NEGATIVE, POSITIVE, ClassifierBase
+from screener.classifiers.base import BINARY_LABELS, NEGATIVE, POSITIVE, THREE_WAY_LABELS, ClassifierBase
 from screener.classifiers.device import native_cpu_bf16, resolve_device, use_all_cores
 from screener.errors import ModelError
 
@@ -134,15 +138,16 @@ def has_tokenizer(folder: Path) -> bool:
 
 
 @contextmanager
-def quiet_transformers():
-    """Loading a base checkpoint into a classification model always reports the fresh head as 'newly
-    initialized'; that is expected here (the adapter supplies it), so only errors are shown meanwhile, and no
-    progress bar interrupts the scan's own output."""
+def quiet_transformers(errors_only: bool = True):
+    """No progress bar interrupts the scan's own output (or a cron log) meanwhile, and with ``errors_only`` only
+    errors are shown: loading a base checkpoint into a classification model always reports the fresh head as
+    'newly initialized', which is expected here (the adapter supplies it)."""
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
     bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
+    if errors_only:
+        hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         yield
@@ -242,13 +247,26 @@ class HFSequenceClassifier(ClassifierBase):
         return out
 
 
+def read_labels(folder: Path, manifest: dict) -> tuple[str, ...] | None:
+    """The manifest's ``labels``, checked, or None where it declares none."""
+    labels = manifest.get("labels")
+    if labels is None:
+        return None
+    if (not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels)
+            or len(set(labels)) < len(labels) or NEGATIVE not in labels or len(labels) < 2):
+        raise ModelError(f"{folder}/screener_model.json: 'labels' must list two or more distinct class names, one "
+                         f"of them {NEGATIVE!r} (such as {list(THREE_WAY_LABELS)}), found {labels!r}")
+    return tuple(labels)
+
+
 def read_settings(folder: Path, manifest: dict) -> dict:
     """The manifest's scoring settings, checked: what ``model_id`` covers besides the files."""
+    labels = read_labels(folder, manifest)
     try:
         max_length = int(manifest.get("max_length", DEFAULT_MAX_LENGTH))
         max_chars = int(manifest.get("max_chars", max_chars_for(max_length)))
-        num_labels = int(manifest.get("num_labels", 2))
-        negative_index = int(manifest.get("negative_index", 0))
+        num_labels = int(manifest.get("num_labels", 2 if labels is None else len(labels)))
+        negative_index = int(manifest.get("negative_index", 0 if labels is None else labels.index(NEGATIVE)))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{folder}/screener_model.json: max_length, max_chars, num_labels and negative_index "
                          f"must be integers ({exc})") from exc
@@ -256,8 +274,25 @@ def read_settings(folder: Path, manifest: dict) -> dict:
         raise ModelError(f"{folder}/screener_model.json: expected max_length >= 4, max_chars >= 1 and "
                          f"0 <= negative_index < num_labels, found max_length={max_length}, "
                          f"max_chars={max_chars}, negative_index={negative_index}, num_labels={num_labels}")
-    return {"max_length": max_length, "max_chars": max_chars, "num_labels": num_labels,
-            "negative_index": negative_index, "truncation": TRUNCATION_SCHEME}
+    settings = {"max_length": max_length, "max_chars": max_chars, "num_labels": num_labels,
+                "negative_index": negative_index, "truncation": TRUNCATION_SCHEME}
+    if labels is not None:
+        if len(labels) != num_labels or labels[negative_index] != NEGATIVE:
+            raise ModelError(f"{folder}/screener_model.json: 'labels' {list(labels)} must name each of the "
+                             f"num_labels={num_labels} outputs, with {NEGATIVE!r} at negative_index="
+                             f"{negative_index}")
+        # Only where they say more than num_labels and negative_index, so that declaring the classes a manifest
+        # already implies keeps its model id.
+        if labels != class_labels(num_labels, negative_index):
+            settings["labels"] = list(labels)
+    return settings
+
+
+def settings_labels(settings: dict) -> tuple[str, ...]:
+    """The class names of a model's outputs: its declared labels, or those ``class_labels`` gives."""
+    if "labels" in settings:
+        return tuple(settings["labels"])
+    return class_labels(settings["num_labels"], settings["negative_index"])
 
 
 def locate(folder: Path, manifest: dict) -> tuple[Path, Path | None, Path]:
@@ -317,4 +352,4 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
     return HFSequenceClassifier(model, tokenizer, name=str(manifest.get("name") or folder.name),
                                 model_id=model_id, device=device, max_length=settings["max_length"],
                                 max_chars=settings["max_chars"],
-                                labels=class_labels(settings["num_labels"], settings["negative_index"]), bf16=bf16)
+                                labels=settings_labels(settings), bf16=bf16)

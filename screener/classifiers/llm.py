@@ -37,6 +37,7 @@ from screener.batching import token_budget_batches
 from screener.classifiers import bases, identity
 from screener.classifiers.base import ClassifierBase
 from screener.classifiers.device import resolve_device
+from screener.classifiers.hf import quiet_transformers
 from screener.errors import ModelError
 from screener.prompt import (DEFAULT_MAX_TEXT_TOKENS, INSTRUCTION, LABEL_WORDS, alpaca_prompt, cut_to_tokens,
                              label_classes, label_token_ids)
@@ -105,8 +106,10 @@ def dequantized_dir(base: BaseRef) -> Path:
     if (folder / "config.json").is_file():
         return folder
     log.info("dequantizing %s into %s (once)", base.spec, folder)
-    tokenizer = AutoTokenizer.from_pretrained(base.location, **base.from_pretrained_kwargs())
-    model = AutoModelForCausalLM.from_pretrained(base.location, dtype=torch.float32, **base.from_pretrained_kwargs())
+    with quiet_transformers(errors_only=False):
+        tokenizer = AutoTokenizer.from_pretrained(base.location, **base.from_pretrained_kwargs())
+        model = AutoModelForCausalLM.from_pretrained(base.location, dtype=torch.float32,
+                                                     **base.from_pretrained_kwargs())
     # The weights are plain tensors now; a quantization entry would make loaders expect GGUF.
     model.config.quantization_config = None
     model.hf_quantizer = None
@@ -150,7 +153,8 @@ def load_base_model(base: BaseRef, dtype, device: str):
 
     location, kwargs = load_source(base)
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
+        with quiet_transformers(errors_only=False):
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load base model {base.spec!r}: {exc}") from exc
     return model.to(device)

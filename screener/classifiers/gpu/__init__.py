@@ -21,6 +21,8 @@ position of the Alpaca prompt, never ``generate()``), but spends the GPU only on
 - ``loader`` builds all of this from a model folder and is the ``llm-labeltoken`` kind's loader.
 
 The producer and the GPU workers are started with ``spawn`` (fork would copy CUDA state and the tokenizer's
-threads), so a script that loads the engine must guard its entry point with ``if __name__ == "__main__":``.
+threads), so a script that loads the engine must guard its entry point with ``if __name__ == "__main__":``;
+the engine refuses to start them from a script without one, and a child that cannot start or dies is a
+``ModelError`` at once (``child``).
 The same code runs on CPU (torch's SDPA), which is how the tests check it against a plain padded forward.
 """

@@ -9,11 +9,20 @@ from typing import Callable, Sequence
 import numpy as np
 
 from screener.classifiers.base import ClassifierBase
+from screener.classifiers.gpu import child
 from screener.errors import ModelError
+
+STARTED = ("started", None)
+
+
+def worker_name(device: str) -> str:
+    return f"the GPU worker for {device}"
 
 
 def worker_main(build: Callable[[str], object], device: str, conn) -> None:
-    """A worker process: builds its classifier on ``device``, then answers score and lengths commands."""
+    """A worker process: says ``STARTED``, builds its classifier on ``device`` and says ready (or why not), then
+    answers score and lengths commands."""
+    conn.send(STARTED)
     try:
         if device.startswith("cuda"):
             import torch
@@ -60,7 +69,8 @@ class MultiGPUEngine(ClassifierBase):
     round-robin, so every GPU gets about the same number of tokens. ``build(device)`` must be picklable (a
     module-level function or a functools.partial of one) and return a classifier on that device. Workers start
     with ``spawn`` because CUDA cannot be used in a forked child. ``close()`` stops the workers (they are also
-    stopped when this process exits).
+    stopped when this process exits). A worker that cannot start or dies is a ModelError naming its device and how
+    it ended, and closes the engine.
     """
 
     sizes_own_batches = True
@@ -70,18 +80,31 @@ class MultiGPUEngine(ClassifierBase):
 
         if not devices:
             raise ModelError("MultiGPUEngine needs at least one device")
+        if start_method != "fork":
+            child.check_main_guard("the GPU workers")
         context = multiprocessing.get_context(start_method)
         self._workers = []
+        self._names: list[str] = []
         for device in devices:
-            parent, child = context.Pipe()
+            parent, child_conn = context.Pipe()
             # Not daemonic: a worker's engine starts a producer process of its own, which daemonic processes may
             # not. The finaliser below stops the workers when this process exits without close().
-            process = context.Process(target=worker_main, args=(build, device, child), daemon=False)
+            process = context.Process(target=worker_main, args=(build, device, child_conn), daemon=False,
+                                      name=f"screener-gpu-worker-{device}")
             process.start()
-            child.close()
+            child_conn.close()
             self._workers.append((process, parent))
+            self._names.append(worker_name(device))
         self._finalizer = Finalize(self, stop_workers, args=(self._workers,), exitpriority=10)
-        replies = [conn.recv() for _, conn in self._workers]
+        try:
+            hello = self._receive(child.START_TIMEOUT, started=False)
+            if any(h != STARTED for h in hello):
+                raise ModelError(f"GPU workers sent {hello} where they should have said they started")
+            # Loading a model takes as long as it takes; a worker that dies meanwhile ends the wait.
+            replies = self._receive(None, started=True)
+        except ModelError:
+            self._abort()
+            raise
         errors = [f"{d}: {r[1]}" for d, r in zip(devices, replies) if r[0] == "error"]
         if errors:
             self.close()
@@ -96,12 +119,22 @@ class MultiGPUEngine(ClassifierBase):
         self.devices = list(devices)
         self.min_window_rows = first["min_window_rows"] * len(self._workers)
 
+    def _receive(self, timeout: float | None, started: bool, count: int | None = None) -> list:
+        """One message from each of the first ``count`` workers (all by default), in order."""
+        children = [(conn, process, name) for (process, conn), name in zip(self._workers, self._names)]
+        return child.receive_all(children[:count], timeout, started)
+
     def _ask(self, command: str, parts: list[list[str]]) -> list:
         """Send part i to worker i (as many workers as parts) and collect their results in the same order."""
-        workers = self._workers[: len(parts)]
-        for (_, conn), part in zip(workers, parts):
-            conn.send((command, part))
-        replies = [conn.recv() for _, conn in workers]
+        if not self._workers:
+            raise ModelError("this MultiGPUEngine is closed: load the model again")
+        try:
+            for (process, conn), name, part in zip(self._workers, self._names, parts):
+                child.send(conn, process, name, (command, part))
+            replies = self._receive(None, started=True, count=len(parts))
+        except ModelError:
+            self._abort()
+            raise
         errors = [r[1] for r in replies if r[0] == "error"]
         if errors:
             raise ModelError("a GPU worker failed: " + "; ".join(errors))
@@ -112,6 +145,8 @@ class MultiGPUEngine(ClassifierBase):
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
+        if not self._workers:
+            raise ModelError("this MultiGPUEngine is closed: load the model again")
         order = np.argsort(np.array([len(t) for t in texts]), kind="stable")
         slices = [order[i::len(self._workers)] for i in range(len(self._workers))]
         results = self._ask("score", [[texts[i] for i in s] for s in slices])
@@ -121,6 +156,14 @@ class MultiGPUEngine(ClassifierBase):
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         return self._ask("lengths", [list(texts)])[0]
+
+    def _abort(self) -> None:
+        """Stops the workers at once, after one failed: what the others are doing is of no use any more, and
+        their replies to this call would be taken for the next call's."""
+        for process, _ in self._workers:
+            if process.is_alive():
+                process.terminate()
+        self.close()
 
     def close(self) -> None:
         """Stops the workers; safe to call twice."""

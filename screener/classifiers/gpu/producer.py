@@ -10,17 +10,23 @@ import queue
 import threading
 from typing import Sequence
 
+from screener.classifiers.gpu import child
 from screener.classifiers.gpu.packing import pack_chunk
 from screener.classifiers.gpu.prompt_tokens import PromptTokenizer
 from screener.errors import ModelError
 
+READY = "ready"
+NAME = "the engine's tokenizer process"
+
 
 def producer_main(prompts: PromptTokenizer, prefix_ids: list[int], conn) -> None:
-    """The producer process: answers (tag, texts, options) requests with (tag, batches) or (tag, error text).
+    """The producer process: says ``READY``, then answers (tag, texts, options) requests with (tag, batches, None)
+    or (tag, None, error text).
 
     A thread reads requests as they come: the engine sends the next request while this process sends a reply,
     and with both blocked on a full pipe neither would ever read.
     """
+    conn.send(READY)
     requests: queue.Queue = queue.Queue()
 
     def read() -> None:
@@ -46,26 +52,39 @@ class ProducerProcess:
     """Packs chunks of texts in a spawned process, two requests in flight.
 
     Requests are tagged: replies to a call that was abandoned part way (an exception in the consumer) are
-    recognised by their old tag and dropped by the next call.
+    recognised by their old tag and dropped by the next call. The first request waits for the process's
+    ``READY`` (at most ``child.START_TIMEOUT`` seconds), so that nothing is sent to a process that never started;
+    a process that dies is a ModelError saying how it ended.
     """
 
     def __init__(self, prompts: PromptTokenizer, prefix_ids: Sequence[int]):
         import multiprocessing
 
+        child.check_main_guard(NAME)
         context = multiprocessing.get_context("spawn")  # fork would copy CUDA state and the tokenizer's threads
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=producer_main, args=(prompts, list(prefix_ids), child), daemon=True,
-                                        name="screener-packer")
+        self._conn, child_conn = context.Pipe()
+        self._process = context.Process(target=producer_main, args=(prompts, list(prefix_ids), child_conn),
+                                        daemon=True, name="screener-packer")
         self._process.start()
-        child.close()
+        child_conn.close()
+        self._started = False
         self._calls = itertools.count()
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        hello = child.receive(self._conn, self._process, NAME, child.START_TIMEOUT, started=False)
+        if hello != READY:
+            raise ModelError(f"{NAME} sent {hello!r} where it should have said it was ready")
+        self._started = True
 
     def map(self, chunks, options: dict):
         """``pack_chunk`` of each chunk in order, the next chunk's request sent before this one's reply is read."""
+        self._start()
         tag = next(self._calls)
         in_flight: collections.deque = collections.deque()
         for i, chunk in enumerate(chunks):
-            self._conn.send(((tag, i), chunk, options))
+            child.send(self._conn, self._process, NAME, ((tag, i), chunk, options))
             in_flight.append((tag, i))
             if len(in_flight) == 2:
                 yield self._receive(in_flight.popleft())
@@ -74,10 +93,7 @@ class ProducerProcess:
 
     def _receive(self, want):
         while True:
-            try:
-                got, batches, error = self._conn.recv()
-            except EOFError:
-                raise ModelError("the engine's tokenizer process exited unexpectedly") from None
+            got, batches, error = child.receive(self._conn, self._process, NAME)
             if got == want:
                 if error is not None:
                     raise ModelError(f"tokenizing a batch failed: {error}")
@@ -89,4 +105,7 @@ class ProducerProcess:
             with contextlib.suppress(OSError):
                 self._conn.send(None)
             self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=child.REAP_TIMEOUT)
         self._conn.close()

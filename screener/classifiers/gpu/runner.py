@@ -25,7 +25,9 @@ from screener.errors import ModelError
 from screener.prompt import (DEFAULT_MAX_TEXT_TOKENS, INSTRUCTION, LABEL_WORDS, label_classes,
                              prompt_prefix_and_suffix)
 
-SUPPORTED_MODEL_TYPES = ("llama",)
+# Decoders of the Llama layout: RMSNorm, rotary q/k, grouped-query attention, gated MLP; biases (Qwen2's on
+# q/k/v) are fused with their weights, and the rotary tables come from the model's own rotary module.
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
 
 @dataclass
@@ -151,6 +153,9 @@ class LabelTokenEngine(ClassifierBase):
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         self.hidden = config.hidden_size
         decoder = model.get_decoder()
+        if any(getattr(layer.self_attn, "sliding_window", None) for layer in decoder.layers):
+            raise ModelError("the GPU engine attends over whole prompts and has no sliding-window attention: use "
+                             "the reference classifier (screener.classifiers.llm)")
         self._embed = model.get_input_embeddings()
         self._rotary = decoder.rotary_emb
         self._scaling = decoder.layers[0].self_attn.scaling

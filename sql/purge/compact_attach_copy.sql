@@ -1,0 +1,3 @@
+-- name: compact_attach_copy
+-- Attaches the new file the compacting copy writes.
+ATTACH $path AS screener_compacted;
