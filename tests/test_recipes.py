@@ -219,3 +219,35 @@ def test_each_training_module_imports_alone_in_a_fresh_interpreter_without_torch
             "assert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_three_way_teacher_recipe_trains_on_messages_and_a_share_of_sst2_one_epoch():
+    r = load_recipe("qwen-3way")
+    assert r["label_words"] == ["negative", "neutral", "positive"] and r["objective"] == "label-token"
+    assert (r["messages"], r["messages_repeat"], r["sst2_fraction"], r["exclude"]) == \
+        ("training/labels/messages_train.tsv", 4, 0.25, "training/labels/messages_dev.tsv")
+    assert (r["epochs"], r["batch_size"], r["max_steps"]) == (1.0, 64, 0)
+    assert "neutral" in r["instruction"] and "negative" in r["instruction"] and "positive" in r["instruction"]
+    assert load_recipe("full")["label_words"] == ["negative", "positive"] and load_recipe("full")["messages"] == ""
+
+
+def test_the_three_way_student_recipes_select_on_dev_macro_f1_and_never_train_on_dev():
+    for name in ("minilm-3way-distill", "mpnet-3way"):
+        r = load_recipe(name)
+        assert (r["num_labels"], r["dev"], r["select_metric"], r["select_best"]) == \
+            (3, "training/labels/messages_dev.tsv", "macro_f1", True)
+        assert r["exclude"] == r["dev"] and r["teacher_unlabelled"] is True
+        assert r["messages"] == "training/labels/messages_train.tsv"
+    with pytest.raises(ConfigError, match="'num_labels' must be in \\[2, 3\\], found 4"):
+        validate({"kind": "encoder", "num_labels": 4}, "here")
+    with pytest.raises(ConfigError, match="'select_metric' is 'f1'"):
+        validate({"kind": "encoder", "select_metric": "f1"}, "here")
+
+
+def test_overrides_from_the_command_line_parse_json_or_keep_text():
+    from training.recipes import parse_overrides
+
+    assert parse_overrides(["epochs=2", "teacher=out/t.parquet", 'teacher=""', "select_best=false"]) == \
+        {"epochs": 2, "teacher": "", "select_best": False}
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["epochs"])

@@ -63,8 +63,9 @@ def files(tmp_path_factory) -> dict:
     (root / "sst2").mkdir()
     (root / "sst2" / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2))
     (root / "sst2" / "dev.tsv").write_text("sentence\tlabel\nvery bad\t0\nvery good\t1\n")
-    labelled = [("neutral", sentence(NEUTRAL_LABELLED)) for _ in range(6)] + \
-               [("negative", sentence(NEGATIVE)) for _ in range(3)] + [("positive", sentence(POSITIVE)) for _ in range(3)]
+    labelled = ([("neutral", sentence(NEUTRAL_LABELLED)) for _ in range(6)]
+                + [("negative", sentence(NEGATIVE)) for _ in range(3)]
+                + [("positive", sentence(POSITIVE)) for _ in range(3)])
     train = messages(root / "messages_train.tsv", labelled)
     dev = messages(root / "messages_dev.tsv", [("neutral", "it is tuesday later"), ("neutral", "later tuesday"),
                                                ("neutral", "the call meeting"), ("negative", "it was awful hate"),
@@ -137,7 +138,7 @@ def test_a_three_class_student_learns_neutral_from_the_teachers_unlabelled_texts
     best = max(h["macro_f1"] for h in training["dev_history"])
     assert training["dev"]["macro_f1"] == best
     classifier = load_classifier(str(student), device="cpu")
-    assert len(classifier.labels) == 3 and classifier.labels[0] == "negative"
+    assert tuple(classifier.labels) == THREE_WAY_LABELS
     dev = ["it is tuesday later", "later tuesday", "the call meeting", "it was awful hate", "it was great love",
            "bad bad"]
     probs = classifier.predict_proba(dev)

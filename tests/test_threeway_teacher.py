@@ -96,3 +96,45 @@ def test_a_two_class_teacher_has_no_neutral(tmp_path, sources):
     np.testing.assert_allclose(np.add(table["p_negative"], table["p_positive"]), 1.0, atol=1e-6)
     with pytest.raises(ValueError, match="not among"):
         teacher.three_way_columns(np.ones((1, 2)), ("negative", "class_1"))
+
+
+def test_screener_eval_and_compare_on_three_way_data_from_the_command_line(tmp_path, sources):
+    """``screener eval`` on a three-way file and ``screener compare`` over a binary, a three-way and the SMS file,
+    as real CLI runs, with a three-word label-token model."""
+    pytest.importorskip("vaderSentiment")
+    pytest.importorskip("textblob")
+    model = label_word_model(tmp_path, ["negative", "neutral", "positive"])
+    messages = tmp_path / "messages_dev.tsv"
+    messages.write_text("id\tsource\tlabel\ttext\na\tsms\tneutral\tmeeting at six\nb\tsms\tnegative\tawful movie\n"
+                        "c\tsms\tpositive\tgood movie\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+
+    def screener(*args):
+        proc = subprocess.run([sys.executable, "-m", "screener.cli", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    result = json.loads(screener("eval", "--model", str(model), "--data", str(messages), "--device", "cpu",
+                                 "--json"))
+    expected = load_classifier(str(model), device="cpu").predict_proba(["meeting at six", "awful movie",
+                                                                        "good movie"])
+    predicted = np.argmax(expected, axis=1)
+    matrix = np.zeros((3, 3), dtype=int)
+    np.add.at(matrix, ([1, 0, 2], predicted), 1)
+    assert result["n"] == 3 and result["confusion_matrix"]["matrix"] == matrix.tolist()
+    assert result["accuracy"] == pytest.approx(float(np.mean(predicted == [1, 0, 2])))
+    assert "macro_f1" in result and "neutral_called_negative" in result
+
+    text = screener("eval", "--model", str(model), "--data", str(messages), "--device", "cpu")
+    assert "macro-F1" in text and "neutral called negative" in text
+
+    out = tmp_path / "cmp"
+    rows = json.loads(screener("compare", "--model", str(model), "--data", str(sources["sst2"] / "train.tsv"),
+                               "--data", str(messages), "--data", str(sources["sms"]), "--out", str(out),
+                               "--device", "cpu"))
+    assert {(r["label"], r["kind"]) for r in rows} == {
+        (name, kind) for name in (str(model), "vader", "textblob") for kind in ("binary", "three-way", "unlabelled")}
+    md = (tmp_path / "cmp.md").read_text()
+    assert "## Summary" in md and "## sst2/train" in md and "## sms (ham)" in md
+    assert (tmp_path / "cmp.html").read_text().count("<svg") == 3 + 2 + 1

