@@ -197,14 +197,16 @@ def class_columns(proba: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray,
     """P(negative), P(neutral) and P(positive) from a classifier's ``(n, len(labels))`` probabilities. A binary
     model scores negative against the rest: it has no P(neutral), and its P(positive) is 1 - P(negative)."""
     proba = np.asarray(proba, dtype=np.float32).reshape(-1, len(labels))
-    if set(labels) == set(BINARY_LABELS) and len(labels) == 2:
-        p_negative = np.ascontiguousarray(proba[:, list(labels).index(NEGATIVE)])
+    labels = list(labels)
+    if sorted(labels) == sorted(BINARY_LABELS):
+        p_negative = np.ascontiguousarray(proba[:, labels.index(NEGATIVE)])
         return p_negative, None, np.float32(1.0) - p_negative
-    if set(labels) == set(THREE_WAY_LABELS) and len(labels) == 3:
-        columns = [np.ascontiguousarray(proba[:, list(labels).index(name)]) for name in THREE_WAY_LABELS]
-        return columns[0], columns[1], columns[2]
-    raise ModelError(f"the model's classes are {tuple(labels)}; screener scores {BINARY_LABELS} or "
-                     f"{THREE_WAY_LABELS}: name the classes so in the model's manifest")
+    if sorted(labels) == sorted(THREE_WAY_LABELS):
+        p_negative, p_neutral, p_positive = (np.ascontiguousarray(proba[:, labels.index(name)])
+                                             for name in THREE_WAY_LABELS)
+        return p_negative, p_neutral, p_positive
+    raise ModelError(f"the model's classes are {tuple(labels)}; screener stores the classes {BINARY_LABELS} or "
+                     f"{THREE_WAY_LABELS}: name the model's classes so in its manifest")
 
 
 def class_labels(p_negative: np.ndarray, p_neutral: np.ndarray | None, p_positive: np.ndarray,
