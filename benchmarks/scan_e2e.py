@@ -163,7 +163,8 @@ def aggregation_time(db: Path, n_users: int) -> dict:
     model_id = "bench-synthetic"
     con = duckdb.connect(str(db))
     con.execute(
-        "INSERT INTO screener_scores SELECT message_id, $m, random()::FLOAT, 'x', now(), 0 FROM messages", {"m": model_id})
+        "INSERT INTO screener_scores BY NAME SELECT message_id, $m AS model_id, random()::FLOAT AS p_negative, "
+        "'x' AS label, now() AS scored_at, 0 AS run_id FROM messages", {"m": model_id})
     con.close()
     settings = Settings()
     with Store(db, settings) as store:

@@ -98,9 +98,11 @@ def report_data(store: Store, run_id: int, generated_at: datetime | None = None)
                                     "ratio": (r["neg"] / r["n"]) if r["n"] else None})
     evidence: dict[str, list] = defaultdict(list)
     for r in _rows(store.run("evidence", {"run_id": run_id, "model_id": model_id, "as_of": as_of,
-                                          "short_days": s.short_window_days, "per_user": s.evidence_per_user})):
+                                          "short_days": s.short_window_days, "per_user": s.evidence_per_user,
+                                          "threshold": s.negative_threshold})):
         evidence[r["user_id"]].append({"message_id": r["message_id"], "sent_at": _iso(r["sent_at"]),
-                                       "p_negative": float(r["p_negative"]), "text": r["text"]})
+                                       "p_negative": float(r["p_negative"]), "label": r["label"],
+                                       "text": r["text"]})
     earlier: dict[str, list] = defaultdict(list)
     for r in _rows(store.run("earlier_flags", {"run_id": run_id})):
         earlier[r["user_id"]].append(_iso(r["as_of"])[:10])

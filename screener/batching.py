@@ -32,18 +32,18 @@ def token_budget_batches(lengths: Sequence[int], budget: int, max_rows: int) -> 
     return batches
 
 
-def predict_negative(clf: Classifier, texts: Sequence[str], max_rows: int,
-                     token_budget: int | None = None) -> np.ndarray:
-    """P(negative) of ``texts`` in input order. A classifier that sizes its own batches gets them all in one call;
-    any other gets token-budget batches of at most ``max_rows`` texts, under ``token_budget`` padded tokens
-    (default: the classifier's own budget)."""
-    out = np.empty(len(texts), dtype=np.float32)
+def predict_proba(clf: Classifier, texts: Sequence[str], max_rows: int,
+                  token_budget: int | None = None) -> np.ndarray:
+    """Class probabilities of ``texts``, shape ``(len(texts), len(clf.labels))``, in input order. A classifier that
+    sizes its own batches gets them all in one call; any other gets token-budget batches of at most ``max_rows``
+    texts, under ``token_budget`` padded tokens (default: the classifier's own budget)."""
+    out = np.empty((len(texts), len(clf.labels)), dtype=np.float32)
     if not texts:
         return out
     if clf.sizes_own_batches:
-        out[:] = clf.predict_negative(texts)
+        out[:] = clf.predict_proba(texts)
         return out
     budget = clf.token_budget if token_budget is None else token_budget
     for idx in token_budget_batches(clf.token_lengths(texts), budget, max_rows):
-        out[idx] = clf.predict_negative([texts[i] for i in idx])
+        out[idx] = clf.predict_proba([texts[i] for i in idx])
     return out

@@ -80,7 +80,7 @@ def settings_options(func):
         click.option("--time-column", help="Timestamp column, TIMESTAMP or TIMESTAMPTZ; naive is UTC [sent_at]."),
         click.option("--text-column", help="Message text column [text]."),
         click.option("--threshold", "negative_threshold", type=float,
-                     help="P(negative) at or above which a message counts as negative [0.5]."),
+                     help="Least P(negative) of a negative message, whose top class must also be negative [0.5]."),
         click.option("--short-window", "short_window_days", type=int, help="Flag window in days [7]."),
         click.option("--long-window", "long_window_days", type=int, help="Longer context window in days [30]."),
         click.option("--last-n", type=int, help="Also report the ratio over each user's last N messages [20]."),

@@ -108,8 +108,8 @@ class ScoreWorker:
         block = objstore.read_parquet(self.fs, pending)
         ids = block.column("message_id").to_pylist()
         texts = block.column("text").to_pylist()
-        probs = batching.predict_negative(self.clf, texts, self.max_rows, self.token_budget)
-        scores = runs.scores_table(ids, self.model_id, self.run_id, probs, self.threshold)
+        proba = batching.predict_proba(self.clf, texts, self.max_rows, self.token_budget)
+        scores = runs.scores_table(ids, self.model_id, self.run_id, proba, self.clf.labels, self.threshold)
         path = f"{self.scores_dir.rstrip('/')}/{block_key(ids)}.parquet"
         objstore.write_parquet(scores, self.fs, path)
         return pa.table({"file": [path], "rows": [len(ids)]})

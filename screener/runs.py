@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from screener import aggregate, queries
+from screener.classifiers.base import BINARY_LABELS, NEGATIVE, NEUTRAL, POSITIVE, THREE_WAY_LABELS
 from screener.errors import InputError, ModelError, StorageError
 from screener.settings import Settings
 from screener.store import Source, Store, conversion_error, is_parquet_source, json_dumps
@@ -192,16 +193,45 @@ def _check_model_change(store: Store, model_id: str, name: str, rescore: bool) -
         )
 
 
-def scores_table(message_ids: Sequence[str], model_id: str, run_id: int, p_negative: np.ndarray,
-                 threshold: float) -> pa.Table:
-    """Rows for ``screener_scores``: a message is labelled negative when P(negative) reaches the threshold."""
+def class_columns(proba: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """P(negative), P(neutral) and P(positive) from a classifier's ``(n, len(labels))`` probabilities. A binary
+    model scores negative against the rest: it has no P(neutral), and its P(positive) is 1 - P(negative)."""
+    proba = np.asarray(proba, dtype=np.float32).reshape(-1, len(labels))
+    labels = list(labels)
+    if sorted(labels) == sorted(BINARY_LABELS):
+        p_negative = np.ascontiguousarray(proba[:, labels.index(NEGATIVE)])
+        return p_negative, None, np.float32(1.0) - p_negative
+    if sorted(labels) == sorted(THREE_WAY_LABELS):
+        p_negative, p_neutral, p_positive = (np.ascontiguousarray(proba[:, labels.index(name)])
+                                             for name in THREE_WAY_LABELS)
+        return p_negative, p_neutral, p_positive
+    raise ModelError(f"the model's classes are {tuple(labels)}; screener stores the classes {BINARY_LABELS} or "
+                     f"{THREE_WAY_LABELS}: name the model's classes so in its manifest")
+
+
+def class_labels(p_negative: np.ndarray, p_neutral: np.ndarray | None, p_positive: np.ndarray,
+                 threshold: float) -> np.ndarray:
+    """The stored label: negative only when P(negative) is the largest class probability (a tie counts as
+    negative) and reaches ``threshold``, else the larger of neutral and positive (a tie counts as neutral).
+    The SQL macro ``screener_label`` (sql/schema/session_setup.sql) is the same rule for the flag windows."""
+    neutral = np.full_like(p_negative, -1.0) if p_neutral is None else p_neutral
+    negative = (p_negative.astype(np.float64) >= threshold) & (p_negative >= neutral) & (p_negative >= p_positive)
+    return np.where(negative, NEGATIVE, np.where(neutral >= p_positive, NEUTRAL, POSITIVE))
+
+
+def scores_table(message_ids: Sequence[str], model_id: str, run_id: int, proba: np.ndarray,
+                 labels: Sequence[str], threshold: float) -> pa.Table:
+    """Rows for ``screener_scores`` from the classifier's probabilities (columns in ``labels`` order): every class
+    probability (P(neutral) null for a binary model) and the label :func:`class_labels` gives."""
     n = len(message_ids)
-    probs = np.asarray(p_negative, dtype=np.float32)
+    p_negative, p_neutral, p_positive = class_columns(proba, labels)
     return pa.table({
         "message_id": pa.array(message_ids, pa.string()),
         "model_id": pa.array([model_id] * n, pa.string()),
-        "p_negative": pa.array(probs, pa.float32()),
-        "label": pa.array(np.where(probs >= threshold, "negative", "positive").tolist(), pa.string()),
+        "p_negative": pa.array(p_negative, pa.float32()),
+        "p_neutral": pa.nulls(n, pa.float32()) if p_neutral is None else pa.array(p_neutral, pa.float32()),
+        "p_positive": pa.array(p_positive, pa.float32()),
+        "label": pa.array(class_labels(p_negative, p_neutral, p_positive, threshold).tolist(), pa.string()),
         "scored_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("us", tz="UTC")),
         "run_id": pa.array([run_id] * n, pa.int64()),
     })

@@ -132,8 +132,9 @@ def _score_window(clf: Classifier, run_id: int, window: pa.Table, settings: Sett
     texts = window.column("text").to_pylist()
     blank = [runs.is_blank(t) for t in texts]
     keep = [i for i, b in enumerate(blank) if not b]
-    probs = batching.predict_negative(clf, [texts[i] for i in keep], settings.batch_size)
-    scores = runs.scores_table([ids[i] for i in keep], clf.model_id, run_id, probs, settings.negative_threshold)
+    proba = batching.predict_proba(clf, [texts[i] for i in keep], settings.batch_size)
+    scores = runs.scores_table([ids[i] for i in keep], clf.model_id, run_id, proba, clf.labels,
+                               settings.negative_threshold)
     skipped = runs.skipped_table([ids[i] for i, b in enumerate(blank) if b], clf.model_id, run_id)
     return scores, skipped
 

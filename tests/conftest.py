@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from screener.classifiers.base import ClassifierBase, binary_proba
+from screener.classifiers.base import THREE_WAY_LABELS, ClassifierBase, binary_proba
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,6 +48,37 @@ class KeywordClassifier(ClassifierBase):
 @pytest.fixture
 def keyword_classifier() -> KeywordClassifier:
     return KeywordClassifier()
+
+
+class ThreeWayKeywordClassifier(ClassifierBase):
+    """A three-way double: a text with the word 'bad' is negative, one with 'ok' neutral, any other positive, with the
+    probabilities of ``PROBA``. A neutral text's P(negative) (0.40) is above P(positive): a rule that read "not
+    positive" as negative would count it."""
+
+    name = "three-way-keyword-test"
+    labels = THREE_WAY_LABELS
+    PROBA = {"negative": (0.80, 0.15, 0.05), "neutral": (0.40, 0.55, 0.05), "positive": (0.05, 0.15, 0.80)}
+
+    def __init__(self) -> None:
+        self.model_id = hashlib.sha256(b"three-way-keyword").hexdigest()[:16]
+        self.calls = 0
+
+    @staticmethod
+    def expected_label(text: str) -> str:
+        words = text.split()
+        return "negative" if "bad" in words else "neutral" if "ok" in words else "positive"
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls += 1
+        return np.array([self.PROBA[self.expected_label(t)] for t in texts], dtype=np.float32).reshape(-1, 3)
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
+
+
+@pytest.fixture
+def three_way_classifier() -> ThreeWayKeywordClassifier:
+    return ThreeWayKeywordClassifier()
 
 
 AS_OF = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -121,17 +152,40 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+SPLIT_TEXTS = ("this is bad news", "all good here")
+
+
+def center_between(folder: Path, texts: Sequence[str]) -> Path:
+    """Shift the head's bias of a tiny model folder so that its decision boundary lies halfway between two texts:
+    one of them gets P(negative) above 1/2, the top class, and the other below, whatever the random weights."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from screener.classifiers.registry import load_classifier
+
+    p = load_classifier(str(folder), device="cpu").predict_negative(list(texts)).astype(np.float64)
+    logits = np.log(p / (1 - p))
+    assert abs(logits[0] - logits[1]) > 1e-3, "the tiny model must tell the two texts apart"
+    model = BertForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        # Output 0 is negative: its logit minus the positive one moves by the same amount for every text.
+        model.classifier.bias[0] -= float(logits.mean())
+    model.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+    return center_between(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny"), SPLIT_TEXTS)
 
 
 @pytest.fixture(scope="session")
 def tiny_threshold(tiny_model) -> float:
     """A negative_threshold that splits the tiny model's scores of the two texts generated_rows() uses, so one
-    group of users is flagged and the other is not, whatever the random weights."""
+    group of users is flagged and the other is not. A message is negative only when P(negative) is also its top
+    class, which the tiny model's centred head gives one text and not the other."""
     from screener.classifiers.registry import load_classifier
 
-    bad, good = load_classifier(str(tiny_model), device="cpu").predict_negative(["this is bad news", "all good here"])
-    assert abs(bad - good) > 1e-4, "the tiny model must tell the two texts apart"
-    return float((bad + good) / 2)
+    first, second = load_classifier(str(tiny_model), device="cpu").predict_negative(list(SPLIT_TEXTS))
+    assert min(first, second) < 0.5 <= max(first, second)
+    return float((first + second) / 2)

@@ -53,7 +53,7 @@ def _user(rng, rank, user_id, n, neg, wilson, ratio_30, last_n, baseline, escala
         "daily": _daily(rng, 31, late, early),
         "evidence": [
             {"message_id": f"m-{rank}{k:03d}", "sent_at": f"2026-11-{28 - k:02d}T{9 + k:02d}:1{k}:00+00:00",
-             "p_negative": round(0.99 - 0.04 * k, 2), "text": text}
+             "p_negative": round(0.99 - 0.04 * k, 2), "label": "negative", "text": text}
             for k, text in enumerate(rng.sample(NEGATIVE_TEXTS, 4))
         ],
     }
@@ -116,7 +116,8 @@ def hostile_data() -> dict:
         user["user_id"] = payload
         user["rule"], user["reason"] = HOSTILE[6], HOSTILE[7]
         user["evidence"] = [
-            {"message_id": payload, "sent_at": "2026-11-28T10:00:00+00:00", "p_negative": 0.9, "text": payload}
+            {"message_id": payload, "sent_at": "2026-11-28T10:00:00+00:00", "p_negative": 0.9, "label": "negative",
+             "text": payload}
             for payload in HOSTILE
         ]
     return data

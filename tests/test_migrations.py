@@ -60,6 +60,7 @@ def shape(db: Path) -> dict[str, list[tuple]]:
         con.close()
 
 
+V1_SCORE_COLUMNS = "message_id, model_id, p_negative, label, scored_at, run_id"
 V1_FLAG_COLUMNS = ("run_id, user_id, rank, n_messages, n_negative, ratio, wilson_lower, n_long, neg_long, ratio_long, "
                    "n_last, neg_last, ratio_last, baseline_n, baseline_ratio, escalating")
 
@@ -68,21 +69,51 @@ def test_the_fixture_is_a_version_1_database_with_one_flag():
     assert version(FIXTURE) == "1"
     assert rows(FIXTURE, "SELECT count(*), count(DISTINCT user_id) FROM messages") == [(228, 3)]
     assert rows(FIXTURE, "SELECT run_id, user_id FROM screener_flags") == [(1, "user-023")]
-    assert SCHEMA_VERSION == migrations()[-1][0] >= 2
+    assert SCHEMA_VERSION == len(migrations()) == migrations()[-1][0]
 
 
 def test_opening_a_version_1_database_upgrades_it_in_place_and_keeps_every_row(v1):
-    before = {t: table_rows(v1, t) for t in V1_TABLES if t != "screener_flags"}
+    before = {t: table_rows(v1, t) for t in V1_TABLES if t not in ("screener_flags", "screener_scores")}
     flags_before = table_rows(v1, "screener_flags", V1_FLAG_COLUMNS)
+    scores_before = table_rows(v1, "screener_scores", V1_SCORE_COLUMNS)
     with Store(v1, Settings()) as store:
         store.ensure_schema()
         assert store.schema_version() == SCHEMA_VERSION
     assert version(v1) == str(SCHEMA_VERSION)
     assert {t: table_rows(v1, t) for t in before} == before
     assert table_rows(v1, "screener_flags", V1_FLAG_COLUMNS) == flags_before
+    assert table_rows(v1, "screener_scores", V1_SCORE_COLUMNS) == scores_before
     # The one rule version 1 applied, with its reason rebuilt from the flag's counts and run 1's settings.
     assert table_rows(v1, "screener_flags", "user_id, rule, reason") == [
         ("user-023", "high_negative_share", V1_FLAG_REASON)]
+
+
+def test_upgraded_binary_scores_get_p_positive_as_the_rest_and_no_p_neutral(v1):
+    labels_before = table_rows(v1, "screener_scores", "message_id, label")
+    with Store(v1, Settings()) as store:
+        store.ensure_schema()
+    assert rows(v1, "SELECT count(*), count(p_neutral), count(p_positive) FROM screener_scores") == [(228, 0, 228)]
+    assert rows(v1, "SELECT count(*) FROM screener_scores WHERE p_positive <> 1 - p_negative") == [(0,)]
+    # An old label named the top class of a binary model at the 0.5 threshold; the label rule reads it the same way.
+    assert rows(v1, "SELECT count(*) FROM screener_scores WHERE label <> CASE WHEN p_negative >= 0.5 "
+                    "THEN 'negative' ELSE 'positive' END") == [(0,)]
+    with Store(v1, Settings(), read_only=True) as store:
+        relabelled = store.con.execute("SELECT message_id, screener_label(p_negative, p_neutral, p_positive, 0.5) "
+                                       "FROM screener_scores ORDER BY ALL").fetchall()
+    assert relabelled == labels_before
+
+
+def test_a_scan_with_the_same_model_flags_the_upgraded_scores_as_version_1_did(v1):
+    """Nothing is left to score for the model of run 1, so run 2's flags come from the upgraded scores alone."""
+    [(model_id,)] = rows(v1, "SELECT model_id FROM screener_runs WHERE run_id = 1")
+    same_model = KeywordClassifier(word="e")
+    same_model.model_id = model_id
+    result = scan(v1, Settings(), as_of=AS_OF, classifier=same_model, progress=False)
+    assert (result.run_id, result.messages_scored, result.users_flagged) == (2, 0, 1)
+    assert same_model.calls == 0
+    columns = V1_FLAG_COLUMNS.replace("run_id, ", "")
+    assert table_rows(v1, "screener_flags WHERE run_id = 2", columns) == table_rows(
+        v1, "screener_flags WHERE run_id = 1", columns)
 
 
 def test_an_upgraded_database_has_the_shape_of_a_new_one(v1, tmp_path):
@@ -102,7 +133,8 @@ def test_a_failed_upgrade_leaves_the_database_at_version_1_untouched(v1):
     con.close()
     before = shape(v1)
     with Store(v1, Settings()) as store:
-        with pytest.raises(SchemaError, match=f"upgrading screener schema version 1 to {SCHEMA_VERSION} failed.*left at version 1"):
+        with pytest.raises(SchemaError, match=f"upgrading screener schema version 1 to {SCHEMA_VERSION} failed.*"
+                                              "left at version 1"):
             store.ensure_schema()
     assert version(v1) == "1"
     assert shape(v1) == before
@@ -111,7 +143,8 @@ def test_a_failed_upgrade_leaves_the_database_at_version_1_untouched(v1):
 
 def test_a_read_only_open_of_a_version_1_database_is_refused_and_changes_nothing(v1):
     with Store(v1, Settings(), read_only=True) as store:
-        with pytest.raises(SchemaError, match=f"version 1, older than this release's {SCHEMA_VERSION}.*screener scan") as err:
+        with pytest.raises(SchemaError, match=f"version 1, older than this release's {SCHEMA_VERSION}.*screener scan"
+                           ) as err:
             store.ensure_schema()
     assert err.value.exit_code == 6
     assert version(v1) == "1"
@@ -119,13 +152,14 @@ def test_a_read_only_open_of_a_version_1_database_is_refused_and_changes_nothing
 
 def test_a_newer_version_is_refused_with_exit_code_6_and_left_alone(v1):
     con = duckdb.connect(str(v1))
-    con.execute("UPDATE screener_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    newer = str(SCHEMA_VERSION + 1)
+    con.execute("UPDATE screener_meta SET value = $v WHERE key = 'schema_version'", {"v": newer})
     con.close()
     before = shape(v1)
     result = CliRunner().invoke(main, ["scan", str(v1), "--as-of", AS_OF.isoformat(), "--no-progress"])
     assert result.exit_code == 6, result.output
-    assert f"schema version {SCHEMA_VERSION + 1}; this release reads version {SCHEMA_VERSION}" in result.output
-    assert version(v1) == str(SCHEMA_VERSION + 1) and shape(v1) == before
+    assert f"schema version {newer}; this release reads version {SCHEMA_VERSION}" in result.output
+    assert version(v1) == newer and shape(v1) == before
 
 
 def test_a_scan_after_the_upgrade_adds_a_run_and_flags_with_rule_and_reason(v1):
@@ -178,15 +212,16 @@ def test_cli_scan_report_and_flags_on_an_upgraded_database(v1, tiny_model, tiny_
 
 
 @pytest.mark.slow
-def test_default_model_rescan_of_the_upgraded_database_repeats_the_version_1_flag(v1):
-    """Nothing is left to score, so the new run's flags come from the same scores through the named rule: they
-    must equal what the version-1 release stored."""
-    flag_v1 = table_rows(v1, "screener_flags", V1_FLAG_COLUMNS.replace("run_id, ", ""))
-    result = CliRunner().invoke(main, ["scan", str(v1), "--as-of", "2026-03-01T00:00:00+00:00", "--device", "cpu",
-                                       "--no-progress", "--json"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
-    assert (summary["run_id"], summary["messages_scored"], summary["users_flagged"]) == (2, 0, 1)
-    assert table_rows(v1, "screener_flags WHERE run_id = 2", V1_FLAG_COLUMNS.replace("run_id, ", "")) == flag_v1
-    assert table_rows(v1, "screener_flags WHERE run_id = 2", "rule, reason") == [
-        ("high_negative_share", V1_FLAG_REASON)]
+def test_the_upgraded_database_keeps_its_binary_scores_until_a_rescore_with_the_three_way_default(v1):
+    """The version-1 scores came from a binary model that no longer ships: a plain scan refuses to mix models and
+    writes nothing; --rescore adds the three-way default's scores beside them, every class probability kept."""
+    scores_v1 = table_rows(v1, "screener_scores", "message_id, model_id, p_negative")
+    scan = ["scan", str(v1), "--as-of", "2026-03-01T00:00:00+00:00", "--device", "cpu", "--no-progress", "--json"]
+    refused = CliRunner().invoke(main, scan)
+    assert refused.exit_code == 5 and "--rescore" in refused.output
+    assert table_rows(v1, "screener_scores", "message_id, model_id, p_negative") == scores_v1
+    rescored = CliRunner().invoke(main, [*scan, "--rescore"])
+    assert rescored.exit_code == 0, rescored.output
+    assert json.loads(rescored.stdout)["messages_scored"] == 228
+    by_model = rows(v1, "SELECT model_id, count(*), count(p_neutral) FROM screener_scores GROUP BY ALL ORDER BY 1")
+    assert sorted(by_model) == sorted([(scores_v1[0][1], 228, 0), (json.loads(rescored.stdout)["model_id"], 228, 228)])

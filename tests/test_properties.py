@@ -92,7 +92,8 @@ def test_sql_user_stats_match_python_reference(rows, zone, rule, naive):
         con.execute("INSERT INTO scores_in VALUES (?, ?)", [f"m{i}", 0.9 if neg else 0.1])
     with store:
         store.ensure_schema()
-        store.con.execute("INSERT INTO screener_scores SELECT message_id, $m, p, 'x', now(), 0 FROM scores_in",
+        store.con.execute("INSERT INTO screener_scores (message_id, model_id, p_negative, p_positive, label, "
+                          "scored_at, run_id) SELECT message_id, $m, p, 1 - p, 'x', now(), 0 FROM scores_in",
                           {"m": MODEL})
         store.attach_source(Source("messages", parquet=False))
         aggregate.compute_user_stats(store, s, MODEL, AS_OF.astimezone(zone))

@@ -246,11 +246,11 @@ class DiesOnce(KeywordClassifier):
         super().__init__()
         self.marker = marker
 
-    def predict_negative(self, texts):
+    def predict_proba(self, texts):
         if not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os._exit(1)
-        return super().predict_negative(texts)
+        return super().predict_proba(texts)
 
 
 @needs_ray

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import AS_OF, KeywordClassifier, generated_rows, write_archive
 from screener import runs
-from screener.errors import InputError, StorageError
+from screener.classifiers.base import BINARY_LABELS, THREE_WAY_LABELS, binary_proba
+from screener.errors import InputError, ModelError, StorageError
 from screener.scan import scan
 from screener.settings import Settings
 from screener.store import Source, Store
@@ -31,13 +32,47 @@ def test_blank_means_none_or_only_whitespace():
     assert [runs.is_blank(t) for t in (None, "", " \n\t", "\u3000", " a ")] == [True, True, True, True, False]
 
 
-def test_scores_table_labels_negative_from_the_threshold_on():
-    table = runs.scores_table(["a", "b", "c"], "mid", 4, np.array([0.5, 0.4999, 0.9]), threshold=0.5)
+def test_scores_table_labels_a_binary_model_negative_from_one_half_on():
+    proba = binary_proba(np.array([0.5, 0.4999, 0.9]))
+    table = runs.scores_table(["a", "b", "c"], "mid", 4, proba, BINARY_LABELS, threshold=0.5)
     assert table.column("label").to_pylist() == ["negative", "positive", "negative"]
-    assert table.schema.field("p_negative").type == pa.float32()
+    assert table.column("p_neutral").to_pylist() == [None] * 3
+    assert table.column("p_positive").to_pylist() == pytest.approx([0.5, 0.5001, 0.1])
+    for name in ("p_negative", "p_neutral", "p_positive"):
+        assert table.schema.field(name).type == pa.float32()
     assert table.column("run_id").to_pylist() == [4, 4, 4] and table.column("model_id").to_pylist() == ["mid"] * 3
-    empty = runs.scores_table([], "mid", 4, np.empty(0, np.float32), threshold=0.5)
+    empty = runs.scores_table([], "mid", 4, np.empty((0, 2), np.float32), BINARY_LABELS, threshold=0.5)
     assert empty.num_rows == 0 and empty.schema == table.schema
+
+
+def test_scores_table_reads_classes_by_name_whatever_their_column_order():
+    # (positive, negative): the head of a model whose negative_index is 1.
+    table = runs.scores_table(["a", "b"], "mid", 1, np.array([[0.7, 0.3], [0.2, 0.8]]), ("positive", "negative"), 0.5)
+    assert table.column("p_negative").to_pylist() == pytest.approx([0.3, 0.8])
+    assert table.column("label").to_pylist() == ["positive", "negative"]
+    three = runs.scores_table(["a"], "mid", 1, np.array([[0.1, 0.6, 0.3]]), ("positive", "negative", "neutral"), 0.5)
+    assert [three.column(c).to_pylist() for c in ("p_negative", "p_neutral", "p_positive", "label")] == [
+        pytest.approx([0.6]), pytest.approx([0.3]), pytest.approx([0.1]), ["negative"]]
+
+
+def test_a_three_way_label_is_the_top_class_with_the_threshold_as_an_extra_bar_for_negative():
+    proba = np.array([
+        [0.5, 0.3, 0.2],    # negative: largest and at the threshold
+        [0.45, 0.35, 0.2],  # largest but under the threshold: the larger of the others
+        [0.45, 0.1, 0.45],  # under the threshold, positive the larger other class
+        [0.4, 0.3, 0.3],    # tie between neutral and positive: neutral
+        [0.35, 0.4, 0.25],  # above a low threshold but not the largest class: not negative
+        [0.4, 0.4, 0.2],    # tie between negative and neutral: negative above the threshold, as a binary 0.5 is
+    ], dtype=np.float32)
+    labels = runs.scores_table(list("abcdef"), "mid", 1, proba, THREE_WAY_LABELS, 0.5).column("label")
+    assert labels.to_pylist() == ["negative", "neutral", "positive", "neutral", "neutral", "neutral"]
+    low = runs.scores_table(list("abcdef"), "mid", 1, proba, THREE_WAY_LABELS, 0.3).column("label")
+    assert low.to_pylist() == ["negative", "negative", "negative", "negative", "neutral", "negative"]
+
+
+def test_scores_table_refuses_classes_it_cannot_store():
+    with pytest.raises(ModelError, match="class_1"):
+        runs.scores_table(["a"], "mid", 1, np.array([[0.2, 0.3, 0.5]]), ("negative", "class_1", "class_2"), 0.5)
 
 
 def test_skipped_table_records_empty_text():

@@ -176,11 +176,11 @@ class WindowRecorder(KeywordClassifier):
         self.fail_on = fail_on
         self.sizes: list[int] = []
 
-    def predict_negative(self, texts):
+    def predict_proba(self, texts):
         self.sizes.append(len(texts))
         if len(self.sizes) == self.fail_on:
             raise RuntimeError("scoring failed")
-        return super().predict_negative(texts)
+        return super().predict_proba(texts)
 
 
 def test_classifier_asking_for_larger_windows_gets_them(archive):

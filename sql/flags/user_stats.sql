@@ -3,9 +3,12 @@
 -- the Wilson lower bound of the short-window ratio and the escalation mark; the flag rules in sql/rules/ read it.
 -- Windows are half-open: (as_of - days, as_of]. A message exactly `days` before as_of is outside the window.
 -- The baseline is the stretch just before the short window: (as_of - short - baseline, as_of - short].
+-- A ratio is negative messages over all scored messages of the window: neutral and positive ones both count in the
+-- denominator only, and a message is negative by the screener_label rule at $threshold (sql/schema/session_setup.sql).
 CREATE OR REPLACE TEMP TABLE screener_user_stats AS
 WITH scored AS (
-    SELECT s.user_id, s.sent_at, CAST(sc.p_negative >= $threshold AS INTEGER) AS neg
+    SELECT s.user_id, s.sent_at,
+           CAST(screener_label(sc.p_negative, sc.p_neutral, sc.p_positive, $threshold) = 'negative' AS INTEGER) AS neg
     FROM screener_source s
     JOIN screener_scores sc ON sc.message_id = s.message_id AND sc.model_id = $model_id
     WHERE s.user_id IS NOT NULL AND s.sent_at IS NOT NULL AND s.sent_at <= $as_of

@@ -10,7 +10,9 @@ WITH days AS (
 users AS (SELECT user_id FROM screener_flags WHERE run_id = $run_id),
 msgs AS (
     SELECT s.user_id, CAST(s.sent_at AT TIME ZONE 'UTC' AS DATE) AS day,
-           count(*) AS n, sum(CAST(sc.p_negative >= $threshold AS INTEGER)) AS neg
+           count(*) AS n,
+           count(*) FILTER (
+               WHERE screener_label(sc.p_negative, sc.p_neutral, sc.p_positive, $threshold) = 'negative') AS neg
     FROM screener_source s
     JOIN users u ON u.user_id = s.user_id
     JOIN screener_scores sc ON sc.message_id = s.message_id AND sc.model_id = $model_id
