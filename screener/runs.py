@@ -248,10 +248,17 @@ def open_run(db: str | Path, run_id: int | None = None, settings: Settings | Non
             run_id = store.scalar("run_latest")
             if run_id is None:
                 raise InputError(f"{store.path} has no completed scan yet: run `screener scan {store.path}` first")
-        try:
-            record = aggregate.run_record(store, run_id)
-        except KeyError:
-            raise InputError(f"{store.path} has no run {run_id}") from None
-        store.settings = Settings(**json.loads(record["config"]))
-        store.attach_source(Source(record["source"], parquet=is_parquet_source(record["source"])))
+        attach_run_source(store, run_id)
         yield OpenedRun(store, int(run_id))
+
+
+def attach_run_source(store: Store, run_id: int) -> dict:
+    """Attach the archive the way run ``run_id`` read it (its table, columns and windows come from the run record)
+    and return the record."""
+    try:
+        record = aggregate.run_record(store, run_id)
+    except KeyError:
+        raise InputError(f"{store.path} has no run {run_id}") from None
+    store.settings = Settings(**json.loads(record["config"]))
+    store.attach_source(Source(record["source"], parquet=is_parquet_source(record["source"])))
+    return record

@@ -43,6 +43,12 @@ class Settings:
     # Report.
     evidence_per_user: int = 5
     chart_days: int = 60
+    # Review: a flag whose user's latest decision is contacted, no-action or false-positive stays handled until the
+    # user's flag-window share reaches the share at the decision plus handled_margin, or handled_days pass.
+    handled_margin: float = 0.15
+    handled_days: int = 14
+    # Flagged users per page of `screener serve`.
+    serve_page_size: int = 50
     # DuckDB resources: a bounded memory limit keeps a nightly run's footprint flat as the archive grows.
     memory_limit: str = "256MB"
     threads: int = 0
@@ -62,6 +68,12 @@ class Settings:
             problems.append(f"baseline_min_messages must be at least 1, got {self.baseline_min_messages}")
         if not -1.0 <= self.escalation_delta <= 1.0:
             problems.append(f"escalation_delta must be between -1 and 1, got {self.escalation_delta}")
+        if not 0.0 <= self.handled_margin <= 1.0:
+            problems.append(f"handled_margin must be between 0 and 1, got {self.handled_margin}")
+        if not 1 <= self.handled_days <= 3650:
+            problems.append(f"handled_days must be between 1 and 3650, got {self.handled_days}")
+        if not 1 <= self.serve_page_size <= 1000:
+            problems.append(f"serve_page_size must be between 1 and 1000, got {self.serve_page_size}")
         if self.threads < 0:
             problems.append(f"threads must be 0 (automatic) or more, got {self.threads}")
         try:

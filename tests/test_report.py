@@ -92,7 +92,7 @@ def test_sample_report_parses_with_every_element_closed_and_one_section_per_user
     page = Page(render(sample_data()))
     sections = [a for a in page.all("section") if "user-card" in a.get("class", "")]
     assert len(sections) == 4
-    assert len(page.all("tr")) == 1 + 4
+    assert len(page.all("tr")) == 2 + 4  # a table for the new users and one for the returning ones
     assert len(page.all("svg")) == 4
 
 
@@ -174,7 +174,7 @@ def test_table_links_point_to_user_sections_by_hash_of_the_user_id():
     links = [a["href"] for a in page.all("a") if a["href"] != "#flagged-users"]
     section_ids = [a["id"] for a in page.all("section") if "user-card" in a.get("class", "")]
     assert links == ["#" + i for i in section_ids]
-    assert section_ids[1] == "u-" + hashlib.sha256(b'" onmouseover="x').hexdigest()[:16]
+    assert section_ids[0] == "u-" + hashlib.sha256(b'" onmouseover="x').hexdigest()[:16]
     assert len(set(section_ids)) == 4
 
 
@@ -226,8 +226,9 @@ def test_each_card_names_the_rule_and_its_reason():
     assert "other_rule: 10 of 12 messages" in text
     assert "high_negative_share: no reason was recorded for this flag." in text
     rule_names = [text for text in page.text if text in ("high_negative_share", "other_rule")]
-    assert rule_names == ["high_negative_share", "high_negative_share", "other_rule", "high_negative_share",
-                          "high_negative_share"]  # the rule list, then one card per user
+    # The rule list, then one card per user: the new users maria.k and zed_9, then the returning u-1042, anon-77.
+    assert rule_names == ["high_negative_share", "other_rule", "high_negative_share", "high_negative_share",
+                          "high_negative_share"]
 
 
 def test_control_characters_are_made_visible_and_huge_messages_shortened():
@@ -302,6 +303,7 @@ def test_csv_has_one_row_per_user_with_hand_checked_values():
         "escalating": "true", "first_flagged": "2026-11-25", "top_evidence_message_id": "m-1002",
         "top_evidence_p_negative": "0.999", "rule": "high_negative_share",
         "reason": "21 of 24 messages in the last 7 days negative (88%), threshold 60% with at least 5 messages",
+        "state": "returning",
     }
     assert rows[3]["baseline_ratio"] == "" and rows[3]["escalating"] == "false"
 

@@ -1,5 +1,6 @@
 -- name: daily_series
--- Daily message and negative counts of the run's flagged users over the $days days up to as_of (UTC days), zero-filled.
+-- Daily message and negative counts over the $days days up to as_of (UTC days), zero-filled, of the users the report
+-- shows (the screener_report_users view).
 WITH days AS (
     SELECT CAST(d AS DATE) AS day
     FROM generate_series(
@@ -7,7 +8,7 @@ WITH days AS (
         CAST(CAST($as_of AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS DATE),
         INTERVAL 1 DAY) AS g(d)
 ),
-users AS (SELECT user_id FROM screener_flags WHERE run_id = $run_id),
+users AS (SELECT user_id FROM screener_report_users),
 msgs AS (
     SELECT s.user_id, CAST(s.sent_at AT TIME ZONE 'UTC' AS DATE) AS day,
            count(*) AS n, sum(CAST(sc.p_negative >= $threshold AS INTEGER)) AS neg
