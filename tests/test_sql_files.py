@@ -51,7 +51,7 @@ def test_every_sql_file_loads_with_name_header_and_description():
 
 def test_files_are_grouped_in_subfolders_and_none_is_left_at_the_top():
     folders = {p.parent.name for p in (ROOT / "sql").rglob("*.sql")}
-    assert folders == {"runs", "scores", "flags", "source", "schema", "report", "migrations", "rules"}
+    assert folders == {"runs", "scores", "flags", "source", "schema", "report", "migrations", "rules", "decisions"}
     assert queries.names("runs") == ["run_finish", "run_get", "run_insert", "run_latest", "run_next_id",
                                      "runs_mark_interrupted"]
     assert queries.names("") == []
