@@ -13,8 +13,8 @@ The page quotes private messages and its forms write to the results database, so
   header naming this server, and no ``Sec-Fetch-Site`` other than same-origin; else 403. Each accepted write
   appends exactly one decision row.
 - Every response carries the page's Content-Security-Policy (its one script and stylesheet pinned by hash, forms
-  only to this origin, nothing loaded from anywhere), ``frame-ancestors 'none'``, ``nosniff``, no referrer and no
-  caching. uvicorn's access log is off: it would write the first request's token to the log.
+  only to this origin, nothing loaded from anywhere), ``frame-ancestors 'none'``, ``nosniff``, a same-origin
+  referrer policy and no caching. uvicorn's access log is off: it would write the first request's token to the log.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def _security_headers(response: Response) -> Response:
     response.headers["Content-Security-Policy"] = html_page.page_policy("'self'") + "; frame-ancestors 'none'"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # Not no-referrer: under it a browser sends the page's forms with Origin: null, and the Origin check needs it.
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["Cache-Control"] = "no-store"
     return response
 
