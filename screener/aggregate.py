@@ -81,9 +81,10 @@ def run_settings(run: dict[str, Any]) -> Settings:
 
 
 def flag_states(store: Store, run_id: int) -> dict[str, str]:
-    """The review state of each of the run's flagged users (see :mod:`screener.states`)."""
+    """The review state of each of the run's flagged users (see :mod:`screener.states`), by user id."""
     run = run_record(store, run_id)
-    return states.flag_states(store, run_id, run_settings(run), run["as_of"])
+    rows = states.flag_states(store, run_id, run_settings(run), run["as_of"])
+    return {user_id: state for user_id, _, state in rows}
 
 
 def flags_json(store: Store, run_id: int) -> list[dict[str, Any]]:
@@ -101,8 +102,8 @@ def flags_json(store: Store, run_id: int) -> list[dict[str, Any]]:
     return out
 
 
-def _page(ordered: list[dict[str, Any]], page: int | None, page_size: int) -> tuple[list[dict], dict | None]:
-    """The flags one page shows, from ``ordered`` (the report's order), and where the page stands."""
+def _page(ordered: list[str], page: int | None, page_size: int) -> tuple[list[str], dict | None]:
+    """The users one page shows, from ``ordered`` (the report's order), and where the page stands."""
     if page is None:
         return ordered, None
     pages = max(1, math.ceil(len(ordered) / page_size))
@@ -125,15 +126,14 @@ def report_data(store: Store, run_id: int, generated_at: datetime | None = None,
     s = run_settings(run)
     as_of = run["as_of"]
     model_id = run["model_id"]
-    state_of = states.flag_states(store, run_id, s, as_of)
-    all_flags = flags(store, run_id)
-    ordered = sorted(all_flags, key=lambda f: (states.group_order(state_of[f["user_id"]]), f["rank"]))
+    state_rows = states.flag_states(store, run_id, s, as_of)
+    state_of = {user_id: state for user_id, _, state in state_rows}
+    ordered = [user_id for user_id, _, _ in sorted(state_rows, key=lambda f: (states.group_order(f[2]), f[1]))]
     shown, page_info = _page(ordered, page, page_size)
-    shown_ids = {f["user_id"] for f in shown}
-    flagged = [f for f in all_flags if f["user_id"] in shown_ids]
     counts = Counter(state_of.values())
-    store.con.register(REPORT_USERS_VIEW, pa.table({"user_id": pa.array(sorted(shown_ids), pa.string())}))
+    store.con.register(REPORT_USERS_VIEW, pa.table({"user_id": pa.array(shown, pa.string())}))
     try:
+        flagged = _rows(store.run("flags_of_report_users", {"run_id": run_id}))
         daily, evidence, earlier, history = _report_rows(store, run_id, model_id, as_of, s)
     finally:
         store.con.unregister(REPORT_USERS_VIEW)
@@ -197,14 +197,20 @@ def report_data(store: Store, run_id: int, generated_at: datetime | None = None,
 def _report_rows(store: Store, run_id: int, model_id: str, as_of: datetime, s: Settings) -> tuple[dict, ...]:
     """Daily series, evidence, earlier flags and decision history of the users in ``REPORT_USERS_VIEW``."""
     days = max(s.chart_days, s.long_window_days)
+    store.run_on_source("report_messages", {"model_id": model_id, "as_of": as_of})
+    try:
+        daily_rows = _rows(store.run("daily_series", {"as_of": as_of, "days": days,
+                                                      "threshold": s.negative_threshold}))
+        evidence_rows = _rows(store.run("evidence", {"as_of": as_of, "short_days": s.short_window_days,
+                                                     "per_user": s.evidence_per_user}))
+    finally:
+        store.run("report_messages_drop")
     daily: dict[str, list] = defaultdict(list)
-    for r in _rows(store.run("daily_series", {"model_id": model_id, "as_of": as_of, "days": days,
-                                              "threshold": s.negative_threshold})):
+    for r in daily_rows:
         daily[r["user_id"]].append({"day": r["day"].isoformat(), "n": int(r["n"]), "neg": int(r["neg"]),
                                     "ratio": (r["neg"] / r["n"]) if r["n"] else None})
     evidence: dict[str, list] = defaultdict(list)
-    for r in _rows(store.run("evidence", {"model_id": model_id, "as_of": as_of, "short_days": s.short_window_days,
-                                          "per_user": s.evidence_per_user})):
+    for r in evidence_rows:
         evidence[r["user_id"]].append({"message_id": r["message_id"], "sent_at": _iso(r["sent_at"]),
                                        "p_negative": float(r["p_negative"]), "text": r["text"]})
     earlier: dict[str, list] = defaultdict(list)

@@ -43,14 +43,13 @@ STATES = ("new", "escalated", "returning", "handled", "snoozed")
 COLLAPSED_STATES = ("handled", "snoozed")
 
 
-def flag_states(store: Store, run_id: int, settings: Settings, as_of: datetime) -> dict[str, str]:
-    """The state of each of the run's flagged users, by user id."""
-    rows = store.run("flag_states", {
+def flag_states(store: Store, run_id: int, settings: Settings, as_of: datetime) -> list[tuple[str, int, str]]:
+    """(user id, rank, state) of each of the run's flagged users, in rank order."""
+    return store.run("flag_states", {
         "run_id": run_id, "as_of": as_of, "handled_actions": list(HANDLED_ACTIONS),
         "escalated_action": ESCALATED_ACTION, "snooze_action": SNOOZE_ACTION,
         "handled_days": settings.handled_days, "handled_margin": settings.handled_margin,
     }).fetchall()
-    return dict(rows)
 
 
 def false_positive_rate(store: Store, model_id: str) -> dict[str, Any]:

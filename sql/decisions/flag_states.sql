@@ -4,7 +4,7 @@
 -- $handled_actions less than $handled_days days before $as_of, while the flag-window share stays below the share
 -- at the decision plus $handled_margin. Otherwise returning when an earlier completed run flagged the user, else new.
 WITH flagged AS (
-    SELECT f.user_id, f.ratio, EXISTS (
+    SELECT f.user_id, f.rank, f.ratio, EXISTS (
         SELECT 1
         FROM screener_flags e
         JOIN screener_runs r ON r.run_id = e.run_id AND r.status = 'completed'
@@ -21,6 +21,7 @@ latest AS (
 )
 SELECT
     f.user_id,
+    f.rank,
     CASE
         WHEN l.action = $escalated_action THEN 'escalated'
         WHEN l.action = $snooze_action AND CAST($as_of AS TIMESTAMPTZ) < l.snooze_until THEN 'snoozed'
@@ -31,4 +32,5 @@ SELECT
         ELSE 'new'
     END AS state
 FROM flagged f
-LEFT JOIN latest l ON l.user_id = f.user_id;
+LEFT JOIN latest l ON l.user_id = f.user_id
+ORDER BY f.rank;
