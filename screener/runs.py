@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from screener import aggregate, queries
+from screener import aggregate, queries, states
 from screener.errors import InputError, ModelError, StorageError
 from screener.settings import Settings
 from screener.store import Source, Store, conversion_error, is_parquet_source, json_dumps
@@ -44,6 +44,8 @@ class ScanResult:
     users_flagged: int = 0
     seconds: float = 0.0
     rescored: bool = False
+    # The model's false-positive rate from staff decisions so far (see screener.states).
+    false_positive: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -146,6 +148,7 @@ def complete(store: Store, run: Run, scored: int) -> ScanResult:
         messages_skipped=sum(skipped.values()), skipped_by_reason=skipped,
         users=users_seen, users_flagged=users_flagged,
         seconds=round(time.monotonic() - run.started, 3), rescored=run.rescore,
+        false_positive=states.false_positive_rate(store, run.model_id),
     )
     finish(store, result, "completed", None)
     store.con.commit()

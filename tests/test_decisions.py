@@ -253,6 +253,8 @@ def test_false_positive_rate_counts_the_latest_decision_of_each_decided_flag(sca
     with open_run(scanned) as run:
         data = aggregate.report_data(run.store, run.run_id)
     assert data["run"]["false_positive"] == {"decided": 5, "false_positive": 2, "rate": 0.4}
+    summary = scan(scanned, SETTINGS, as_of=utc(2026, 3, 5), classifier=KeywordClassifier(), progress=False)
+    assert summary.as_dict()["false_positive"] == {"decided": 5, "false_positive": 2, "rate": 0.4}
     with Store(scanned, Settings(), read_only=True) as store:
         assert states.false_positive_rate(store, "no-such-model") == {"decided": 0, "false_positive": 0,
                                                                        "rate": None}
