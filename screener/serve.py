@@ -172,9 +172,10 @@ class Reviewer:
             return _refused("a write must come from this page (Origin)")
         if request.headers.get("sec-fetch-site", "same-origin") != "same-origin":
             return _refused("a write must come from this page (Sec-Fetch-Site)")
-        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+        body = await _body(request, MAX_FORM_BYTES)
+        if body is None:
             return PlainTextResponse("413 the form is too large\n", status_code=413)
-        form = _form(await request.body())
+        form = _form(body)
         if form is None:
             return PlainTextResponse("400 bad request: expected a URL-encoded UTF-8 form\n", status_code=400)
         if not self.keys.csrf_ok(request.state.session, form.get("csrf")):
@@ -196,6 +197,17 @@ class Reviewer:
         except AlreadyRunningError as exc:
             return PlainTextResponse(f"503 not recorded, the database is busy: {exc}\n", status_code=503)
         return RedirectResponse(f"/?page={number}#{html_page.anchor_id(user_id)}", status_code=303)
+
+
+async def _body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it passes ``limit`` bytes (whatever Content-Length claims)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _page_number(text: str) -> int | None:
