@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_page.json"))
     args = parser.parse_args()
 
+    load_before = round(os.getloadavg()[0], 2)  # the machine is shared: other work slows every request
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "results.duckdb"
         started = time.perf_counter()
@@ -142,7 +143,8 @@ def main() -> None:
 
     result = {
         "command": "python benchmarks/serve_page.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "duckdb": duckdb.__version__},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "duckdb": duckdb.__version__,
+                    "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 2)]},
         "archive": {**shape, "users": args.flagged + args.calm, "per_user": args.per_user},
         "build_s": round(build_s, 2),
         "page_size": Settings().serve_page_size,
