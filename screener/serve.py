@@ -129,9 +129,9 @@ class AccessCheck(BaseHTTPMiddleware):
 
 
 class Reviewer:
-    """The page and the decision endpoint over one results database. DuckDB opens a file once per process, so the
-    requests take turns; each opens the database only for as long as it needs it (the nightly scan can run
-    between them)."""
+    """The page and the decision endpoint over one results database. In one process DuckDB refuses a read-only and
+    a writing connection to the same file at once, so the requests take turns; each opens the database only for as
+    long as it needs it, so the nightly scan can run between them."""
 
     def __init__(self, db: Path, keys: Keys, reviewer: str, settings: Settings) -> None:
         self.db = db
@@ -196,6 +196,8 @@ class Reviewer:
             return PlainTextResponse(f"400 not recorded: {exc}\n", status_code=400)
         except AlreadyRunningError as exc:
             return PlainTextResponse(f"503 not recorded, the database is busy: {exc}\n", status_code=503)
+        except ScreenerError as exc:
+            return PlainTextResponse(f"503 not recorded: {exc}\n", status_code=503)
         return RedirectResponse(f"/?page={number}#{html_page.anchor_id(user_id)}", status_code=303)
 
 

@@ -4,6 +4,8 @@ tests/test_serve_browser.py drives the real server in Chromium."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import duckdb
@@ -162,3 +164,21 @@ def test_a_short_token_from_the_environment_is_refused(monkeypatch):
     monkeypatch.delenv(serve.TOKEN_ENV)
     token, generated = serve.access_token()
     assert generated and len(token) >= 40
+
+
+def test_while_a_scan_holds_the_database_the_page_and_writes_answer_503_and_change_nothing(client, db):
+    csrf = logged_in(client)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True);"
+         " time.sleep(60)", str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        page = client.get("/")
+        assert page.status_code == 503 and "busy" in page.text
+        write = client.post("/decide", data=form(csrf), headers={"Origin": ORIGIN})
+        assert write.status_code == 503 and "not recorded" in write.text
+    finally:
+        holder.kill()
+        holder.wait()
+    assert decision_count(db) == 0
+    assert client.get("/").status_code == 200
