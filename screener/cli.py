@@ -25,6 +25,7 @@ import click
 from screener import __version__
 from screener.errors import ScreenerError
 from screener.report import FORMATS
+from screener.states import ACTIONS
 
 log = logging.getLogger("screener")
 
@@ -341,10 +342,89 @@ def flags(db, as_json, run_id):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo("rank\tuser_id\tn_messages\tn_negative\tratio\twilson_lower\tescalating")
+    click.echo("rank\tuser_id\tn_messages\tn_negative\tratio\twilson_lower\tescalating\tstate")
     for r in rows:
         click.echo(f"{r['rank']}\t{r['user_id']}\t{r['n_messages']}\t{r['n_negative']}\t{r['ratio']:.3f}\t"
-                   f"{r['wilson_lower']:.3f}\t{'yes' if r['escalating'] else 'no'}")
+                   f"{r['wilson_lower']:.3f}\t{'yes' if r['escalating'] else 'no'}\t{r['state']}")
+
+
+# --- review: decisions and the served review page -----------------------------------------------------------------
+@main.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.argument("user_id")
+@click.option("--action", required=True, type=click.Choice(ACTIONS),
+              help="What was done: contacted, no-action, false-positive, escalated, or snooze (with --until).")
+@click.option("--until", help="For snooze: the date (00:00 UTC) or ISO time from which the user may be raised again.")
+@click.option("--note", help="A note for the next reviewer.")
+@click.option("--by", "reviewer", help="Who decided [the login name].")
+@click.option("--as-of", callback=parse_as_of, help="Record the decision as made at this ISO time (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded decision as JSON.")
+@translate_errors
+def review(db, user_id, action, until, note, reviewer, as_of, as_json):
+    """Record a decision on USER_ID: appended to the database, never changed; later reports show it.
+
+    \b
+    Examples:
+      screener review messages.duckdb u-1042 --action contacted --note "called, doing better"
+      screener review messages.duckdb u-77 --action snooze --until 2026-03-15
+    """
+    from screener import decisions
+
+    decision = decisions.record(db, user_id, action, note=note, reviewer=reviewer, at=as_of,
+                                until=decisions.parse_until(until) if until is not None else None)
+    if as_json:
+        click.echo(json.dumps(decision, indent=2, ensure_ascii=False))
+    else:
+        click.echo(f"decision {decision['id']}: {decision['action']} on {decision['user_id']!r} "
+                   f"by {decision['reviewer']} at {decision['decided_at']}")
+
+
+@main.command(name="decisions")
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.option("--user", "user_id", help="Only the decisions on this user.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects instead of a table.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header instead of a table.")
+@translate_errors
+def decisions_(db, user_id, as_json, as_csv):
+    """List the recorded decisions, newest first.
+
+    \b
+    Examples:
+      screener decisions messages.duckdb --user u-1042
+      screener decisions messages.duckdb --csv > decisions.csv
+    """
+    from screener import decisions
+
+    if as_json and as_csv:
+        raise click.UsageError("give --json or --csv, not both")
+    rows = decisions.list_decisions(db, user_id)
+    click.echo(decisions.render(rows, "json" if as_json else "csv" if as_csv else "table"), nl=False)
+
+
+@main.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback lets other machines reach the page.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@click.option("--by", "reviewer", help="Reviewer name the page fills in [the login name].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Settings file for serve_page_size (default: ./screener.toml if present).")
+@translate_errors
+def serve(db, host, port, reviewer, config_path):
+    """Serve the latest report live, with buttons that record decisions (`screener review`) per user.
+
+    Every request needs the access token printed at start (or set in SCREENER_SERVE_TOKEN); open the printed URL.
+
+    \b
+    Example:
+      screener serve messages.duckdb --port 8765
+    """
+    try:
+        from screener import serve as review_server
+    except ImportError as exc:
+        raise click.ClickException(f"screener serve needs the serve extra ({exc}): pip install 'screener[serve]'")
+    review_server.run(db, host=host, port=port, reviewer=reviewer, settings=build_settings(config_path))
 
 
 # --- erasure, retention and receipts ---------------------------------------------------------------------------

@@ -11,6 +11,12 @@ class ConfigError(ScreenerError):
     exit_code = 2
 
 
+class ReviewError(ScreenerError):
+    """A decision that names an unknown user or action, or a snooze date that cannot apply; nothing was written."""
+
+    exit_code = 2
+
+
 class InputError(ScreenerError):
     """The archive is missing, unreadable or does not have the expected table, columns or types."""
 

@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from screener import aggregate, queries
+from screener import aggregate, queries, states
 from screener.classifiers.base import BINARY_LABELS, NEGATIVE, NEUTRAL, POSITIVE, THREE_WAY_LABELS
 from screener.errors import InputError, ModelError, StorageError
 from screener.settings import Settings
@@ -45,6 +45,8 @@ class ScanResult:
     users_flagged: int = 0
     seconds: float = 0.0
     rescored: bool = False
+    # The model's false-positive rate from staff decisions so far (see screener.states).
+    false_positive: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -147,6 +149,7 @@ def complete(store: Store, run: Run, scored: int) -> ScanResult:
         messages_skipped=sum(skipped.values()), skipped_by_reason=skipped,
         users=users_seen, users_flagged=users_flagged,
         seconds=round(time.monotonic() - run.started, 3), rescored=run.rescore,
+        false_positive=states.false_positive_rate(store, run.model_id),
     )
     finish(store, result, "completed", None)
     store.con.commit()
@@ -278,10 +281,17 @@ def open_run(db: str | Path, run_id: int | None = None, settings: Settings | Non
             run_id = store.scalar("run_latest")
             if run_id is None:
                 raise InputError(f"{store.path} has no completed scan yet: run `screener scan {store.path}` first")
-        try:
-            record = aggregate.run_record(store, run_id)
-        except KeyError:
-            raise InputError(f"{store.path} has no run {run_id}") from None
-        store.settings = Settings(**json.loads(record["config"]))
-        store.attach_source(Source(record["source"], parquet=is_parquet_source(record["source"])))
+        attach_run_source(store, run_id)
         yield OpenedRun(store, int(run_id))
+
+
+def attach_run_source(store: Store, run_id: int) -> dict:
+    """Attach the archive the way run ``run_id`` read it (its table, columns and windows come from the run record)
+    and return the record."""
+    try:
+        record = aggregate.run_record(store, run_id)
+    except KeyError:
+        raise InputError(f"{store.path} has no run {run_id}") from None
+    store.settings = Settings(**json.loads(record["config"]))
+    store.attach_source(Source(record["source"], parquet=is_parquet_source(record["source"])))
+    return record

@@ -46,6 +46,12 @@ class Settings:
     chart_days: int = 60
     # Seconds `scan --notify-command` may run before it is killed; a slow mail or chat relay must not hold cron.
     notify_timeout_seconds: float = 60.0
+    # Review: a flag whose user's latest decision is contacted, no-action or false-positive stays handled until the
+    # user's flag-window share reaches the share at the decision plus handled_margin, or handled_days pass.
+    handled_margin: float = 0.15
+    handled_days: int = 14
+    # Flagged users per page of `screener serve`.
+    serve_page_size: int = 50
     # DuckDB resources: a bounded memory limit keeps a nightly run's footprint flat as the archive grows.
     memory_limit: str = "256MB"
     threads: int = 0
@@ -68,6 +74,12 @@ class Settings:
         if not NOTIFY_TIMEOUT_RANGE[0] <= self.notify_timeout_seconds <= NOTIFY_TIMEOUT_RANGE[1]:
             problems.append(f"notify_timeout_seconds must be between {NOTIFY_TIMEOUT_RANGE[0]:g} and "
                             f"{NOTIFY_TIMEOUT_RANGE[1]:g}, got {self.notify_timeout_seconds}")
+        if not 0.0 <= self.handled_margin <= 1.0:
+            problems.append(f"handled_margin must be between 0 and 1, got {self.handled_margin}")
+        if not 1 <= self.handled_days <= 3650:
+            problems.append(f"handled_days must be between 1 and 3650, got {self.handled_days}")
+        if not 1 <= self.serve_page_size <= 1000:
+            problems.append(f"serve_page_size must be between 1 and 1000, got {self.serve_page_size}")
         if self.threads < 0:
             problems.append(f"threads must be 0 (automatic) or more, got {self.threads}")
         try:

@@ -234,6 +234,12 @@ class Store:
     def _where(self, source: Source) -> str:
         return f"Parquet {source.location!r}" if source.parquet else f"{self.path} table {source.location!r}"
 
+    def run_on_source(self, name: str, params: dict | None = None):
+        """Run a statement that reads the archive's own table through the identifier slots of ``source_view``
+        (``{table}``, ``{message_id}``, ...), filled as :meth:`attach_source` checked them."""
+        allowed, idents = self._source_sql_idents
+        return self.con.execute(queries.with_identifiers(name, allowed, **idents), params or {})
+
     def source_quality(self, as_of: datetime) -> dict[str, int]:
         allowed, idents = self._source_sql_idents
         row = self.con.execute(queries.with_identifiers("source_quality", allowed, **idents),

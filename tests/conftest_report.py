@@ -12,7 +12,10 @@ SETTINGS = {
     "confidence_z": 1.96, "baseline_days": 30, "escalation_delta": 0.3, "negative_threshold": 0.5,
     "rules": [{"name": "high_negative_share",
                "description": "At least 5 messages in the last 7 days, with a negative share of at least 0.6."}],
+    "handled_margin": 0.15, "handled_days": 14,
 }
+
+STATE_ORDER = ("new", "escalated", "returning", "handled", "snoozed")
 
 NEGATIVE_TEXTS = [
     "Honestly I don't see the point of any of this anymore.",
@@ -40,6 +43,7 @@ def _daily(rng: random.Random, days: int, late_negative: float, early_negative: 
 
 def _user(rng, rank, user_id, n, neg, wilson, ratio_30, last_n, baseline, escalating, earlier, late, early):
     return {
+        "state": "returning" if earlier else "new", "decisions": [],
         "rank": rank, "user_id": user_id, "n_messages": n, "n_negative": neg, "ratio": round(neg / n, 3),
         "wilson_lower": wilson,
         "windows": [{"days": 7, "n": n, "neg": neg, "ratio": round(neg / n, 3)},
@@ -60,7 +64,8 @@ def _user(rng, rank, user_id, n, neg, wilson, ratio_30, last_n, baseline, escala
 
 
 def sample_data() -> dict:
-    """Four flagged users with rank order different from user-id, 30-day-ratio and first-flagged order."""
+    """Four flagged users with rank order different from user-id, 30-day-ratio and first-flagged order: maria.k and
+    zed_9 new, u-1042 and anon-77 returning."""
     rng = random.Random(7)
     flagged = [
         _user(rng, 1, "u-1042", 24, 21, 0.69, 0.42, 0.85, 0.12, True, ["2026-11-25", "2026-11-27"], 0.85, 0.15),
@@ -68,25 +73,40 @@ def sample_data() -> dict:
         _user(rng, 3, "anon-77", 9, 7, 0.45, 0.71, 0.7, 0.66, False, ["2026-11-20"], 0.75, 0.65),
         _user(rng, 4, "zed_9", 5, 4, 0.38, 0.3, 0.55, None, False, [], 0.8, 0.0),
     ]
-    return {
+    # An old decision that no longer holds: u-1042 is back in the queue.
+    flagged[0]["decisions"] = [
+        {"id": 1, "action": "contacted", "note": "Called, said it was a bad week.", "reviewer": "sam",
+         "decided_at": "2026-11-01T10:30:00+00:00", "run_id": 1, "snooze_until": None},
+    ]
+    data = {
         "generated_at": "2026-11-29T06:00:41+00:00",
         "run": {
             "id": 3, "started_at": "2026-11-29T06:00:02+00:00", "finished_at": "2026-11-29T06:00:39+00:00",
             "status": "completed", "as_of": AS_OF, "model_name": "default", "model_id": "ab12cd34ef56ab78",
             "messages_scored": 1234, "messages_total": 5000, "messages_skipped": 3,
             "skipped_by_reason": {"empty_text": 2, "null_user_id": 1}, "users_seen": 40, "users_flagged": 4,
-            "seconds": 12.5,
+            "seconds": 12.5, "false_positive": {"decided": 4, "false_positive": 1, "rate": 0.25},
         },
         "settings": dict(SETTINGS),
+        "page": None,
         "flagged": flagged,
     }
+    return regroup(data)
+
+
+def regroup(data: dict) -> dict:
+    """Set ``groups`` from the users' states, as screener.aggregate.report_data does."""
+    counts = {state: sum(user["state"] == state for user in data["flagged"]) for state in STATE_ORDER}
+    data["groups"] = [{"state": state, "count": counts[state], "collapsed": state in ("handled", "snoozed")}
+                      for state in STATE_ORDER if counts[state]]
+    return data
 
 
 def empty_data() -> dict:
     data = sample_data()
     data["flagged"] = []
     data["run"]["users_flagged"] = 0
-    return data
+    return regroup(data)
 
 
 HOSTILE = [
@@ -119,5 +139,10 @@ def hostile_data() -> dict:
             {"message_id": payload, "sent_at": "2026-11-28T10:00:00+00:00", "p_negative": 0.9, "label": "negative",
              "text": payload}
             for payload in HOSTILE
+        ]
+        user["decisions"] = [
+            {"id": k, "action": "contacted", "note": text, "reviewer": text, "decided_at": "2026-11-28T12:00:00+00:00",
+             "run_id": 2, "snooze_until": None}
+            for k, text in enumerate(HOSTILE)
         ]
     return data

@@ -107,18 +107,21 @@ def erasable(tmp_path) -> Path:
 
 
 def test_erasure_leaves_no_trace_of_the_user_in_any_table_and_one_tombstone(erasable, caplog):
+    review = CliRunner().invoke(main, ["review", str(erasable), ERASED, "--action", "contacted", "--note",
+                                       f"called {ERASED}, doing better", "--by", "amy"])
+    assert review.exit_code == 0, review.output
     before = traces(erasable, TERMS)
     assert {table for table, _, _ in before} == {"screener_flags", "screener_scores", "screener_skipped",
-                                                 "screener_future_notes", "screener_runs"}
+                                                 "screener_future_notes", "screener_runs", "screener_decisions"}
     result = CliRunner().invoke(main, ["purge", str(erasable), "--user", ERASED, "--request-id", "DSR-2026-0117",
                                        "--json"])
     assert result.exit_code == 0, result.output
     assert traces(erasable, TERMS) == []
     tombstone = json.loads(result.stdout)
-    # Flags of runs 1 and 2; 6 scores and 1 skip record; one note row of the user; keep-1's note and the errors of
+    # Flags of runs 1 and 2; 6 scores and 1 skip record; the decision on the user; one note row of the user; keep-1's note and the errors of
     # runs 3 and 4 blanked.
     assert tombstone["removed"] == {"screener_flags": 2, "screener_scores": 6, "screener_skipped": 1,
-                                    "screener_future_notes": 1, "screener_future_notes.note": 1,
+                                    "screener_decisions": 1, "screener_future_notes": 1, "screener_future_notes.note": 1,
                                     "screener_runs.error": 2}
     assert tombstone["source_messages_left"] == 7 and tombstone["kind"] == "user"
     assert sql(erasable, "SELECT kind, request_id, cutoff IS NULL, source_messages_left FROM screener_erasures") == [

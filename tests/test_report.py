@@ -92,7 +92,7 @@ def test_sample_report_parses_with_every_element_closed_and_one_section_per_user
     page = Page(render(sample_data()))
     sections = [a for a in page.all("section") if "user-card" in a.get("class", "")]
     assert len(sections) == 4
-    assert len(page.all("tr")) == 1 + 4
+    assert len(page.all("tr")) == 2 + 4  # a table for the new users and one for the returning ones
     assert len(page.all("svg")) == 4
 
 
@@ -174,7 +174,7 @@ def test_table_links_point_to_user_sections_by_hash_of_the_user_id():
     links = [a["href"] for a in page.all("a") if a["href"] != "#flagged-users"]
     section_ids = [a["id"] for a in page.all("section") if "user-card" in a.get("class", "")]
     assert links == ["#" + i for i in section_ids]
-    assert section_ids[1] == "u-" + hashlib.sha256(b'" onmouseover="x').hexdigest()[:16]
+    assert section_ids[0] == "u-" + hashlib.sha256(b'" onmouseover="x').hexdigest()[:16]
     assert len(set(section_ids)) == 4
 
 
@@ -226,8 +226,9 @@ def test_each_card_names_the_rule_and_its_reason():
     assert "other_rule: 10 of 12 messages" in text
     assert "high_negative_share: no reason was recorded for this flag." in text
     rule_names = [text for text in page.text if text in ("high_negative_share", "other_rule")]
-    assert rule_names == ["high_negative_share", "high_negative_share", "other_rule", "high_negative_share",
-                          "high_negative_share"]  # the rule list, then one card per user
+    # The rule list, then one card per user: the new users maria.k and zed_9, then the returning u-1042, anon-77.
+    assert rule_names == ["high_negative_share", "other_rule", "high_negative_share", "high_negative_share",
+                          "high_negative_share"]
 
 
 def test_control_characters_are_made_visible_and_huge_messages_shortened():
@@ -302,6 +303,7 @@ def test_csv_has_one_row_per_user_with_hand_checked_values():
         "escalating": "true", "first_flagged": "2026-11-25", "top_evidence_message_id": "m-1002",
         "top_evidence_p_negative": "0.999", "rule": "high_negative_share",
         "reason": "21 of 24 messages in the last 7 days negative (88%), threshold 60% with at least 5 messages",
+        "state": "returning",
     }
     assert rows[3]["baseline_ratio"] == "" and rows[3]["escalating"] == "false"
 
@@ -383,3 +385,75 @@ def test_failed_render_leaves_the_previous_report_in_place(tmp_path):
 def test_unwritable_destination_is_a_storage_error(tmp_path):
     with pytest.raises(StorageError, match=re.escape(str(tmp_path / "missing"))):
         report.write_report(sample_data(), tmp_path / "missing" / "report.html")
+
+
+def test_each_card_shows_the_users_decisions_beside_the_chart_and_redacts_their_notes():
+    data = sample_data()
+    data["flagged"][0]["decisions"].insert(0, {
+        "id": 2, "action": "snooze", "note": "mail bob@example.com\nafter the holidays", "reviewer": "kim\x07",
+        "decided_at": "2026-11-28T09:00:00+00:00", "run_id": 2, "snooze_until": "2026-12-05T00:00:00+00:00"})
+    page = Page(render(data))
+    asides = [a for a in page.all("aside") if a.get("class") == "history"]
+    assert len(asides) == 4
+    text = page.words
+    assert ("snooze 2026-11-28 09:00 UTC · kim\ufffd · until 2026-12-05 00:00 UTC mail bob@example.com after the "
+            "holidays contacted 2026-11-01 10:30 UTC · sam Called, said it was a bad week.") in text
+    assert text.count("No decision yet.") == 3
+    assert "mail [email]" in Page(render(data, redact=True)).words
+    assert page.all("form") == []
+
+
+def test_groups_follow_the_state_order_with_handled_and_snoozed_collapsed():
+    data = sample_data()
+    for user, state in zip(data["flagged"], ["snoozed", "handled", "escalated", "new"]):
+        user["state"] = state
+    data["groups"] = [{"state": s, "count": 1, "collapsed": s in ("handled", "snoozed")}
+                      for s in ("new", "escalated", "handled", "snoozed")]
+    html = render(data)
+    page = Page(html)
+    assert [a["id"] for a in page.all("details")] == ["group-handled", "group-snoozed"]
+    order = [html.index(f'id="group-{s}"') for s in ("new", "escalated", "handled", "snoozed")]
+    assert order == sorted(order)
+    assert [a["id"] for a in page.all("table")] == ["table-new", "table-escalated", "table-handled", "table-snoozed"]
+    badges = [a["class"] for a in page.all("span") if a.get("class", "").startswith("badge state-")]
+    assert badges == ["badge state-new", "badge state-escalated", "badge state-handled", "badge state-snoozed"]
+
+
+def test_a_page_whose_group_lies_on_other_pages_says_so():
+    data = sample_data()
+    data["groups"].append({"state": "handled", "count": 7, "collapsed": True})
+    data["page"] = {"number": 1, "size": 4, "pages": 3, "total": 11}
+    assert "All 7 on other pages." in Page(render(data)).words
+
+
+def test_the_served_page_has_a_form_per_user_posting_to_its_own_origin_only():
+    data = hostile_data()
+    data["page"] = {"number": 2, "size": 4, "pages": 3, "total": 11}
+    html = html_page.render_page(data, False, review={"csrf": "c" * 64, "reviewer": "<b>sam</b>",
+                                                      "first_snooze_day": "2026-11-30"}).decode()
+    page = Page(html)
+    forms = page.all("form")
+    assert [(f["method"], f["action"]) for f in forms] == [("post", "/decide")] * 4
+    hidden = [a for a in page.all("input") if a.get("type") == "hidden"]
+    assert {a["value"] for a in hidden if a["name"] == "csrf"} == {"c" * 64}
+    assert {a["value"] for a in hidden if a["name"] == "page"} == {"2"}
+    users = [html_page.user_from_key(a["value"]) for a in hidden if a["name"] == "user"]
+    assert sorted(users) == sorted(u["user_id"] for u in data["flagged"])
+    assert {a["value"] for a in page.all("input") if a.get("name") == "by"} == {"<b>sam</b>"}
+    buttons = [a["value"] for a in page.all("button") if a.get("name") == "action"]
+    assert buttons == ["contacted", "no-action", "false-positive", "escalated", "snooze"] * 4
+    assert [a["href"] for a in page.all("a") if not a["href"].startswith("#")] == ["/?page=1", "/?page=3"]
+    assert _csp(page)["form-action"] == "'self'"
+    assert _csp(page)["script-src"] == _sha256(page.raw["script"][0])
+    assert html_page.page_policy("'self'") == [a for a in page.all("meta") if a.get("http-equiv")][0]["content"]
+    for tag, attrs in page.elements:
+        assert not any(name.startswith("on") for name in attrs), (tag, attrs)
+
+
+@pytest.mark.parametrize("user_id", ["u-1", "line\nbreak\r\n", "<script>\"'&", "\ud800 lone", "名前 🙂"])
+def test_a_form_names_a_user_by_hex_that_comes_back_exactly(user_id):
+    key = html_page.user_key(user_id)
+    assert re.fullmatch("[0-9a-f]*", key)
+    assert html_page.user_from_key(key) == user_id
+    with pytest.raises(ValueError):
+        html_page.user_from_key("zz")

@@ -11,9 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest_report import HOSTILE, empty_data, hostile_data, sample_data
+from conftest_report import HOSTILE, empty_data, hostile_data, regroup, sample_data
 
 from screener import report
+from screener.renderers import html_page
 
 
 
@@ -113,8 +114,15 @@ def visit(browser, tmp_path):
         v.close()
 
 
-def _user_column(v: Visit) -> list[str]:
-    return v.js("Array.from(document.querySelectorAll('#flagged-table tbody tr')).map(r => r.cells[1].innerText)")
+def _user_column(v: Visit, table: str = "table.flagged-table") -> list[str]:
+    """The user column of the given tables' rows, in page order."""
+    return v.js(f"Array.from(document.querySelectorAll('{table} tbody tr')).map(r => r.cells[1].innerText)")
+
+
+def one_group(data: dict, state: str = "returning") -> dict:
+    for user in data["flagged"]:
+        user["state"] = state
+    return regroup(data)
 
 
 def test_hostile_strings_render_as_text_and_nothing_runs_or_loads(visit):
@@ -140,29 +148,54 @@ def test_hostile_strings_render_as_text_and_nothing_runs_or_loads(visit):
     for payload in HOSTILE:
         assert payload in body
     assert "<script>window.__pwned='model'</script>{{ 7*7 }}" in body
-    assert _user_column(v) == [HOSTILE[0], HOSTILE[1], HOSTILE[3], HOSTILE[11]]
+    # The new users (ranks 2 and 4), then the returning ones (ranks 1 and 3).
+    assert _user_column(v) == [HOSTILE[1], HOSTILE[11], HOSTILE[0], HOSTILE[3]]
+    history = v.js("Array.from(document.querySelectorAll('aside.history')).map(a => a.innerText).join('\\n')")
+    for payload in HOSTILE:
+        assert payload in history
 
 
 def test_clicking_headers_sorts_the_table_under_the_csp(visit):
-    v = visit(html_of(sample_data()))
+    v = visit(html_of(one_group(sample_data())))
     assert _user_column(v) == ["u-1042", "maria.k", "anon-77", "zed_9"]
 
-    v.page.click("#flagged-table th >> text=User")
+    v.page.click("#table-returning th >> text=User")
     assert _user_column(v) == ["anon-77", "maria.k", "u-1042", "zed_9"]
-    v.page.click("#flagged-table th >> text=User")
+    v.page.click("#table-returning th >> text=User")
     assert _user_column(v) == ["zed_9", "u-1042", "maria.k", "anon-77"]
-    assert v.js("Array.from(document.querySelectorAll('#flagged-table th')).map(t => t.getAttribute('aria-sort'))"
+    assert v.js("Array.from(document.querySelectorAll('#table-returning th')).map(t => t.getAttribute('aria-sort'))"
                 ".filter(s => s !== 'none')") == ["descending"]
 
-    v.page.click("#flagged-table th >> text=30d share")  # 0.42, 0.47, 0.71, 0.30: highest first
+    v.page.click("#table-returning th >> text=30d share")  # 0.42, 0.47, 0.71, 0.30: highest first
     assert _user_column(v) == ["anon-77", "maria.k", "u-1042", "zed_9"]
-    v.page.click("#flagged-table th >> text=Rank")
+    v.page.click("#table-returning th >> text=Rank")
     assert _user_column(v) == ["u-1042", "maria.k", "anon-77", "zed_9"]
 
     # The pinned stylesheet applied too (the page background is the CSS's --wash colour).
     assert v.js("getComputedStyle(document.body).backgroundColor") == "rgb(245, 247, 250)"
     assert v.js("window.__violations") == []
     assert v.errors == [] and v.outside_requests == []
+
+
+def test_groups_new_and_escalated_first_handled_and_snoozed_collapsed_each_table_sorting_alone(visit):
+    data = sample_data()
+    for user, state in zip(data["flagged"], ["handled", "escalated", "snoozed", "new"]):
+        user["state"] = state
+    v = visit(html_of(regroup(data)))
+    groups = v.js("Array.from(document.querySelectorAll('.group')).map(g => [g.id, g.tagName, !!g.open])")
+    assert groups == [["group-new", "DIV", False], ["group-escalated", "DIV", False],
+                      ["group-handled", "DETAILS", False], ["group-snoozed", "DETAILS", False]]
+    card = v.page.locator("#" + html_page.anchor_id("u-1042"))
+    assert not card.is_visible()
+    v.page.click("#group-handled summary")
+    assert card.is_visible()
+    assert "contacted" in card.locator("aside.history").inner_text()
+    assert "Called, said it was a bad week." in card.locator("aside.history").inner_text()
+    assert v.js("getComputedStyle(document.querySelector('.card-main')).display") == "grid"
+    v.page.click("#table-escalated th >> text=User")
+    assert _user_column(v, "#table-escalated") == ["maria.k"]
+    assert v.js("document.querySelector('#table-new th').getAttribute('aria-sort')") == "ascending"
+    assert v.errors == [] and v.js("window.__violations") == [] and v.outside_requests == []
 
 
 def test_empty_report_loads_without_errors(visit):

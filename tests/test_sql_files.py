@@ -19,8 +19,8 @@ from screener.store import migrations
 
 ROOT = Path(__file__).resolve().parents[1]
 # Methods that take a statement name as their first argument: queries.load / description / with_identifiers and
-# Store.run / Store.scalar.
-NAME_TAKING = {"load", "description", "with_identifiers", "run", "scalar"}
+# Store.run / Store.scalar / Store.run_on_source.
+NAME_TAKING = {"load", "description", "with_identifiers", "run", "scalar", "run_on_source"}
 NAME = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -52,7 +52,7 @@ def test_every_sql_file_loads_with_name_header_and_description():
 def test_files_are_grouped_in_subfolders_and_none_is_left_at_the_top():
     folders = {p.parent.name for p in (ROOT / "sql").rglob("*.sql")}
     assert folders == {"runs", "scores", "flags", "source", "schema", "report", "migrations", "rules", "purge",
-                       "explain"}
+                       "explain", "decisions"}
     assert queries.names("runs") == ["run_finish", "run_get", "run_insert", "run_latest", "run_next_id",
                                      "runs_mark_interrupted"]
     assert queries.names("") == []

@@ -15,7 +15,8 @@ from screener.renderers.rows import flagged_rows, row_keys
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _cell(value: Any) -> Any:
+def cell(value: Any) -> Any:
+    """A value as a CSV cell: empty for None, true/false, and text a spreadsheet would evaluate made inert."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -32,5 +33,5 @@ def render(data: dict, redact: bool) -> bytes:
     writer = csv.writer(buffer)
     writer.writerow(header)
     for row in flagged_rows(data):
-        writer.writerow([_cell(row[key]) for key in header])
+        writer.writerow([cell(row[key]) for key in header])
     return buffer.getvalue().encode("utf-8")

@@ -25,7 +25,7 @@ def row_keys(long_days: int) -> list[str]:
     return [
         "rank", "user_id", "n_messages", "n_negative", "ratio", "wilson_lower", f"ratio_{long_days}d",
         "ratio_last_n", "baseline_ratio", "escalating", "first_flagged", "top_evidence_message_id",
-        "top_evidence_p_negative", "rule", "reason",
+        "top_evidence_p_negative", "rule", "reason", "state",
     ]
 
 
@@ -41,7 +41,7 @@ def flagged_rows(data: dict) -> list[dict]:
             user["wilson_lower"], window["ratio"] if window else None, user["last_n"]["ratio"],
             user["baseline_ratio"], user["escalating"], user["first_flagged"],
             top["message_id"] if top else None, top["p_negative"] if top else None,
-            user["rule"], user["reason"],
+            user["rule"], user["reason"], user["state"],
         ]
         rows.append(dict(zip(row_keys(long_days), values)))
     return rows

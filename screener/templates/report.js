@@ -1,14 +1,7 @@
 (function () {
   "use strict";
-  // Sorts the flagged-users table by moving the existing row nodes; it reads only data-v attributes and never
+  // Sorts each table of flagged users by moving the existing row nodes; it reads only data-v attributes and never
   // creates markup from text, so nothing in a cell can become code.
-  var table = document.getElementById("flagged-table");
-  if (!table) {
-    return;
-  }
-  var body = table.tBodies[0];
-  var headers = table.tHead.rows[0].cells;
-
   function value(row, column, numeric) {
     var raw = row.cells[column].getAttribute("data-v");
     if (raw === null || raw === "") {
@@ -17,7 +10,7 @@
     return numeric ? Number(raw) : raw;
   }
 
-  function sortBy(header) {
+  function sortBy(body, headers, header) {
     var button = header.querySelector("button");
     var column = header.cellIndex;
     var numeric = button.getAttribute("data-type") === "num";
@@ -48,14 +41,23 @@
     }
   }
 
-  for (var k = 0; k < headers.length; k++) {
-    (function (header) {
-      var button = header.querySelector("button");
-      if (button) {
-        button.addEventListener("click", function () {
-          sortBy(header);
-        });
-      }
-    })(headers[k]);
+  function sortable(table) {
+    var body = table.tBodies[0];
+    var headers = table.tHead.rows[0].cells;
+    for (var k = 0; k < headers.length; k++) {
+      (function (header) {
+        var button = header.querySelector("button");
+        if (button) {
+          button.addEventListener("click", function () {
+            sortBy(body, headers, header);
+          });
+        }
+      })(headers[k]);
+    }
+  }
+
+  var tables = document.querySelectorAll("table.flagged-table");
+  for (var t = 0; t < tables.length; t++) {
+    sortable(tables[t]);
   }
 })();
