@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +47,21 @@ def translate_errors(func):
             raise ScreenerClickError(exc) from exc
 
     return wrapper
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(value) -> str:
+    """JSON for stdout. A number that is not finite is written as null: ``NaN`` and ``Infinity`` are not JSON."""
+    return json.dumps(_finite(value), indent=2, default=str, allow_nan=False)
 
 
 def parse_as_of(ctx, param, value):
@@ -166,7 +182,7 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
         _write_report(db, result.run_id, report_path, "html", redact=False)
     summary = result.as_dict()
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json_text(summary))
     else:
         click.echo(f"run {result.run_id}: scored {result.messages_scored} new messages with {result.model_name} "
                    f"({result.model_id}) in {result.seconds:.1f}s; {result.users} users seen, "
@@ -223,7 +239,7 @@ def flags(db, as_json, run_id):
     with open_run(db, run_id) as run:
         rows = aggregate.flags_json(run.store, run.run_id)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json_text(rows))
         return
     click.echo("rank\tuser_id\tn_messages\tn_negative\tratio\twilson_lower\tescalating")
     for r in rows:
@@ -248,7 +264,7 @@ def demo(directory, model, as_json):
 
     result, db, report_path = run_demo(Path(directory), model=model)
     if as_json:
-        click.echo(json.dumps({**result.as_dict(), "db": str(db), "report": str(report_path)}, indent=2))
+        click.echo(json_text({**result.as_dict(), "db": str(db), "report": str(report_path)}))
     else:
         click.echo(f"scored {result.messages_scored} messages from {result.users} users; "
                    f"{result.users_flagged} flagged\ndatabase: {db}\nreport:   {report_path}")
@@ -295,7 +311,7 @@ def train(base, recipe, data_dir, output, max_steps, device):
     from training.train import run_train
 
     summary = run_train(base, recipe, data_dir, output, max_steps=max_steps, device=device)
-    click.echo(json.dumps(summary, indent=2, default=str))
+    click.echo(json_text(summary))
 
 
 @main.command(name="eval")
@@ -320,7 +336,7 @@ def eval_(model, data, text_column, label_column, positive, negative, device, as
 
     metrics = evaluate(model, data, text_col=text_column, label_col=label_column, positive=positive,
                        negative=negative, device=device)
-    click.echo(json.dumps(metrics, indent=2, default=str) if as_json else format_report(metrics))
+    click.echo(json_text(metrics) if as_json else format_report(metrics))
 
 
 @main.command()
@@ -341,7 +357,7 @@ def compare(models_, data, out_prefix, device):
     from training.compare import compare as run_compare
 
     rows = run_compare(list(models_), data, f"{out_prefix}.md", f"{out_prefix}.html", device=device)
-    click.echo(json.dumps(rows, indent=2, default=str))
+    click.echo(json_text(rows))
 
 
 if __name__ == "__main__":

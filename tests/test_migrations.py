@@ -62,23 +62,27 @@ def shape(db: Path) -> dict[str, list[tuple]]:
 
 V1_FLAG_COLUMNS = ("run_id, user_id, rank, n_messages, n_negative, ratio, wilson_lower, n_long, neg_long, ratio_long, "
                    "n_last, neg_last, ratio_last, baseline_n, baseline_ratio, escalating")
+V1_RUN_COLUMNS = ("run_id, started_at, finished_at, status, source, model_name, model_id, as_of, messages_total, "
+                  "messages_scored, messages_skipped, skipped_by_reason, users_seen, users_flagged, seconds, config, "
+                  "error")
 
 
 def test_the_fixture_is_a_version_1_database_with_one_flag():
     assert version(FIXTURE) == "1"
     assert rows(FIXTURE, "SELECT count(*), count(DISTINCT user_id) FROM messages") == [(228, 3)]
     assert rows(FIXTURE, "SELECT run_id, user_id FROM screener_flags") == [(1, "user-023")]
-    assert SCHEMA_VERSION == 2 == migrations()[-1][0]
+    assert SCHEMA_VERSION == migrations()[-1][0] >= 2
 
 
 def test_opening_a_version_1_database_upgrades_it_in_place_and_keeps_every_row(v1):
-    before = {t: table_rows(v1, t) for t in V1_TABLES if t != "screener_flags"}
+    columns = {"screener_flags": V1_FLAG_COLUMNS, "screener_runs": V1_RUN_COLUMNS}
+    before = {t: table_rows(v1, t, columns.get(t, "*")) for t in V1_TABLES if t != "screener_flags"}
     flags_before = table_rows(v1, "screener_flags", V1_FLAG_COLUMNS)
     with Store(v1, Settings()) as store:
         store.ensure_schema()
         assert store.schema_version() == SCHEMA_VERSION
     assert version(v1) == str(SCHEMA_VERSION)
-    assert {t: table_rows(v1, t) for t in before} == before
+    assert {t: table_rows(v1, t, columns.get(t, "*")) for t in before} == before
     assert table_rows(v1, "screener_flags", V1_FLAG_COLUMNS) == flags_before
     # The one rule version 1 applied, with its reason rebuilt from the flag's counts and run 1's settings.
     assert table_rows(v1, "screener_flags", "user_id, rule, reason") == [
@@ -102,7 +106,7 @@ def test_a_failed_upgrade_leaves_the_database_at_version_1_untouched(v1):
     con.close()
     before = shape(v1)
     with Store(v1, Settings()) as store:
-        with pytest.raises(SchemaError, match="upgrading screener schema version 1 to 2 failed.*left at version 1"):
+        with pytest.raises(SchemaError, match=f"upgrading screener schema version 1 to {SCHEMA_VERSION} failed.*left at version 1"):
             store.ensure_schema()
     assert version(v1) == "1"
     assert shape(v1) == before
@@ -111,7 +115,7 @@ def test_a_failed_upgrade_leaves_the_database_at_version_1_untouched(v1):
 
 def test_a_read_only_open_of_a_version_1_database_is_refused_and_changes_nothing(v1):
     with Store(v1, Settings(), read_only=True) as store:
-        with pytest.raises(SchemaError, match="version 1, older than this release's 2.*screener scan") as err:
+        with pytest.raises(SchemaError, match=f"version 1, older than this release's {SCHEMA_VERSION}.*screener scan") as err:
             store.ensure_schema()
     assert err.value.exit_code == 6
     assert version(v1) == "1"
@@ -119,13 +123,14 @@ def test_a_read_only_open_of_a_version_1_database_is_refused_and_changes_nothing
 
 def test_a_newer_version_is_refused_with_exit_code_6_and_left_alone(v1):
     con = duckdb.connect(str(v1))
-    con.execute("UPDATE screener_meta SET value = '3' WHERE key = 'schema_version'")
+    newer = SCHEMA_VERSION + 1
+    con.execute("UPDATE screener_meta SET value = $v WHERE key = 'schema_version'", {"v": str(newer)})
     con.close()
     before = shape(v1)
     result = CliRunner().invoke(main, ["scan", str(v1), "--as-of", AS_OF.isoformat(), "--no-progress"])
     assert result.exit_code == 6, result.output
-    assert "schema version 3; this release reads version 2" in result.output
-    assert version(v1) == "3" and shape(v1) == before
+    assert f"schema version {newer}; this release reads version {SCHEMA_VERSION}" in result.output
+    assert version(v1) == str(newer) and shape(v1) == before
 
 
 def test_a_scan_after_the_upgrade_adds_a_run_and_flags_with_rule_and_reason(v1):
