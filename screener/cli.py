@@ -9,6 +9,8 @@ Exit codes (for cron):
   5  model not found or not loadable, or a model change that needs --rescore
   6  results database has an unknown or newer schema version
   7  writing results failed (disk full, I/O error); earlier results are intact
+  8  the archive is stale: its newest message is older than freshness_error_hours (results are stored)
+  130, 143  stopped by SIGINT (Ctrl-C) or SIGTERM; the run is recorded as interrupted, the next scan resumes
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ def main(verbose: int, quiet: bool) -> None:
     Nightly, from cron:
       screener scan /data/messages.duckdb --report /srv/reports/today.html
     Exit codes: 0 ok, 1 unexpected error, 2 bad usage or settings, 3 bad input,
-    4 already running, 5 model problem, 6 unknown schema version, 7 write failed.
+    4 already running, 5 model problem, 6 unknown schema version, 7 write failed,
+    8 stale archive, 130/143 stopped by SIGINT/SIGTERM.
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)]
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -128,7 +131,8 @@ def main(verbose: int, quiet: bool) -> None:
 @main.command()
 @click.argument("archive")
 @click.option("--db", "results_db", type=click.Path(dir_okay=False),
-              help="Results DuckDB file; required when ARCHIVE is Parquet (default: ARCHIVE itself).")
+              help="Results DuckDB file; required when ARCHIVE is Parquet. With a DuckDB ARCHIVE, the archive is "
+                   "then only read, never written (default: ARCHIVE itself).")
 @click.option("--model", help="Shipped model name or model folder [default].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run the model [auto].")
 @click.option("--batch-size", type=int,
@@ -152,12 +156,14 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
     """Score new messages in ARCHIVE, aggregate, flag users, record the run.
 
     ARCHIVE is a DuckDB file with a messages table, or Parquet files (a path or a quoted glob) together with --db.
+    Without --db the results are written into the DuckDB ARCHIVE itself; with it the archive is opened read-only.
     Only messages without a score for the model are read; an interrupted scan resumes where it stopped.
 
     \b
     Examples:
       screener scan messages.duckdb
       screener scan 'archive/*.parquet' --db results.duckdb --json
+      screener scan messages.duckdb --db results.duckdb
       screener scan messages.duckdb --as-of 2026-03-01T06:00:00Z --report report.html
     """
     from screener.scan import scan as run_scan
@@ -169,17 +175,21 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
     db = results_db or archive
     if not results_db and not Path(archive).is_file():
         raise click.ClickException(f"{archive} does not exist: expected a DuckDB file with a messages table")
-    if engine == "ray":
-        from screener.ray_engine import RayOptions, scan_ray
+    from screener.interrupts import stop_on_signals
 
-        result = scan_ray(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
-                          progress=not no_progress,
-                          options=RayOptions(address=ray_address, workers=ray_workers, work_dir=work_dir))
-    else:
-        result = run_scan(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
-                          progress=not no_progress)
-    if report_path:
-        _write_report(db, result.run_id, report_path, "html", redact=False)
+    # SIGINT and SIGTERM stop the scan cleanly: the run is recorded as interrupted, exit code 130 or 143.
+    with stop_on_signals():
+        if engine == "ray":
+            from screener.ray_engine import RayOptions, scan_ray
+
+            result = scan_ray(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
+                              progress=not no_progress,
+                              options=RayOptions(address=ray_address, workers=ray_workers, work_dir=work_dir))
+        else:
+            result = run_scan(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
+                              progress=not no_progress)
+        if report_path:
+            _write_report(db, result.run_id, report_path, "html", redact=False)
     summary = result.as_dict()
     if as_json:
         click.echo(json_text(summary))
@@ -187,6 +197,16 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
         click.echo(f"run {result.run_id}: scored {result.messages_scored} new messages with {result.model_name} "
                    f"({result.model_id}) in {result.seconds:.1f}s; {result.users} users seen, "
                    f"{result.users_flagged} flagged")
+    _check_freshness(result, settings)
+
+
+def _check_freshness(result, settings):
+    """Past ``freshness_error_hours`` the scan still stores its results and writes its report, then exits 8."""
+    from screener.errors import StaleSourceError
+    from screener.runs import STALE_ERROR, freshness_message
+
+    if result.freshness == STALE_ERROR:
+        raise StaleSourceError(freshness_message(result, settings))
 
 
 def _write_report(db, run_id, output, fmt, redact):
