@@ -1,7 +1,7 @@
-"""SIGINT and SIGTERM while a command runs: the first one raises :class:`~screener.errors.Interrupted` in the main
-thread, so that the scan stops where it is, drops the window it was scoring, lets the window being committed land or
-roll back, and records its run as ``interrupted``. Signals that arrive while it is stopping are logged and
-otherwise ignored, so the cleanup itself is not cut short."""
+"""SIGINT and SIGTERM while a command runs: the first one stops it, so that a scan drops the window it was
+scoring, lets the window being committed land or roll back, and records its run as ``interrupted``; the command
+then fails with :class:`~screener.errors.Interrupted` (exit code 130 or 143). Signals that arrive while it is
+stopping are logged and otherwise ignored, so the cleanup itself is not cut short."""
 
 from __future__ import annotations
 
@@ -21,12 +21,21 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
 
 
+class SignalReceived(BaseException):
+    """What the handler raises. Like KeyboardInterrupt it is no ``Exception``, so that no ``except Exception`` on
+    the way (a logging handler's, a library's) swallows it; :func:`stopping` turns it into ``Interrupted``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def _handler(signum: int, frame) -> None:
     if _received:
         log.warning("%s received while stopping: finishing the cleanup first", signal.Signals(signum).name)
         return
     _received.append(signum)
-    raise Interrupted(signum)
+    raise SignalReceived(signum)
 
 
 @contextmanager
@@ -43,6 +52,8 @@ def stop_on_signals() -> Iterator[None]:
     _received.clear()
     try:
         yield
+    except SignalReceived as exc:
+        raise Interrupted(exc.signum) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -50,12 +61,21 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def stopping(exc: BaseException) -> Interrupted | None:
-    """The interruption ``exc`` is or stands for: itself, a Ctrl-C (``KeyboardInterrupt``, when no handler of
-    ours was active), or any error raised while a signal is being handled; None for an ordinary error."""
+    """The interruption ``exc`` is or stands for: a signal's, a Ctrl-C (``KeyboardInterrupt``, where no handler of
+    ours is active), or any error raised while a signal is being handled; None for an ordinary error."""
     if isinstance(exc, Interrupted):
         return exc
+    if isinstance(exc, SignalReceived):
+        return Interrupted(exc.signum)
     if isinstance(exc, KeyboardInterrupt):
         return Interrupted(signal.SIGINT)
     if _received:
         return Interrupted(_received[0])
     return None
+
+
+def check() -> None:
+    """Stop now if a signal arrived: for the rare code that catches even BaseException and so swallowed the one
+    the handler raised. Loops call it between units of work."""
+    if _received:
+        raise Interrupted(_received[0])
