@@ -181,14 +181,13 @@ def freshness_level(settings: Settings, age_hours: float | None) -> str:
 
 def freshness_message(r: ScanResult, settings: Settings) -> str:
     """One line on how stale the source is, for stderr and the exit-8 error."""
-    limit = settings.freshness_error_hours if r.freshness == STALE_ERROR else settings.freshness_warn_hours
-    kind = "error" if r.freshness == STALE_ERROR else "warning"
+    setting = "freshness_error_hours" if r.freshness == STALE_ERROR else "freshness_warn_hours"
     if r.newest_message_at is None:
         where = "the archive holds no message with a time"
     else:
         where = (f"the archive's newest message is from {r.newest_message_at}, "
                  f"{r.newest_message_age_hours:.1f} hours before as-of {r.as_of}")
-    return (f"stale source: {where} (freshness_{kind.replace('warning', 'warn')}_hours = {limit:g}); "
+    return (f"stale source: {where} ({setting} = {getattr(settings, setting):g}); "
             f"{r.messages_new} new messages since the previous run. Check the export that feeds the archive.")
 
 
