@@ -156,6 +156,13 @@ _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
+def _size(size: float) -> str:
+    for unit in ("tib", "gib", "mib", "kib"):
+        if size >= _UNITS[unit] and size % _UNITS[unit] == 0:
+            return f"{int(size // _UNITS[unit])}{unit[0].upper()}iB"
+    return f"{int(size)}B"
+
+
 def memory_bytes(limit: str) -> int:
     """Bytes in a DuckDB memory limit such as ``256MB`` or ``4GiB``, within ``memory_limit``'s range."""
     match = re.fullmatch(r"\s*(\d{1,20}(?:\.\d{1,20})?)\s*([a-zA-Z]+)\s*", limit)
@@ -164,7 +171,8 @@ def memory_bytes(limit: str) -> int:
     size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     allowed = _FIELDS["memory_limit"].metadata[BYTES_RANGE]
     if not allowed.holds(size):
-        raise ValueError(f"memory_limit must be at least 16MiB and at most 1024TiB, got {_shown(limit)}")
+        raise ValueError(f"memory_limit must be between {_size(allowed.low)} and {_size(allowed.high)}, "
+                         f"got {_shown(limit)}")
     return size
 
 
