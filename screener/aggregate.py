@@ -59,6 +59,16 @@ def _iso(value: Any) -> Any:
     return value
 
 
+def _count(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _age_hours(as_of: datetime, newest: datetime | None) -> float | None:
+    if newest is None:
+        return None
+    return round((as_of - newest).total_seconds() / 3600, 1)
+
+
 def _rows(cursor) -> list[dict[str, Any]]:
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
@@ -169,9 +179,18 @@ def report_data(store: Store, run_id: int, generated_at: datetime | None = None,
             "messages_scored": int(run["messages_scored"] or 0), "messages_total": int(run["messages_total"] or 0),
             "messages_skipped": int(run["messages_skipped"] or 0),
             "skipped_by_reason": json.loads(run["skipped_by_reason"] or "{}"),
+            # None for runs recorded before rows were sorted into one reason each (and for failed runs).
+            "messages_with_score": _count(run["messages_with_score"]),
+            "messages_not_aggregated": _count(run["messages_not_aggregated"]),
+            "not_aggregated_by_reason": json.loads(run["not_aggregated_by_reason"] or "{}"),
             "users_seen": int(run["users_seen"] or 0), "users_flagged": int(run["users_flagged"] or 0),
             "seconds": float(run["seconds"] or 0.0),
             "false_positive": states.false_positive_rate(store, model_id),
+            "newest_message_at": _iso(run["newest_message_at"]),
+            "newest_message_age_hours": _age_hours(as_of, run["newest_message_at"]),
+            "messages_new": _count(run["messages_new"]),
+            "messages_in_window": _count(run["messages_in_window"]),
+            "freshness": run["freshness"],
         },
         "settings": {
             "windows_days": [s.short_window_days, s.long_window_days],
@@ -183,6 +202,8 @@ def report_data(store: Store, run_id: int, generated_at: datetime | None = None,
             "baseline_days": s.baseline_days,
             "escalation_delta": s.escalation_delta,
             "negative_threshold": s.negative_threshold,
+            "freshness_warn_hours": s.freshness_warn_hours,
+            "freshness_error_hours": s.freshness_error_hours,
             "rules": rules.describe(s),
             "handled_margin": s.handled_margin,
             "handled_days": s.handled_days,

@@ -9,6 +9,8 @@ Exit codes (for cron):
   5  model not found or not loadable, or a model change that needs --rescore
   6  results database has an unknown or newer schema version
   7  writing results failed (disk full, I/O error); earlier results are intact
+  8  the archive is stale: its newest message is older than freshness_error_hours (results are stored)
+  130, 143  stopped by SIGINT (Ctrl-C) or SIGTERM; the run is recorded as interrupted, the next scan resumes
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +50,21 @@ def translate_errors(func):
             raise ScreenerClickError(exc) from exc
 
     return wrapper
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(value) -> str:
+    """JSON for stdout. A number that is not finite is written as null: ``NaN`` and ``Infinity`` are not JSON."""
+    return json.dumps(_finite(value), indent=2, default=str, allow_nan=False)
 
 
 def parse_as_of(ctx, param, value):
@@ -115,7 +133,8 @@ def main(verbose: int, quiet: bool) -> None:
     Nightly, from cron:
       screener scan /data/messages.duckdb --report /srv/reports/today.html
     Exit codes: 0 ok, 1 unexpected error, 2 bad usage or settings, 3 bad input,
-    4 already running, 5 model problem, 6 unknown schema version, 7 write failed.
+    4 already running, 5 model problem, 6 unknown schema version, 7 write failed,
+    8 stale archive, 130/143 stopped by SIGINT/SIGTERM.
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)]
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -124,7 +143,8 @@ def main(verbose: int, quiet: bool) -> None:
 @main.command()
 @click.argument("archive")
 @click.option("--db", "results_db", type=click.Path(dir_okay=False),
-              help="Results DuckDB file; required when ARCHIVE is Parquet (default: ARCHIVE itself).")
+              help="Results DuckDB file; required when ARCHIVE is Parquet. With a DuckDB ARCHIVE, the archive is "
+                   "then only read, never written (default: ARCHIVE itself).")
 @click.option("--model", help="Shipped model name or model folder [default].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run the model [auto].")
 @click.option("--batch-size", type=int,
@@ -156,12 +176,14 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
     """Score new messages in ARCHIVE, aggregate, flag users, record the run.
 
     ARCHIVE is a DuckDB file with a messages table, or Parquet files (a path or a quoted glob) together with --db.
+    Without --db the results are written into the DuckDB ARCHIVE itself; with it the archive is opened read-only.
     Only messages without a score for the model are read; an interrupted scan resumes where it stopped.
 
     \b
     Examples:
       screener scan messages.duckdb
       screener scan 'archive/*.parquet' --db results.duckdb --json
+      screener scan messages.duckdb --db results.duckdb
       screener scan messages.duckdb --as-of 2026-03-01T06:00:00Z --report report.html
       screener scan messages.duckdb --results-json run.json --notify-command 'notify-slack --channel support'
     """
@@ -187,25 +209,39 @@ def _scan(archive, results_db, model, device, batch_size, rescore, report_path, 
     db = results_db or archive
     if not results_db and not Path(archive).is_file():
         raise click.ClickException(f"{archive} does not exist: expected a DuckDB file with a messages table")
-    if engine == "ray":
-        from screener.ray_engine import RayOptions, scan_ray
+    from screener.interrupts import stop_on_signals
 
-        result = scan_ray(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
-                          progress=not no_progress,
-                          options=RayOptions(address=ray_address, workers=ray_workers, work_dir=work_dir))
-    else:
-        result = run_scan(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
-                          progress=not no_progress)
-    state["summary"] = result.as_dict()
-    if report_path:
-        _write_report(db, result.run_id, report_path, "html", redact=False)
+    # SIGINT and SIGTERM stop the scan cleanly: the run is recorded as interrupted, exit code 130 or 143.
+    with stop_on_signals():
+        if engine == "ray":
+            from screener.ray_engine import RayOptions, scan_ray
+
+            result = scan_ray(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
+                              progress=not no_progress,
+                              options=RayOptions(address=ray_address, workers=ray_workers, work_dir=work_dir))
+        else:
+            result = run_scan(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
+                              progress=not no_progress)
+        state["summary"] = result.as_dict()
+        if report_path:
+            _write_report(db, result.run_id, report_path, "html", redact=False)
     summary = result.as_dict()
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json_text(summary))
     else:
         click.echo(f"run {result.run_id}: scored {result.messages_scored} new messages with {result.model_name} "
                    f"({result.model_id}) in {result.seconds:.1f}s; {result.users} users seen, "
                    f"{result.users_flagged} flagged")
+    _check_freshness(result, settings)
+
+
+def _check_freshness(result, settings):
+    """Past ``freshness_error_hours`` the scan still stores its results and writes its report, then exits 8."""
+    from screener.errors import StaleSourceError
+    from screener.runs import STALE_ERROR, freshness_message
+
+    if result.freshness == STALE_ERROR:
+        raise StaleSourceError(freshness_message(result, settings))
 
 
 # --- run summary and notification (scan --results-json / --notify-command) ------------------------------------
@@ -340,7 +376,7 @@ def flags(db, as_json, run_id):
     with open_run(db, run_id) as run:
         rows = aggregate.flags_json(run.store, run.run_id)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json_text(rows))
         return
     click.echo("rank\tuser_id\tn_messages\tn_negative\tratio\twilson_lower\tescalating\tstate")
     for r in rows:
@@ -536,7 +572,7 @@ def demo(directory, model, as_json):
 
     result, db, report_path = run_demo(Path(directory), model=model)
     if as_json:
-        click.echo(json.dumps({**result.as_dict(), "db": str(db), "report": str(report_path)}, indent=2))
+        click.echo(json_text({**result.as_dict(), "db": str(db), "report": str(report_path)}))
     else:
         click.echo(f"scored {result.messages_scored} messages from {result.users} users; "
                    f"{result.users_flagged} flagged\ndatabase: {db}\nreport:   {report_path}")
@@ -623,7 +659,7 @@ def train(base, recipe, data_dir, output, max_steps, device):
     from training.train import run_train
 
     summary = run_train(base, recipe, data_dir, output, max_steps=max_steps, device=device)
-    click.echo(json.dumps(summary, indent=2, default=str))
+    click.echo(json_text(summary))
 
 
 @main.command(name="eval")
@@ -648,7 +684,7 @@ def eval_(model, data, text_column, label_column, positive, negative, device, as
 
     metrics = evaluate(model, data, text_col=text_column, label_col=label_column, positive=positive,
                        negative=negative, device=device)
-    click.echo(json.dumps(metrics, indent=2, default=str) if as_json else format_report(metrics))
+    click.echo(json_text(metrics) if as_json else format_report(metrics))
 
 
 @main.command()
@@ -672,7 +708,7 @@ def compare(models_, data, out_prefix, device):
     from training.compare import compare as run_compare
 
     rows = run_compare(list(models_), list(data) or None, f"{out_prefix}.md", f"{out_prefix}.html", device=device)
-    click.echo(json.dumps(rows, indent=2, default=str))
+    click.echo(json_text(rows))
 
 
 if __name__ == "__main__":

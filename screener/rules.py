@@ -23,7 +23,7 @@ To add a rule, touch these three places and nothing else:
        FROM screener_user_stats
        WHERE <condition on the columns and $settings>;
 
-2. ``screener/settings.py``: a field of ``Settings`` for each new setting (with its check in ``__post_init__``), and
+2. ``screener/settings.py``: a field of ``Settings`` for each new setting (with its range, ``_ranged``), and
    ``"<rule>": ("<setting>", ...)`` in ``FLAG_RULES``, at the place of its priority.
 3. ``tests/test_rules.py``: a tiny archive with the users the rule must and must not flag, and the reason it gives,
    computed by hand.

@@ -1,23 +1,24 @@
 """A scan run's life, shared by the local and the Ray engine: the source it reads, its record in
-``screener_runs`` from begin to completed or failed, the scores and skipped rows it commits, and the finished run
-opened again for reading (report, flags)."""
+``screener_runs`` from begin to completed, failed or interrupted, the scores and skipped rows it commits, the
+accounting of the archive's rows and its freshness, and the finished run opened again for reading (report, flags)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from screener import aggregate, queries, states
+from screener import aggregate, interrupts, queries, states
 from screener.classifiers.base import BINARY_LABELS, NEGATIVE, NEUTRAL, POSITIVE, THREE_WAY_LABELS
 from screener.errors import InputError, ModelError, StorageError
 from screener.settings import Settings
@@ -30,23 +31,40 @@ SCORES_VIEW = "screener_batch_scores"
 SKIPPED_VIEW = "screener_batch_skipped"
 EMPTY_TEXT = "empty_text"
 
+# Freshness of the source (the ``freshness`` column): its newest message against the freshness limits.
+FRESH, STALE_WARN, STALE_ERROR, UNCHECKED = "fresh", "warn", "error", "off"
+
 
 @dataclass
 class ScanResult:
+    """A completed run. The archive's rows add up: ``messages_total`` = ``messages_with_score`` (scored, in this
+    run or earlier) + ``messages_skipped`` (not scored, one reason per row in ``skipped_by_reason``); of the scored,
+    ``messages_not_aggregated`` have no user, no time or a time after as-of (``not_aggregated_by_reason``)."""
+
     run_id: int
     model_name: str
     model_id: str
     as_of: str
     messages_total: int
-    messages_scored: int
+    messages_scored: int  # scored by this run
     messages_skipped: int
     skipped_by_reason: dict = field(default_factory=dict)
+    messages_with_score: int = 0
+    messages_not_aggregated: int = 0
+    not_aggregated_by_reason: dict = field(default_factory=dict)
     users: int = 0
     users_flagged: int = 0
     seconds: float = 0.0
     rescored: bool = False
     # The model's false-positive rate from staff decisions so far (see screener.states).
     false_positive: dict = field(default_factory=dict)
+    # Freshness: the archive's newest message, its age at as-of, the messages newer than the previous run's newest,
+    # the messages in the flag window, and FRESH, STALE_WARN, STALE_ERROR or UNCHECKED.
+    newest_message_at: str | None = None
+    newest_message_age_hours: float | None = None
+    messages_new: int = 0
+    messages_in_window: int = 0
+    freshness: str = UNCHECKED
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +81,7 @@ class Run:
     as_of: datetime
     rescore: bool
     started: float  # time.monotonic() when the scan started
+    source: str = ""
 
 
 class OpenedRun(NamedTuple):
@@ -74,17 +93,28 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
 def resolve_source(db: str | Path, source: str | None, settings: Settings) -> Source:
-    """The messages table of the results database itself, or Parquet files (local, a glob or an object-storage
-    URI)."""
-    if source is None or Path(source) == Path(db):
+    """The messages table of the results database itself; Parquet files (local, a glob or an object-storage URI);
+    or the messages table of another DuckDB file, which is then only ever opened read-only."""
+    if source is None or _same_file(source, db):
         return Source(settings.table, parquet=False)
     if is_parquet_source(source):
         return Source(source, parquet=True)
-    raise InputError(
-        f"cannot read messages from {source!r}: expected Parquet files (a .parquet path or a glob), or the "
-        "DuckDB file itself as the only argument"
-    )
+    path = Path(source)
+    if path.is_dir():
+        raise InputError(f"the archive {source} is a folder: expected a DuckDB file with a messages table, or "
+                         "Parquet files (a .parquet path or a quoted glob such as 'archive/*.parquet')")
+    if not path.is_file():
+        raise InputError(f"the archive {source} does not exist: expected a DuckDB file with a messages table, or "
+                         "Parquet files (a .parquet path or a quoted glob such as 'archive/*.parquet')")
+    return Source(str(path.resolve()), parquet=False, archive=True)
 
 
 def is_blank(text: str | None) -> bool:
@@ -112,47 +142,91 @@ def begin(store: Store, settings: Settings, src: Source, model_name: str, model_
     run_id = int(store.scalar("run_next_id"))
     store.run("run_insert", {
         "run_id": run_id, "started_at": datetime.now(timezone.utc), "source": src.location,
-        "model_name": model_name, "model_id": model_id, "as_of": as_of,
+        "source_kind": src.kind, "model_name": model_name, "model_id": model_id, "as_of": as_of,
         "config": json_dumps(settings.as_dict()),
     })
-    return Run(run_id, settings, model_name, model_id, as_of, rescore, started)
+    return Run(run_id, settings, model_name, model_id, as_of, rescore, started, src.location)
 
 
 @contextmanager
 def guard(store: Store, run: Run) -> Iterator[None]:
-    """Record a failure in the run record and turn DuckDB errors into the documented screener errors."""
+    """Record a failure or an interruption (SIGINT, SIGTERM) in the run record and turn DuckDB errors into the
+    documented screener errors."""
     try:
         yield
-    except duckdb.Error as exc:
-        fail(store, run.run_id, exc)
-        raise conversion_error(exc, run.settings) or StorageError(
-            f"the scan failed on {store.path}: {str(exc).splitlines()[0]}. Earlier results are intact; "
-            "scores committed before the failure are kept and the next run resumes after them."
-        ) from exc
     except BaseException as exc:
+        stop = interrupts.stopping(exc)
+        if stop is not None:
+            fail(store, run.run_id, stop, status="interrupted")
+            if stop is exc:
+                raise
+            raise stop from exc
         fail(store, run.run_id, exc)
+        if isinstance(exc, duckdb.Error):
+            raise conversion_error(exc, run.settings) or StorageError(
+                f"the scan failed on {store.path}: {str(exc).splitlines()[0]}. Earlier results are intact; "
+                "scores committed before the failure are kept and the next run resumes after them."
+            ) from exc
         raise
+
+
+def freshness_level(settings: Settings, age_hours: float | None) -> str:
+    """FRESH, STALE_WARN or STALE_ERROR for a newest message ``age_hours`` old at as-of (None: the archive holds
+    no message with a time, which is as stale as it gets); UNCHECKED when both limits are 0."""
+    if not settings.freshness_warn_hours and not settings.freshness_error_hours:
+        return UNCHECKED
+    if settings.freshness_error_hours and (age_hours is None or age_hours > settings.freshness_error_hours):
+        return STALE_ERROR
+    if settings.freshness_warn_hours and (age_hours is None or age_hours > settings.freshness_warn_hours):
+        return STALE_WARN
+    return FRESH
+
+
+def freshness_message(r: ScanResult, settings: Settings) -> str:
+    """One line on how stale the source is, for stderr and the exit-8 error."""
+    setting = "freshness_error_hours" if r.freshness == STALE_ERROR else "freshness_warn_hours"
+    if r.newest_message_at is None:
+        where = "the archive holds no message with a time"
+    else:
+        where = (f"the archive's newest message is from {r.newest_message_at}, "
+                 f"{r.newest_message_age_hours:.1f} hours before as-of {r.as_of}")
+    return (f"stale source: {where} ({setting} = {getattr(settings, setting):g}); "
+            f"{r.messages_new} new messages since the previous run. Check the export that feeds the archive.")
+
+
+def _freshness(store: Store, run: Run) -> dict[str, Any]:
+    since = store.scalar("run_previous", {"source": run.source, "run_id": run.run_id})
+    newest, in_window, new = store.run("source_freshness", {
+        "as_of": run.as_of, "short_days": run.settings.short_window_days, "since": since}).fetchone()
+    age = None if newest is None else (run.as_of - utc(newest)).total_seconds() / 3600
+    return {"newest_message_at": None if newest is None else utc(newest).isoformat(),
+            "newest_message_age_hours": None if age is None else round(age, 3),
+            "messages_new": int(new), "messages_in_window": int(in_window),
+            "freshness": freshness_level(run.settings, age)}
 
 
 def complete(store: Store, run: Run, scored: int) -> ScanResult:
     """Aggregate the windows, store the flags and close the run record, once every score is committed."""
-    quality = store.source_quality(run.as_of)
+    rows = store.source_accounting(run.model_id, run.as_of)
+    freshness = _freshness(store, run)
     aggregate.compute_user_stats(store, run.settings, run.model_id, run.as_of)
-    skipped = {k: v for k, v in quality.items() if k != "total" and v}
-    skipped.update({reason: int(n) for reason, n in
-                    store.run("skipped_count", {"model_id": run.model_id}).fetchall()})
+    not_aggregated = {k: v for k, v in rows["scored"].items() if k != "aggregated"}
     store.con.begin()
     users_seen, users_flagged = aggregate.store_flags(store, run.run_id)
     result = ScanResult(
         run_id=run.run_id, model_name=run.model_name, model_id=run.model_id, as_of=run.as_of.isoformat(),
-        messages_total=quality["total"], messages_scored=scored,
-        messages_skipped=sum(skipped.values()), skipped_by_reason=skipped,
+        messages_total=sum(rows["scored"].values()) + sum(rows["not_scored"].values()), messages_scored=scored,
+        messages_skipped=sum(rows["not_scored"].values()), skipped_by_reason=rows["not_scored"],
+        messages_with_score=sum(rows["scored"].values()),
+        messages_not_aggregated=sum(not_aggregated.values()), not_aggregated_by_reason=not_aggregated,
         users=users_seen, users_flagged=users_flagged,
-        seconds=round(time.monotonic() - run.started, 3), rescored=run.rescore,
+        seconds=round(time.monotonic() - run.started, 3), rescored=run.rescore, **freshness,
         false_positive=states.false_positive_rate(store, run.model_id),
     )
     finish(store, result, "completed", None)
     store.con.commit()
+    if result.freshness == STALE_WARN:
+        log.warning(freshness_message(result, run.settings))
     return result
 
 
@@ -161,27 +235,30 @@ def finish(store: Store, r: ScanResult, status: str, error: str | None) -> None:
         "run_id": r.run_id, "finished_at": datetime.now(timezone.utc), "status": status,
         "messages_total": r.messages_total, "messages_scored": r.messages_scored,
         "messages_skipped": r.messages_skipped, "skipped_by_reason": json_dumps(r.skipped_by_reason),
+        "messages_with_score": r.messages_with_score, "messages_not_aggregated": r.messages_not_aggregated,
+        "not_aggregated_by_reason": json_dumps(r.not_aggregated_by_reason),
+        "newest_message_at": r.newest_message_at, "messages_new": r.messages_new,
+        "messages_in_window": r.messages_in_window, "freshness": r.freshness,
         "users_seen": r.users, "users_flagged": r.users_flagged, "seconds": r.seconds, "error": error,
     })
 
 
-def fail(store: Store, run_id: int, exc: BaseException) -> None:
-    """Best effort: record the failure; if even that fails (disk full), the run stays 'running' and the next
-    scan marks it interrupted. The statement bypasses ``Store.run`` so that a write error stays a DuckDB error."""
+def fail(store: Store, run_id: int, exc: BaseException, status: str = "failed") -> None:
+    """Best effort: close a run that is still running as ``status`` (failed, or interrupted by a signal); if even
+    that fails (disk full), the run stays 'running' and the next scan marks it interrupted. The statement bypasses
+    ``Store.run`` so that a write error stays a DuckDB error."""
     try:
         try:
             store.con.rollback()
         except duckdb.Error:
             pass
         store.con.execute(
-            queries.load("run_finish"),
-            {"run_id": run_id, "finished_at": datetime.now(timezone.utc), "status": "failed",
-             "messages_total": None, "messages_scored": None, "messages_skipped": None,
-             "skipped_by_reason": None, "users_seen": None, "users_flagged": None, "seconds": None,
+            queries.load("run_abort"),
+            {"run_id": run_id, "finished_at": datetime.now(timezone.utc), "status": status,
              "error": f"{type(exc).__name__}: {exc}"[:2000]},
         )
     except duckdb.Error as second:
-        log.error("could not record the failure of run %d: %s", run_id, second)
+        log.error("could not record the end of run %d: %s", run_id, second)
 
 
 def _check_model_change(store: Store, model_id: str, name: str, rescore: bool) -> None:
@@ -293,5 +370,5 @@ def attach_run_source(store: Store, run_id: int) -> dict:
     except KeyError:
         raise InputError(f"{store.path} has no run {run_id}") from None
     store.settings = Settings(**json.loads(record["config"]))
-    store.attach_source(Source(record["source"], parquet=is_parquet_source(record["source"])))
+    store.attach_source(Source.recorded(record["source"], record["source_kind"]))
     return record

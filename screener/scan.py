@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from screener import batching, queries, runs
+from screener import batching, interrupts, queries, runs
 from screener.classifiers.base import Classifier
 from screener.progress import Progress
 from screener.settings import Settings
@@ -81,6 +81,7 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
             committing = None
             try:
                 while (batch := next_batch.result()) is not None:
+                    interrupts.check()
                     next_batch = read_pool.submit(next, windows, None)
                     tables = _score_window(clf, run_id, batch, settings)
                     if committing is not None:

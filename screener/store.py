@@ -26,6 +26,7 @@ from screener.settings import Settings
 log = logging.getLogger(__name__)
 
 PARQUET_VIEW = "screener_parquet"
+ARCHIVE_VIEW = "screener_archive_messages"
 
 _TIME_TYPES = ("TIMESTAMP", "DATE", "VARCHAR")
 _TEXT_TYPES = ("VARCHAR",)
@@ -73,10 +74,24 @@ def _classify_open_error(path: Path, exc: Exception) -> Exception:
 
 @dataclass
 class Source:
-    """Where the messages come from: a table of the results database, or Parquet files."""
+    """Where the messages come from: a table of the results database, Parquet files, or a table of another DuckDB
+    file (``archive``), attached read-only."""
 
-    location: str  # the table name, or the Parquet path/glob
+    location: str  # the table name, the Parquet path/glob, or the DuckDB archive's path
     parquet: bool
+    archive: bool = False
+
+    @property
+    def kind(self) -> str:
+        """What the run record's ``source_kind`` says: ``table``, ``parquet`` or ``duckdb``."""
+        return "parquet" if self.parquet else "duckdb" if self.archive else "table"
+
+    @classmethod
+    def recorded(cls, location: str, kind: str | None) -> "Source":
+        """The source a run record names; runs recorded before ``source_kind`` existed read a table or Parquet."""
+        if kind is None:
+            kind = "parquet" if is_parquet_source(location) else "table"
+        return cls(location, parquet=kind == "parquet", archive=kind == "duckdb")
 
 
 class Store:
@@ -198,6 +213,8 @@ class Store:
             except duckdb.Error as exc:
                 raise InputError(f"cannot read Parquet {source.location!r}: {str(exc).splitlines()[0]}") from exc
             table = PARQUET_VIEW
+        elif source.archive:
+            table = self._attach_archive(source, con)
         else:
             table = source.location
         columns = dict(con.execute(queries.load("table_columns"), {"table": table}).fetchall())
@@ -231,8 +248,33 @@ class Store:
         self.source = source
         self._source_sql_idents = (allowed, idents)
 
-    def _where(self, source: Source) -> str:
-        return f"Parquet {source.location!r}" if source.parquet else f"{self.path} table {source.location!r}"
+    def _attach_archive(self, source: Source, con) -> str:
+        """Attach the DuckDB archive read-only and put its messages table (``table``, or ``schema.table``) behind
+        ``ARCHIVE_VIEW``."""
+        try:
+            con.execute(queries.load("archive_attach"), {"path": source.location})
+        except duckdb.Error as exc:
+            raise InputError(
+                f"cannot open the archive {source.location} read-only: {str(exc).splitlines()[0]}. Expected a "
+                "DuckDB file with a messages table; if another process is writing it, scan after it has finished."
+            ) from exc
+        found = [tuple(r) for r in con.execute(queries.load("archive_tables")).fetchall()]
+        wanted = self.settings.table
+        schema, _, name = wanted.rpartition(".")
+        matches = ([(schema, name)] if schema and (schema, name) in found else
+                   [("main", wanted)] if ("main", wanted) in found else
+                   [pair for pair in found if pair[1] == wanted])
+        if len(matches) != 1:
+            listed = sorted(n if s == "main" else f"{s}.{n}" for s, n in found)
+            problem = f"table {wanted!r} is in several schemas" if matches else f"no table {wanted!r}"
+            raise InputError(
+                f"{source.location}: {problem}. Expected the messages table (set `table` in screener.toml or "
+                f"--table, schema-qualified as schema.table where needed); found tables: {listed or 'none'}"
+            )
+        [(schema, name)] = matches
+        allowed = {"schema": {s for s, _ in found}, "table": {n for _, n in found}}
+        con.execute(queries.with_identifiers("archive_view", allowed, schema=schema, table=name))
+        return ARCHIVE_VIEW
 
     def run_on_source(self, name: str, params: dict | None = None):
         """Run a statement that reads the archive's own table through the identifier slots of ``source_view``
@@ -240,12 +282,24 @@ class Store:
         allowed, idents = self._source_sql_idents
         return self.con.execute(queries.with_identifiers(name, allowed, **idents), params or {})
 
-    def source_quality(self, as_of: datetime) -> dict[str, int]:
+    def _where(self, source: Source) -> str:
+        if source.parquet:
+            return f"Parquet {source.location!r}"
+        if source.archive:
+            return f"{source.location} table {self.settings.table!r}"
+        return f"{self.path} table {source.location!r}"
+
+    def source_accounting(self, model_id: str, as_of: datetime) -> dict[str, dict[str, int]]:
+        """Every archive row once, by category (``scored``, ``not_scored``) and reason; see
+        ``sql/source/source_accounting.sql``. Reasons with no rows are left out."""
         allowed, idents = self._source_sql_idents
-        row = self.con.execute(queries.with_identifiers("source_quality", allowed, **idents),
-                               {"as_of": as_of}).fetchone()
-        cols = ["total", "null_message_id", "duplicate_message_id", "null_user_id", "null_sent_at", "after_as_of"]
-        return dict(zip(cols, (int(v) for v in row)))
+        rows = self.con.execute(queries.with_identifiers("source_accounting", allowed, **idents),
+                                {"model_id": model_id, "as_of": as_of}).fetchall()
+        out: dict[str, dict[str, int]] = {"scored": {}, "not_scored": {}}
+        for category, reason, n in rows:
+            if n:
+                out[category][reason] = int(n)
+        return out
 
     def reader_cursor(self):
         """A second connection for streaming the pending messages while the first one writes."""
@@ -269,4 +323,4 @@ def conversion_error(exc: Exception, settings: Settings) -> InputError | None:
 
 
 def json_dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+    return json.dumps(value, sort_keys=True, default=str, allow_nan=False)

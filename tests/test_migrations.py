@@ -63,6 +63,9 @@ def shape(db: Path) -> dict[str, list[tuple]]:
 V1_SCORE_COLUMNS = "message_id, model_id, p_negative, label, scored_at, run_id"
 V1_FLAG_COLUMNS = ("run_id, user_id, rank, n_messages, n_negative, ratio, wilson_lower, n_long, neg_long, ratio_long, "
                    "n_last, neg_last, ratio_last, baseline_n, baseline_ratio, escalating")
+V1_RUN_COLUMNS = ("run_id, started_at, finished_at, status, source, model_name, model_id, as_of, messages_total, "
+                  "messages_scored, messages_skipped, skipped_by_reason, users_seen, users_flagged, seconds, config, "
+                  "error")
 
 
 def test_the_fixture_is_a_version_1_database_with_one_flag():
@@ -73,14 +76,16 @@ def test_the_fixture_is_a_version_1_database_with_one_flag():
 
 
 def test_opening_a_version_1_database_upgrades_it_in_place_and_keeps_every_row(v1):
-    before = {t: table_rows(v1, t) for t in V1_TABLES if t not in ("screener_flags", "screener_scores")}
+    columns = {"screener_flags": V1_FLAG_COLUMNS, "screener_runs": V1_RUN_COLUMNS}
+    before = {t: table_rows(v1, t, columns.get(t, "*")) for t in V1_TABLES
+              if t not in ("screener_flags", "screener_scores")}
     flags_before = table_rows(v1, "screener_flags", V1_FLAG_COLUMNS)
     scores_before = table_rows(v1, "screener_scores", V1_SCORE_COLUMNS)
     with Store(v1, Settings()) as store:
         store.ensure_schema()
         assert store.schema_version() == SCHEMA_VERSION
     assert version(v1) == str(SCHEMA_VERSION)
-    assert {t: table_rows(v1, t) for t in before} == before
+    assert {t: table_rows(v1, t, columns.get(t, "*")) for t in before} == before
     assert table_rows(v1, "screener_flags", V1_FLAG_COLUMNS) == flags_before
     assert table_rows(v1, "screener_scores", V1_SCORE_COLUMNS) == scores_before
     # The one rule version 1 applied, with its reason rebuilt from the flag's counts and run 1's settings.

@@ -17,15 +17,18 @@ from screener.settings import Settings
 from screener.store import Source, Store
 
 
-def test_resolve_source_is_the_table_of_the_database_or_parquet_files(tmp_path):
+def test_resolve_source_is_the_table_of_the_database_parquet_files_or_another_duckdb_file(tmp_path):
     db = tmp_path / "r.duckdb"
     settings = Settings(table="chat")
     assert runs.resolve_source(db, None, settings) == Source("chat", parquet=False)
     assert runs.resolve_source(db, str(db), settings) == Source("chat", parquet=False)
     assert runs.resolve_source(db, "a/*.parquet", settings) == Source("a/*.parquet", parquet=True)
     assert runs.resolve_source(db, "s3://b/a", settings) == Source("s3://b/a", parquet=True)
-    with pytest.raises(InputError, match="expected Parquet files"):
+    with pytest.raises(InputError, match="other.duckdb does not exist: expected a DuckDB file"):
         runs.resolve_source(db, str(tmp_path / "other.duckdb"), settings)
+    (tmp_path / "other.duckdb").touch()
+    assert runs.resolve_source(db, str(tmp_path / "other.duckdb"), settings) == Source(
+        str((tmp_path / "other.duckdb").resolve()), parquet=False, archive=True)
 
 
 def test_blank_means_none_or_only_whitespace():

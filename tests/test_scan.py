@@ -105,8 +105,9 @@ def test_duplicate_ids_null_users_and_null_times_are_counted_not_lost(tmp_path):
     result = run(db)
     assert result.messages_total == 7
     assert result.messages_scored == 5          # 3 + no-user + no-time; the duplicate and the id-less are not
-    assert result.skipped_by_reason == {"duplicate_message_id": 1, "null_user_id": 1, "null_sent_at": 1,
-                                        "null_message_id": 1}
+    assert result.skipped_by_reason == {"duplicate_message_id": 1, "null_message_id": 1}
+    assert result.not_aggregated_by_reason == {"null_user_id": 1, "null_sent_at": 1}
+    assert (result.messages_with_score, result.messages_skipped) == (5, 2)
     assert score_counts(db) == (5, 5)
 
 

@@ -39,7 +39,7 @@ def test_integer_accepted_where_float_expected(tmp_path):
     ("min_ratoi = 0.5\n", "unknown setting"),
     ('min_messages = "five"\n', "min_messages must be int"),
     ("min_ratio = 1.5\n", "between 0 and 1"),
-    ("short_window_days = 0\n", "at least 1"),
+    ("short_window_days = 0\n", "short_window_days must be between 1 and 3660"),
     ("min_ratio = [\n", "not valid TOML"),
 ])
 def test_bad_config_file_gives_config_error_naming_the_problem(tmp_path, content, fragment):
@@ -78,7 +78,7 @@ def test_duckdb_threads_follow_the_memory_limit_not_the_core_count(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 32)
     assert Settings(memory_limit="256MB").duckdb_threads() == 3  # 256e6 bytes hold three whole 64 MiB shares
     assert Settings(memory_limit="8GB").duckdb_threads() == 32
-    assert Settings(memory_limit="1MB").duckdb_threads() == 1
+    assert Settings(memory_limit="16MiB").duckdb_threads() == 1
     assert Settings(memory_limit="256MB", threads=12).duckdb_threads() == 12
 
 

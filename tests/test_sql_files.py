@@ -53,8 +53,8 @@ def test_files_are_grouped_in_subfolders_and_none_is_left_at_the_top():
     folders = {p.parent.name for p in (ROOT / "sql").rglob("*.sql")}
     assert folders == {"runs", "scores", "flags", "source", "schema", "report", "migrations", "rules", "purge",
                        "explain", "decisions"}
-    assert queries.names("runs") == ["run_finish", "run_get", "run_insert", "run_latest", "run_next_id",
-                                     "runs_mark_interrupted"]
+    assert queries.names("runs") == ["run_abort", "run_finish", "run_get", "run_insert", "run_latest",
+                                     "run_next_id", "run_previous", "runs_mark_interrupted"]
     assert queries.names("") == []
 
 
@@ -64,7 +64,7 @@ def test_sql_files_bind_values_and_never_use_python_formatting():
         assert "%s" not in body and "?" not in body, name
         # {slot} only for identifiers filled from an allow-list
         for slot in re.findall(r"\{([^}]*)\}", body):
-            assert slot in {"table", "message_id", "user_id", "sent_at", "text"}, (name, slot)
+            assert slot in {"schema", "table", "message_id", "user_id", "sent_at", "text"}, (name, slot)
 
 
 def test_every_statement_name_the_code_uses_exists():
