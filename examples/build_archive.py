@@ -1,20 +1,23 @@
-"""Build the example archive that `screener demo` scans: about 90 days of messages from simulated users.
+"""Build the example archive that `screener demo` scans: 90 days of real messages from simulated users.
 
-How to run (from the repository root, with ../shared beside it):
+How to run (from the repository root):
     python examples/build_archive.py --out screener/demo_data/archive.parquet
+    python examples/build_archive.py --ordinary 240 --distressed 60 --out /tmp/archive.parquet   (a larger one)
 
-Texts are real: SMS messages from the UCI SMS Spam Collection (Almeida & Hidalgo, 2011, CC BY 4.0) and
-sentences from SST-2 (Socher et al., 2013). Users, times and who turns negative are simulated with a fixed seed:
-- steady users write everyday SMS and the occasional positive or negative sentence;
-- turning users write like steady users, then in the last two weeks mostly negative sentences;
-- gloomy users are negative about half the time all along (high baseline: flagged, but not escalating).
+Texts are real messages hand-labelled negative, neutral or positive by the team
+(training/labels/messages_dev.tsv: SMS from the UCI SMS Spam Collection, Almeida & Hidalgo, 2011, CC BY 4.0, and
+posts from the Sentiment140 training set, Go, Bhayani & Huang, 2009, with @handles and links masked). It is the
+development set, never trained on, so a model is not shown texts it learnt. Users, times and who turns
+negative are simulated with a fixed seed:
+- ordinary users write mostly neutral and positive messages and a negative one now and then;
+- distressed users write like ordinary users, then in the last 7 days twice as often and mostly negative messages.
+The returned table has the archive's columns; `build` also returns which users are distressed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,88 +25,65 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+LABELLED = ROOT / "training" / "labels" / "messages_dev.tsv"
 END = datetime(2026, 3, 1, tzinfo=timezone.utc)
 DAYS = 90
+DISTRESS_DAYS = 7
+# Share of each class in what a user writes: (negative, neutral, positive).
+ORDINARY = (0.05, 0.65, 0.30)
+DISTRESSED = (0.85, 0.10, 0.05)
 
 
-def detokenize(sentence: str) -> str:
-    """SST-2 is tokenized ("it 's a film , and ..."); make it read like a message."""
-    s = sentence.strip()
-    s = re.sub(r" (n't|'s|'re|'ve|'ll|'d|'m)\b", r"\1", s)
-    s = re.sub(r" ([,.!?;:])", r"\1", s)
-    s = s.replace("-lrb- ", "(").replace(" -rrb-", ")")
-    return s[:1].upper() + s[1:]
+def read_labelled(path: Path = LABELLED) -> dict[str, list[str]]:
+    texts: dict[str, list[str]] = {"negative": [], "neutral": [], "positive": []}
+    with path.open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            texts[row["label"]].append(row["text"])
+    return texts
 
 
-def read_sst2(path: Path) -> tuple[list[str], list[str]]:
-    pos, neg = [], []
-    with path.open(encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader)
-        for sentence, label in reader:
-            if len(sentence.split()) < 7:
-                continue
-            (pos if label == "1" else neg).append(detokenize(sentence))
-    return pos, neg
-
-
-def read_sms(path: Path) -> list[str]:
-    with path.open(encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader)
-        return [text for label, text in reader if label == "ham" and len(text.split()) >= 3]
-
-
-def build(seed: int = 20261129, n_steady: int = 46, n_turning: int = 8, n_gloomy: int = 4) -> pa.Table:
+def build(seed: int = 20261201, n_ordinary: int = 48, n_distressed: int = 10) -> tuple[pa.Table, set[str]]:
     rng = np.random.default_rng(seed)
-    pos, neg = read_sst2(SHARED / "data/sst2/train.tsv")
-    sms = read_sms(SHARED / "data/sms/SMSSpamCollection.tsv")
-    kinds = ["steady"] * n_steady + ["turning"] * n_turning + ["gloomy"] * n_gloomy
+    texts = read_labelled()
+    classes = ("negative", "neutral", "positive")
+    kinds = ["ordinary"] * n_ordinary + ["distressed"] * n_distressed
     rng.shuffle(kinds)
-    rows = []
+    rows, distressed = [], set()
     for u, kind in enumerate(kinds):
         user = f"user-{u + 1:03d}"
-        rate = rng.uniform(0.4, 2.0)
+        if kind == "distressed":
+            distressed.add(user)
+        rate = rng.uniform(0.5, 1.5)
         for day in range(DAYS):
             day_start = END - timedelta(days=DAYS - day)
-            days_left = DAYS - day
-            if kind == "turning" and days_left <= 14:
-                p_neg, rate_today = 0.8, rate * 1.5
-            elif kind == "gloomy":
-                p_neg, rate_today = 0.5, rate
-            else:
-                p_neg, rate_today = 0.08, rate
-            for _ in range(rng.poisson(rate_today)):
-                r = rng.random()
-                if r < p_neg:
-                    text = neg[rng.integers(len(neg))]
-                elif r < p_neg + 0.2:
-                    text = pos[rng.integers(len(pos))]
-                else:
-                    text = sms[rng.integers(len(sms))]
+            late = kind == "distressed" and DAYS - day <= DISTRESS_DAYS
+            shares = DISTRESSED if late else ORDINARY
+            for _ in range(rng.poisson(rate * (2.0 if late else 1.0))):
+                pool = texts[classes[rng.choice(3, p=shares)]]
                 when = day_start + timedelta(seconds=float(rng.uniform(7 * 3600, 23 * 3600)))
-                rows.append((user, when, text))
+                rows.append((user, when, pool[rng.integers(len(pool))]))
     rows.sort(key=lambda r: r[1])
-    # One hostile message shows that the report escapes what users write.
-    rows.append(("user-001", END - timedelta(hours=30),
-                 "<script>alert('x')</script> this product is awful and support ignored me"))
-    return pa.table({
+    table = pa.table({
         "message_id": pa.array([f"msg-{i + 1:06d}" for i in range(len(rows))], pa.string()),
         "user_id": pa.array([r[0] for r in rows], pa.string()),
         "sent_at": pa.array([r[1] for r in rows], pa.timestamp("us", tz="UTC")),
         "text": pa.array([r[2] for r in rows], pa.string()),
     })
+    return table, distressed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="screener/demo_data/archive.parquet")
-    parser.add_argument("--seed", type=int, default=20261129)
+    parser.add_argument("--seed", type=int, default=20261201)
+    parser.add_argument("--ordinary", type=int, default=48)
+    parser.add_argument("--distressed", type=int, default=10)
     args = parser.parse_args()
-    table = build(args.seed)
+    table, distressed = build(args.seed, args.ordinary, args.distressed)
     pq.write_table(table, args.out, compression="zstd")
-    print(f"wrote {table.num_rows} messages from {len(set(table['user_id'].to_pylist()))} users to {args.out}")
+    print(f"wrote {table.num_rows} messages from {len(set(table['user_id'].to_pylist()))} users "
+          f"({len(distressed)} distressed: {', '.join(sorted(distressed))}) to {args.out}")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,17 @@ scan, the model loading, the windows or the flag rule that moves a score or a fl
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from screener.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = json.loads((Path(__file__).parent / "fixtures" / "demo_expected.json").read_text())
 FLAG_KEYS = ("rank", "user_id", "n_messages", "n_negative", "ratio", "wilson_lower", "ratio_long", "ratio_last_n",
              "baseline_ratio", "escalating", "first_flagged")
@@ -45,3 +48,17 @@ def test_demo_scan_matches_stored_expectation(tmp_path):
     assert scores.keys() == EXPECTED["scores"].keys()
     moved = [m for m, p in EXPECTED["scores"].items() if abs(scores[m] - p) > 1e-3]
     assert not moved, f"{len(moved)} scores moved, e.g. {moved[:5]}"
+
+
+def test_every_user_the_demo_flags_is_one_the_example_archive_made_distressed():
+    """The demo archive is real hand-labelled messages: the users it flags must be those it made distressed."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from build_archive import build
+    finally:
+        sys.path.pop(0)
+    table, distressed = build()
+    shipped = pq.read_table(ROOT / "screener" / "demo_data" / "archive.parquet")
+    assert table.equals(shipped), "screener/demo_data/archive.parquet is not what examples/build_archive.py builds"
+    flagged = {f["user_id"] for f in EXPECTED["flags"]}
+    assert flagged and flagged <= distressed
