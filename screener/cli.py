@@ -25,13 +25,16 @@ import click
 from screener import __version__
 from screener.errors import ScreenerError
 from screener.report import FORMATS
+from screener.text import VisibleFormatter, visible, visible_lines
 
 log = logging.getLogger("screener")
 
 
 class ScreenerClickError(click.ClickException):
+    """A library error as click shows it: one line, its control characters escaped (it quotes paths and values)."""
+
     def __init__(self, error: ScreenerError) -> None:
-        super().__init__(str(error))
+        super().__init__(visible(str(error)))
         self.exit_code = error.exit_code
 
 
@@ -48,14 +51,24 @@ def translate_errors(func):
     return wrapper
 
 
+# Every window, baseline and chart day before --as-of must stay a time Python and DuckDB both represent.
+AS_OF_RANGE = (datetime(1900, 1, 1, tzinfo=timezone.utc), datetime(9000, 1, 1, tzinfo=timezone.utc))
+
+
 def parse_as_of(ctx, param, value):
     if value is None:
         return None
+    expected = (f"expected an ISO 8601 time from {AS_OF_RANGE[0]:%Y-%m-%d} to {AS_OF_RANGE[1]:%Y-%m-%d} UTC, "
+                f"such as 2026-03-01T06:00:00+00:00")
     try:
         when = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"expected an ISO 8601 time such as 2026-03-01T06:00:00+00:00, got {value!r}")
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+        when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+        in_utc = when.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise click.BadParameter(f"{expected}, got {value!r}") from None
+    if not AS_OF_RANGE[0] <= in_utc < AS_OF_RANGE[1]:
+        raise click.BadParameter(f"{expected}, got {value!r} ({in_utc:%Y-%m-%d %H:%M} UTC)")
+    return when
 
 
 def settings_options(func):
@@ -106,7 +119,9 @@ def main(verbose: int, quiet: bool) -> None:
     4 already running, 5 model problem, 6 unknown schema version, 7 write failed.
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)]
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 @main.command()
@@ -144,6 +159,7 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
       screener scan 'archive/*.parquet' --db results.duckdb --json
       screener scan messages.duckdb --as-of 2026-03-01T06:00:00Z --report report.html
     """
+    from screener import output
     from screener.scan import scan as run_scan
     from screener.store import is_parquet_source
 
@@ -151,8 +167,10 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
         raise click.UsageError("ARCHIVE is Parquet: give the results database with --db results.duckdb")
     settings = build_settings(config_path, model=model, device=device, batch_size=batch_size, **setting_flags)
     db = results_db or archive
-    if not results_db and not Path(archive).is_file():
-        raise click.ClickException(f"{archive} does not exist: expected a DuckDB file with a messages table")
+    if not results_db and not Path(archive).exists():
+        raise click.ClickException(f"{visible(archive)} does not exist: expected a DuckDB file with a messages table")
+    if report_path:
+        output.check_target(report_path, output.data_files(archive, db))
     if engine == "ray":
         from screener.ray_engine import RayOptions, scan_ray
 
@@ -163,26 +181,31 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
         result = run_scan(db, settings, source=archive if results_db else None, as_of=as_of, rescore=rescore,
                           progress=not no_progress)
     if report_path:
-        _write_report(db, result.run_id, report_path, "html", redact=False)
+        _write_report(db, result.run_id, report_path, "html", redact=False, protected=[archive])
     summary = result.as_dict()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        click.echo(f"run {result.run_id}: scored {result.messages_scored} new messages with {result.model_name} "
-                   f"({result.model_id}) in {result.seconds:.1f}s; {result.users} users seen, "
-                   f"{result.users_flagged} flagged")
+        click.echo(f"run {result.run_id}: scored {result.messages_scored} new messages with "
+                   f"{visible(result.model_name)} ({result.model_id}) in {result.seconds:.1f}s; {result.users} "
+                   f"users seen, {result.users_flagged} flagged")
 
 
-def _write_report(db, run_id, output, fmt, redact):
-    from screener import aggregate, report
+def _write_report(db, run_id, target, fmt, redact, protected=()):
+    """The report of a run to ``target`` (``-``: stdout), never over the data the run read or wrote."""
+    from screener import aggregate, output, report
     from screener.runs import open_run
 
     with open_run(db, run_id) as run:
+        source = run.store.source
+        protected = output.data_files(db, source.location if source.parquet else None, *protected)
+        if target != output.STDOUT:
+            output.check_target(target, protected)
         data = aggregate.report_data(run.store, run.run_id)
-    if output == "-":
+    if target == output.STDOUT:
         click.echo(report.render(data, fmt, redact=redact), nl=False)
     else:
-        path = report.write_report(data, output, fmt, redact=redact)
+        path = report.write_report(data, target, fmt, redact=redact, protected=protected)
         log.info("wrote %s report to %s", fmt, path)
 
 
@@ -227,7 +250,7 @@ def flags(db, as_json, run_id):
         return
     click.echo("rank\tuser_id\tn_messages\tn_negative\tratio\twilson_lower\tescalating")
     for r in rows:
-        click.echo(f"{r['rank']}\t{r['user_id']}\t{r['n_messages']}\t{r['n_negative']}\t{r['ratio']:.3f}\t"
+        click.echo(f"{r['rank']}\t{visible(r['user_id'])}\t{r['n_messages']}\t{r['n_negative']}\t{r['ratio']:.3f}\t"
                    f"{r['wilson_lower']:.3f}\t{'yes' if r['escalating'] else 'no'}")
 
 
@@ -251,7 +274,7 @@ def demo(directory, model, as_json):
         click.echo(json.dumps({**result.as_dict(), "db": str(db), "report": str(report_path)}, indent=2))
     else:
         click.echo(f"scored {result.messages_scored} messages from {result.users} users; "
-                   f"{result.users_flagged} flagged\ndatabase: {db}\nreport:   {report_path}")
+                   f"{result.users_flagged} flagged\ndatabase: {visible(db)}\nreport:   {visible(report_path)}")
 
 
 @main.command()
@@ -273,7 +296,7 @@ def models(names):
         manifest = read_manifest(shipped_models_dir() / name)
         dev = (manifest.get("training") or {}).get("dev") or {}
         accuracy = f"SST-2 dev accuracy {dev['accuracy']:.1%}" if "accuracy" in dev else ""
-        click.echo(f"{name}\t{manifest['kind']}\t{manifest.get('description') or accuracy}")
+        click.echo(f"{visible(name)}\t{visible(manifest['kind'])}\t{visible(manifest.get('description') or accuracy)}")
 
 
 @main.command()
@@ -320,7 +343,7 @@ def eval_(model, data, text_column, label_column, positive, negative, device, as
 
     metrics = evaluate(model, data, text_col=text_column, label_col=label_column, positive=positive,
                        negative=negative, device=device)
-    click.echo(json.dumps(metrics, indent=2, default=str) if as_json else format_report(metrics))
+    click.echo(json.dumps(metrics, indent=2, default=str) if as_json else visible_lines(format_report(metrics)))
 
 
 @main.command()

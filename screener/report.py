@@ -6,11 +6,11 @@ The HTML page is for people (its defences against the attacker-controlled text i
 
 from __future__ import annotations
 
-import os
-import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
-from screener.errors import ConfigError, StorageError
+from screener import output
+from screener.errors import ConfigError
 from screener.renderers import RENDERERS
 
 FORMATS = tuple(RENDERERS)
@@ -25,37 +25,9 @@ def render(data: dict, fmt: str = "html", redact: bool = False) -> bytes:
     return renderer(data, redact)
 
 
-def write_report(data: dict, path: str | Path, fmt: str = "html", redact: bool = False) -> Path:
-    """Render and write atomically: a 0600 temp file in the same folder, fsynced, then renamed over ``path``.
-    Readers never see a half-written report, and the report (which quotes private messages) is never readable by
-    other local users, not even for a moment."""
-    content = render(data, fmt, redact)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise StorageError(
-            f"Could not write the report to {path}: {exc.strerror or exc}. Expected a writable folder "
-            f"{path.parent.resolve()}; check that it exists, has free space and is writable by this user."
-        ) from exc
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable across a power cut.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_report(data: dict, path: str | Path, fmt: str = "html", redact: bool = False,
+                 protected: Iterable[str | Path] = ()) -> Path:
+    """Render and write through :func:`screener.output.write_file`: atomically, mode 0600 (the report quotes
+    private messages, so other local users never read it, not even for a moment), and never over ``protected``
+    (the archive and the results database), another data file or anything that is not a regular file."""
+    return output.write_file(path, render(data, fmt, redact), protected=protected, mode=output.PRIVATE)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from screener import output
 from screener.classifiers.base import BINARY_LABELS, ClassifierBase, binary_proba
 from training.evaluate import evaluate_classifier
 
@@ -84,6 +85,9 @@ def compare(models: list[str], data: str, out_md: str, out_html: str, text_col: 
     """
     from training.evaluate import read_data
 
+    protected = output.data_files(data)
+    for out in (out_md, out_html):
+        output.check_target(out, protected)
     rows = read_data(data, text_col, label_col, positive, negative)
     names = list(models) + [b for b in BASELINES if baselines and b not in models]
     results = []
@@ -95,8 +99,8 @@ def compare(models: list[str], data: str, out_md: str, out_html: str, text_col: 
         result.update({"label": name, "load_seconds": load_seconds, "data": str(data)})
         results.append(result)
     title = title or f"Sentiment classifiers on {Path(data).name}"
-    Path(out_md).write_text(render_markdown(results, title), encoding="utf-8")
-    Path(out_html).write_text(render_html(results, title), encoding="utf-8")
+    output.write_file(out_md, render_markdown(results, title).encode("utf-8"), protected, mode=output.SHARED)
+    output.write_file(out_html, render_html(results, title).encode("utf-8"), protected, mode=output.SHARED)
     return results
 
 
