@@ -2,13 +2,15 @@
 
 Exit codes (for cron):
   0  success
-  1  unexpected error
-  2  bad usage or settings (unknown option, invalid screener.toml)
-  3  input problem: archive missing, unreadable, wrong table, columns or types
-  4  another process is writing the results database (a scan is already running)
-  5  model not found or not loadable, or a model change that needs --rescore
+  1  unexpected error, or a missing archive file
+  2  bad usage or settings (unknown option, invalid screener.toml, memory_limit too small), or an output path that
+     is the archive, the results database, another data file or not a regular file
+  3  input problem: archive unreadable, damaged or truncated, wrong table, columns, types or values
+  4  another process holds the results database (a scan is already running)
+  5  model not found or not loadable (missing or truncated files, max_length too long), or a model change that
+     needs --rescore
   6  results database has an unknown or newer schema version
-  7  writing results failed (disk full, I/O error); earlier results are intact
+  7  writing results failed (disk full, I/O error, read-only folder); earlier results are intact
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ def classify(exc: duckdb.Error, path: Path, writing: str, *, memory_limit: str, 
     if type(exc) is duckdb.Error or isinstance(exc, duckdb.SerializationException):
         return InputError(
             f"{visible(str(path))} is damaged: DuckDB could not read it ({first_line(exc)}). Restore it from a "
-            "backup; screener wrote nothing more to it."
+            "backup, or copy it again, and run the scan again."
         )
     if isinstance(exc, (duckdb.IOException, duckdb.TransactionException)):
         return StorageError(f"{writing}: {first_line(exc)}. {RETRY}")
