@@ -30,4 +30,5 @@ def write_report(data: dict, path: str | Path, fmt: str = "html", redact: bool =
     """Render and write through :func:`screener.output.write_file`: atomically, mode 0600 (the report quotes
     private messages, so other local users never read it, not even for a moment), and never over ``protected``
     (the archive and the results database), another data file or anything that is not a regular file."""
+    output.check_target(path, protected)
     return output.write_file(path, render(data, fmt, redact), protected=protected, mode=output.PRIVATE)
