@@ -239,11 +239,14 @@ class Store:
         if len(qualified) == 1:
             return qualified[0]
         elsewhere = sorted(".".join(r[:3] if not r[4] else r[1:3]) for r in rows if r[2] == parts[-1])
-        if len(qualified) > 1 or elsewhere:
+        if elsewhere:
+            if len(qualified) > 1:
+                found = f"{table!r} names more than one table"
+            else:
+                found = f"no table {table!r}" + (" in the main schema (DuckDB's search path)" * (len(parts) == 1))
             raise InputError(
-                f"{self.path}: table {table!r} is not on DuckDB's search path (the main schema); found "
-                f"{', '.join(elsewhere)}. Name one with its schema, e.g. --table {elsewhere[0]} (or `table` in "
-                "screener.toml)."
+                f"{self.path}: {found}; found {', '.join(elsewhere)}. Name one with its schema, e.g. --table "
+                f"{elsewhere[0]} (or `table` in screener.toml)."
             )
         found = sorted(t for t in self._tables() if not t.startswith("screener_"))
         raise InputError(

@@ -36,8 +36,8 @@ class Holder:
 
     def __init__(self, db: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True);"
-             " time.sleep(60)", str(db)], stdout=subprocess.PIPE, text=True)
+            [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+             "print('held', flush=True); time.sleep(60)", str(db)], stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "held"
 
     def __enter__(self):

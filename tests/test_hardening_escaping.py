@@ -99,5 +99,6 @@ def test_visible_escapes_every_control_format_and_separator_character_and_nothin
             assert shown.startswith("\\") and shown.isascii() and shown.isprintable(), hex(code)
         else:
             assert shown == ch, hex(code)
-    assert visible("plain ascii, é, 日本語, 😀 and a \\ backslash") == "plain ascii, é, 日本語, 😀 and a \\ backslash"
+    plain = "plain ascii, é, 日本語, 😀 and a \\ backslash"
+    assert visible(plain) == plain
     assert visible("\n\r\t\x00\x9b\u202e\U000e0001") == "\\n\\r\\t\\x00\\x9b\\u202e\\U000e0001"

@@ -96,8 +96,8 @@ def test_report_refuses_fifos_device_nodes_and_folders(db, tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "null-link").symlink_to("/dev/null")
     runner = CliRunner()
-    for target, kind in ((fifo, "FIFO"), ("/dev/null", "character device"), (tmp_path / "null-link", "character device"),
-                         (tmp_path / "folder", "folder")):
+    for target, kind in ((fifo, "FIFO"), ("/dev/null", "character device"),
+                         (tmp_path / "null-link", "character device"), (tmp_path / "folder", "folder")):
         result = runner.invoke(main, ["report", str(db), "-o", str(target)])
         assert result.exit_code == 2, (target, result.output)
         assert kind in result.output
