@@ -72,7 +72,7 @@ def check_path(path: Path, read_only: bool) -> None:
         if info is None:
             raise InputError(f"{shown} does not exist: expected a DuckDB file written by `screener scan`")
         return
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     if not folder.is_dir():
         raise StorageError(f"cannot create {shown}: its folder {visible(str(folder))} does not exist. Create it, "
                            "or give a results database in an existing folder.")

@@ -106,6 +106,21 @@ def test_truncated_adapter_weights_are_a_model_error(tmp_path):
         hf.merge_lora(None, adapter)
 
 
+def test_truncated_llm_base_weights_are_a_model_error(tmp_path):
+    from test_llm_classifier import make_adapter_model
+
+    from screener.classifiers.llm import load_model_and_tokenizer
+
+    folder, base = make_adapter_model(tmp_path)
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    manifest = json.loads((folder / "screener_model.json").read_text())
+    with pytest.raises(ModelError, match="cannot load the model .*copied again"):
+        load_model_and_tokenizer(folder, manifest, device="cpu")
+    with pytest.raises(ModelError, match="max_text_tokens must be a positive integer"):
+        load_model_and_tokenizer(folder, {**manifest, "max_text_tokens": "many"}, device="cpu")
+
+
 def test_model_max_length_above_the_position_limit_exits_5_at_load(tmp_path, tiny_model):
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
