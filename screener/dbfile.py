@@ -5,7 +5,7 @@ another process and a file that is not a database both raise ``IOException`` at 
 the operating system whether another process holds a lock on the file; and a truncated file opens and fails only
 when a missing block is read, so an opened file is checked against the block count in DuckDB's own header.
 
-What each type means here, found by experiment (DuckDB 1.x and 2.x):
+What each type means here, found by experiment (DuckDB 2.0):
 
 ========================================  ====================================================  ====
 raised                                    when                                                  exit
@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from pathlib import Path
 
 import duckdb
 
 from screener import queries
+from screener.output import non_regular_kind
 from screener.errors import AlreadyRunningError, ConfigError, InputError, ScreenerError, StorageError
 from screener.text import visible
 
@@ -40,9 +40,6 @@ HEADER_BYTES = 3 * 4096
 
 RETRY = ("Earlier results are intact; check that the disk has free space and that the folder is writable, then run "
          "the scan again: it resumes after the last committed window.")
-
-_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def first_line(exc: BaseException) -> str:
@@ -62,12 +59,11 @@ def check_path(path: Path, read_only: bool) -> None:
         info = None
     except OSError as exc:
         raise InputError(f"cannot open {shown}: {exc.strerror or exc}; expected a DuckDB file") from exc
-    if info is not None:
-        for is_kind, kind in _NOT_REGULAR:
-            if is_kind(info.st_mode):
-                raise InputError(f"{shown} is {kind}, not a file: expected a DuckDB database file"
-                                 + (" (Parquet files in a folder are read with 'FOLDER/*.parquet' and --db)"
-                                    if kind == "a folder" else ""))
+    kind = None if info is None else non_regular_kind(info.st_mode)
+    if kind is not None:
+        raise InputError(f"{shown} is {kind}, not a file: expected a DuckDB database file"
+                         + (" (Parquet files in a folder are read with 'FOLDER/*.parquet' and --db)"
+                            if kind == "a folder" else ""))
     if read_only:
         if info is None:
             raise InputError(f"{shown} does not exist: expected a DuckDB file written by `screener scan`")

@@ -32,6 +32,11 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (s
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def non_regular_kind(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is, in words, when it is not a regular file (None for one)."""
+    return next((kind for is_kind, kind in _KINDS if is_kind(mode)), None)
+
+
 def data_files(*locations: str | Path | None) -> list[Path]:
     """The local files behind the archive and results locations of a command: each path, a DuckDB file's
     write-ahead log beside it, and every file a glob matches. Object-storage URIs name no local file."""
@@ -68,12 +73,12 @@ def check_target(path: str | Path, protected: Iterable[str | Path] = ()) -> Path
             )
     if info is None:
         return target
-    for is_kind, kind in _KINDS:
-        if is_kind(info.st_mode):
-            raise ConfigError(
-                f"refusing to write {shown}: it is {kind}, not a regular file, and would be replaced. Give the "
-                "path of a regular file, or -o - for stdout."
-            )
+    kind = non_regular_kind(info.st_mode)
+    if kind is not None:
+        raise ConfigError(
+            f"refusing to write {shown}: it is {kind}, not a regular file, and would be replaced. Give the path of "
+            "a regular file, or -o - for stdout."
+        )
     if _looks_like_data(target):
         raise ConfigError(
             f"refusing to write {shown}: it is a DuckDB or Parquet data file, not an earlier report. Give "
