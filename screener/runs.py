@@ -86,6 +86,14 @@ def resolve_source(db: str | Path, source: str | None, settings: Settings) -> So
     )
 
 
+def check_new_source(db: str | Path, src: Source, settings: Settings) -> None:
+    """Before a scan creates its results database ``db``, check its Parquet source (files, columns, types) in
+    memory, so that a scan failing on its input leaves nothing behind."""
+    if src.parquet and not Path(db).exists():
+        with Store(IN_MEMORY, settings) as probe:
+            probe.attach_source(src)
+
+
 # Characters that show nothing: whitespace, controls (NUL...), format characters (zero-width space and joiners,
 # the byte order mark, bidi marks, soft hyphen, tags), separators; and the letters and marks that Unicode lists as
 # default-ignorable or that render as an empty cell (Hangul fillers, variation selectors, the combining grapheme
@@ -98,14 +106,6 @@ _INVISIBLE = frozenset("\u034f\u115f\u1160\u180b\u180c\u180d\u180f\u2800\u3164\u
 
 def _shows(ch: str) -> bool:
     return not ch.isspace() and ch not in _INVISIBLE and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES
-
-
-def check_new_source(db: str | Path, src: Source, settings: Settings) -> None:
-    """Before a scan creates its results database ``db``, check its Parquet source (files, columns, types) in
-    memory, so that a scan failing on its input leaves nothing behind."""
-    if src.parquet and not Path(db).exists():
-        with Store(IN_MEMORY, settings) as probe:
-            probe.attach_source(src)
 
 
 def is_blank(text: str | None) -> bool:
