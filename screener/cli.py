@@ -2,13 +2,15 @@
 
 Exit codes (for cron):
   0  success
-  1  unexpected error
-  2  bad usage or settings (unknown option, invalid screener.toml)
-  3  input problem: archive missing, unreadable, wrong table, columns or types
-  4  another process is writing the results database (a scan is already running)
-  5  model not found or not loadable, or a model change that needs --rescore
+  1  unexpected error, or a missing archive file
+  2  bad usage or settings (unknown option, invalid screener.toml, memory_limit too small), or an output path that
+     is the archive, the results database, another data file or not a regular file
+  3  input problem: archive unreadable, damaged or truncated, wrong table, columns, types or values
+  4  another process holds the results database (a scan is already running)
+  5  model not found or not loadable (missing or truncated files, max_length too long), or a model change that
+     needs --rescore
   6  results database has an unknown or newer schema version
-  7  writing results failed (disk full, I/O error); earlier results are intact
+  7  writing results failed (disk full, I/O error, read-only folder); earlier results are intact
   8  the archive is stale: its newest message is older than freshness_error_hours (results are stored)
   130, 143  stopped by SIGINT (Ctrl-C) or SIGTERM; the run is recorded as interrupted, the next scan resumes
 """
@@ -29,13 +31,16 @@ from screener import __version__
 from screener.errors import ScreenerError
 from screener.report import FORMATS
 from screener.states import ACTIONS
+from screener.text import VisibleFormatter, visible, visible_lines
 
 log = logging.getLogger("screener")
 
 
 class ScreenerClickError(click.ClickException):
+    """A library error as click shows it: one line, its control characters escaped (it quotes paths and values)."""
+
     def __init__(self, error: ScreenerError) -> None:
-        super().__init__(str(error))
+        super().__init__(visible(str(error)))
         self.exit_code = error.exit_code
 
 
@@ -67,14 +72,24 @@ def json_text(value) -> str:
     return json.dumps(_finite(value), indent=2, default=str, allow_nan=False)
 
 
+# Every window, baseline and chart day before --as-of must stay a time Python and DuckDB both represent.
+AS_OF_RANGE = (datetime(1900, 1, 1, tzinfo=timezone.utc), datetime(9000, 1, 1, tzinfo=timezone.utc))
+
+
 def parse_as_of(ctx, param, value):
     if value is None:
         return None
+    expected = (f"expected an ISO 8601 time from {AS_OF_RANGE[0]:%Y-%m-%d} to {AS_OF_RANGE[1]:%Y-%m-%d} UTC, "
+                f"such as 2026-03-01T06:00:00+00:00")
     try:
         when = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"expected an ISO 8601 time such as 2026-03-01T06:00:00+00:00, got {value!r}")
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+        when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+        in_utc = when.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise click.BadParameter(f"{expected}, got {value!r}") from None
+    if not AS_OF_RANGE[0] <= in_utc < AS_OF_RANGE[1]:
+        raise click.BadParameter(f"{expected}, got {value!r} ({in_utc:%Y-%m-%d %H:%M} UTC)")
+    return when
 
 
 def parse_notify_command(ctx, param, value):
@@ -137,7 +152,9 @@ def main(verbose: int, quiet: bool) -> None:
     8 stale archive, 130/143 stopped by SIGINT/SIGTERM.
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)]
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 @main.command()
@@ -193,12 +210,14 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
     if results_json is None and notify_command is None:
         run({})
     else:
-        _scan_with_summary(run, results_json, notify_command, setting_flags.get("notify_timeout_seconds"))
+        _scan_with_summary(run, results_json, notify_command, setting_flags.get("notify_timeout_seconds"),
+                           (archive, results_db or archive))
 
 
 def _scan(archive, results_db, model, device, batch_size, rescore, report_path, as_json, no_progress, engine,
           ray_address, ray_workers, work_dir, config_path, as_of, setting_flags, state):
     """The scan command's work; ``state`` receives the settings and the summary as soon as they exist."""
+    from screener import output
     from screener.scan import scan as run_scan
     from screener.store import is_parquet_source
 
@@ -207,8 +226,10 @@ def _scan(archive, results_db, model, device, batch_size, rescore, report_path, 
     settings = build_settings(config_path, model=model, device=device, batch_size=batch_size, **setting_flags)
     state["settings"] = settings
     db = results_db or archive
-    if not results_db and not Path(archive).is_file():
-        raise click.ClickException(f"{archive} does not exist: expected a DuckDB file with a messages table")
+    if not results_db and not Path(archive).exists():
+        raise click.ClickException(f"{visible(archive)} does not exist: expected a DuckDB file with a messages table")
+    if report_path:
+        output.check_target(report_path, output.data_files(archive, db))
     from screener.interrupts import stop_on_signals
 
     # SIGINT and SIGTERM stop the scan cleanly: the run is recorded as interrupted, exit code 130 or 143.
@@ -224,14 +245,14 @@ def _scan(archive, results_db, model, device, batch_size, rescore, report_path, 
                               progress=not no_progress)
         state["summary"] = result.as_dict()
         if report_path:
-            _write_report(db, result.run_id, report_path, "html", redact=False)
+            _write_report(db, result.run_id, report_path, "html", redact=False, protected=[archive])
     summary = result.as_dict()
     if as_json:
         click.echo(json_text(summary))
     else:
-        click.echo(f"run {result.run_id}: scored {result.messages_scored} new messages with {result.model_name} "
-                   f"({result.model_id}) in {result.seconds:.1f}s; {result.users} users seen, "
-                   f"{result.users_flagged} flagged")
+        click.echo(f"run {result.run_id}: scored {result.messages_scored} new messages with "
+                   f"{visible(result.model_name)} ({result.model_id}) in {result.seconds:.1f}s; {result.users} "
+                   f"users seen, {result.users_flagged} flagged")
     _check_freshness(result, settings)
 
 
@@ -264,13 +285,15 @@ def _failure(exc: BaseException) -> tuple[str, str, int]:
     return run_summary.FAILED, f"{type(exc).__name__}: {exc}", 1
 
 
-def _scan_with_summary(run, results_json, notify_args, timeout_flag):
+def _scan_with_summary(run, results_json, notify_args, timeout_flag, data_locations):
     """Run the scan, then write the summary and notify, whether it finished, failed or was interrupted. The exit
-    code is the scan's; an interrupted scan exits 130 (SIGINT) or 143 (SIGTERM)."""
-    from screener import run_summary, termination
+    code is the scan's; an interrupted scan exits 130 (SIGINT) or 143 (SIGTERM). A summary path that is the
+    scan's own data (``data_locations``: archive and results database) fails the scan before it starts."""
+    from screener import output, run_summary, termination
     from screener.settings import Settings
 
     state: dict = {}
+    protected = output.data_files(*data_locations)
 
     def timeout() -> float:
         settings = state.get("settings")
@@ -280,30 +303,31 @@ def _scan_with_summary(run, results_json, notify_args, timeout_flag):
 
     with termination.sigterm_raises():
         try:
+            if results_json:
+                output.check_target(results_json, protected)
             run(state)
         except BaseException as exc:
             status, error, code = _failure(exc)
             _deliver_summary(run_summary.failed(status, error, code, state.get("summary")), results_json,
-                             notify_args, timeout(), scan_failed=True)
+                             notify_args, timeout(), protected, scan_failed=True)
             if status == run_summary.INTERRUPTED:
                 log.error("scan %s: %s", status, error)
                 raise click.exceptions.Exit(code) from exc
             raise
-        _deliver_summary(run_summary.completed(state["summary"]), results_json, notify_args, timeout(),
+        _deliver_summary(run_summary.completed(state["summary"]), results_json, notify_args, timeout(), protected,
                          scan_failed=False)
 
 
-def _deliver_summary(summary, results_json, notify_args, timeout, scan_failed):
+def _deliver_summary(summary, results_json, notify_args, timeout, protected, scan_failed):
     """Write the summary file, then notify. A summary file that cannot be written fails a completed scan (exit 7,
     and the notification says so); after a failed scan it is only logged, so the exit code stays the scan's."""
     from screener import notify, run_summary
-    from screener.errors import StorageError
 
     write_error = None
     if results_json:
         try:
-            run_summary.write(results_json, summary)
-        except StorageError as exc:
+            run_summary.write(results_json, summary, protected)
+        except ScreenerError as exc:
             write_error = exc
             if not scan_failed:
                 summary = run_summary.failed(run_summary.FAILED, str(exc), exc.exit_code, summary)
@@ -315,8 +339,9 @@ def _deliver_summary(summary, results_json, notify_args, timeout, scan_failed):
         log.error("%s", write_error)
 
 
-def _write_report(db, run_id, output, fmt, redact, pseudonymize=False):
-    from screener import aggregate, report
+def _write_report(db, run_id, target, fmt, redact, pseudonymize=False, protected=()):
+    """The report of a run to ``target`` (``-``: stdout), never over the data the run read or wrote."""
+    from screener import aggregate, output, report
     from screener.runs import open_run
 
     key = None
@@ -325,13 +350,17 @@ def _write_report(db, run_id, output, fmt, redact, pseudonymize=False):
 
         key = pseudonym.key_from_env()
     with open_run(db, run_id) as run:
+        source = run.store.source
+        protected = output.data_files(db, source.location if source.parquet else None, *protected)
+        if target != output.STDOUT:
+            output.check_target(target, protected)
         data = aggregate.report_data(run.store, run.run_id)
     if key is not None:
         data = pseudonym.pseudonymize_report(data, key)
-    if output == "-":
+    if target == output.STDOUT:
         click.echo(report.render(data, fmt, redact=redact), nl=False)
     else:
-        path = report.write_report(data, output, fmt, redact=redact)
+        path = report.write_report(data, target, fmt, redact=redact, protected=protected)
         log.info("wrote %s report to %s", fmt, path)
 
 
@@ -380,7 +409,7 @@ def flags(db, as_json, run_id):
         return
     click.echo("rank\tuser_id\tn_messages\tn_negative\tratio\twilson_lower\tescalating\tstate")
     for r in rows:
-        click.echo(f"{r['rank']}\t{r['user_id']}\t{r['n_messages']}\t{r['n_negative']}\t{r['ratio']:.3f}\t"
+        click.echo(f"{r['rank']}\t{visible(r['user_id'])}\t{r['n_messages']}\t{r['n_negative']}\t{r['ratio']:.3f}\t"
                    f"{r['wilson_lower']:.3f}\t{'yes' if r['escalating'] else 'no'}\t{r['state']}")
 
 
@@ -517,10 +546,11 @@ def purge(db, user_id, request_id, days, as_of, compact, as_json):
         return
     removed = ", ".join(f"{table} {n}" for table, n in sorted(tombstone.removed.items())) or "nothing"
     if tombstone.already_done:
-        click.echo(f"request {tombstone.request_id} was carried out at {tombstone.erased_at.isoformat()} "
+        click.echo(f"request {visible(tombstone.request_id)} was carried out at {tombstone.erased_at.isoformat()} "
                    f"(tombstone {tombstone.erasure_id}); nothing changed")
     elif tombstone.kind == "user":
-        click.echo(f"erased for request {tombstone.request_id} (tombstone {tombstone.erasure_id}): removed {removed}")
+        click.echo(f"erased for request {visible(tombstone.request_id)} (tombstone {tombstone.erasure_id}): "
+                   f"removed {removed}")
     else:
         click.echo(f"removed results about times before {tombstone.cutoff.isoformat()} "
                    f"(tombstone {tombstone.erasure_id}): {removed}")
@@ -575,7 +605,7 @@ def demo(directory, model, as_json):
         click.echo(json_text({**result.as_dict(), "db": str(db), "report": str(report_path)}))
     else:
         click.echo(f"scored {result.messages_scored} messages from {result.users} users; "
-                   f"{result.users_flagged} flagged\ndatabase: {db}\nreport:   {report_path}")
+                   f"{result.users_flagged} flagged\ndatabase: {visible(db)}\nreport:   {visible(report_path)}")
 
 
 @main.group(invoke_without_command=True)
@@ -602,7 +632,7 @@ def models(ctx, names):
         manifest = read_manifest(shipped_models_dir() / name)
         dev = (manifest.get("training") or {}).get("dev") or {}
         accuracy = f"SST-2 dev accuracy {dev['accuracy']:.1%}" if "accuracy" in dev else ""
-        click.echo(f"{name}\t{manifest['kind']}\t{manifest.get('description') or accuracy}")
+        click.echo(f"{visible(name)}\t{visible(manifest['kind'])}\t{visible(manifest.get('description') or accuracy)}")
     if names:
         return
     click.echo("\nbases (base \"pypi:NAME\" in a model's manifest):")
@@ -684,7 +714,7 @@ def eval_(model, data, text_column, label_column, positive, negative, device, as
 
     metrics = evaluate(model, data, text_col=text_column, label_col=label_column, positive=positive,
                        negative=negative, device=device)
-    click.echo(json_text(metrics) if as_json else format_report(metrics))
+    click.echo(json_text(metrics) if as_json else visible_lines(format_report(metrics)))
 
 
 @main.command()

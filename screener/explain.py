@@ -24,6 +24,7 @@ from screener import aggregate, queries, rules
 from screener.errors import ConfigError, InputError
 from screener.settings import FLAG_RULES, Settings
 from screener.store import Store
+from screener.text import visible
 
 # The statements whose results make a flag, in the order the scan runs them.
 FLAG_STATEMENTS = ("source_view", "user_stats", "rule_hits_create", *FLAG_RULES, "flags_insert")
@@ -214,8 +215,8 @@ def as_text(receipt: dict) -> str:
     """The receipt for a person: the verdict, the windows, the rules, the messages, the check and the SQL."""
     run, s, w = receipt["run"], receipt["settings"], receipt["windows"]
     stored, recomputed = receipt["stored"], receipt["recomputed"]
-    lines = [f"user {receipt['user_id']} in run {run['id']} ({run['status']}), as of {run['as_of']}",
-             f"model {run['model_name']} ({run['model_id']}); archive {run['source']}"]
+    lines = [f"user {visible(receipt['user_id'])} in run {run['id']} ({run['status']}), as of {run['as_of']}",
+             f"model {visible(run['model_name'])} ({run['model_id']}); archive {visible(run['source'])}"]
     if stored["flagged"]:
         lines.append(f"FLAGGED, rank {stored['rank']}, by rule {stored['rule']}: {stored['reason']}")
     else:
@@ -239,7 +240,7 @@ def as_text(receipt: dict) -> str:
                  "without a score from this model):")
     for m in receipt["messages"]:
         label = "negative" if m["negative"] else "positive"
-        lines.append(f"  {m['message_id']}\t{m['sent_at']}\tP(negative) {m['p_negative']:.4f}\t{label}\t"
+        lines.append(f"  {visible(m['message_id'])}\t{m['sent_at']}\tP(negative) {m['p_negative']:.4f}\t{label}\t"
                      f"{','.join(m['windows'])}")
     if receipt["matches"]:
         verdict = "flagged" if recomputed["flagged"] else "not flagged"

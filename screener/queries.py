@@ -101,11 +101,14 @@ def names(folder: str | None = None) -> list[str]:
     return sorted(s.name for s in _shipped().values() if folder is None or s.folder == folder)
 
 
-def quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def quote_identifier(name: str | tuple[str, ...]) -> str:
+    """A double-quoted identifier; a tuple of names is a qualified one (``catalog.schema.table``)."""
+    parts = (name,) if isinstance(name, str) else name
+    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
 
 
-def with_identifiers(name: str, allowed: Mapping[str, Collection[str]], **identifiers: str) -> str:
+def with_identifiers(name: str, allowed: Mapping[str, Collection[str | tuple[str, ...]]],
+                     **identifiers: str | tuple[str, ...]) -> str:
     """Fill the ``{slot}`` identifiers of a statement (identifiers for slots it lacks are ignored).
 
     Every slot must be filled, and each identifier must be in ``allowed[slot]`` (names read from the database).
@@ -117,5 +120,5 @@ def with_identifiers(name: str, allowed: Mapping[str, Collection[str]], **identi
     for slot in slots:
         ident = identifiers[slot]
         if ident not in allowed.get(slot, ()):
-            raise UnknownIdentifier(f"{ident!r} (for {slot}) is not one of {sorted(allowed.get(slot, ()))}")
+            raise UnknownIdentifier(f"{ident!r} (for {slot}) is not one of {sorted(map(str, allowed.get(slot, ())))}")
     return _SLOT.sub(lambda m: quote_identifier(identifiers[m.group(1)]), text)

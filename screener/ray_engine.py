@@ -151,6 +151,7 @@ def scan_ray(
     started = time.monotonic()
     as_of = runs.utc(as_of or datetime.now(timezone.utc))
     src = runs.resolve_source(db, source, settings)
+    runs.check_new_source(db, src, settings)
     work_dir = options.work_dir or str(Path(db).expanduser().resolve()) + ".ray"
     fs, work = objstore.resolve(work_dir)
     started_ray = not ray.is_initialized()

@@ -6,10 +6,11 @@ The HTML page is for people (its defences against the attacker-controlled text i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from screener.errors import ConfigError, StorageError
-from screener.files import write_atomically
+from screener import output
+from screener.errors import ConfigError
 from screener.renderers import RENDERERS
 
 FORMATS = tuple(RENDERERS)
@@ -24,16 +25,11 @@ def render(data: dict, fmt: str = "html", redact: bool = False) -> bytes:
     return renderer(data, redact)
 
 
-def write_report(data: dict, path: str | Path, fmt: str = "html", redact: bool = False) -> Path:
-    """Render and write atomically (:func:`screener.files.write_atomically`): readers never see a half-written
-    report, and the report (which quotes private messages) is never readable by other local users, not even for a
-    moment."""
-    content = render(data, fmt, redact)
-    path = Path(path)
-    try:
-        return write_atomically(path, content)
-    except OSError as exc:
-        raise StorageError(
-            f"Could not write the report to {path}: {exc.strerror or exc}. Expected a writable folder "
-            f"{path.parent.resolve()}; check that it exists, has free space and is writable by this user."
-        ) from exc
+def write_report(data: dict, path: str | Path, fmt: str = "html", redact: bool = False,
+                 protected: Iterable[str | Path] = ()) -> Path:
+    """Render and write through :func:`screener.output.write_file`: atomically, mode 0600 (the report quotes
+    private messages, so other local users never read it, not even for a moment), and never over ``protected``
+    (the archive and the results database), another data file or anything that is not a regular file."""
+    output.check_target(path, protected)
+    return output.write_file(path, render(data, fmt, redact), protected=protected, mode=output.PRIVATE,
+                             what="the report")

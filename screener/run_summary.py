@@ -10,11 +10,11 @@ it got that far (a report that could not be written after a completed scan).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from screener.errors import StorageError
-from screener.files import write_atomically
+from screener import output
 
 COMPLETED = "completed"
 FAILED = "failed"
@@ -33,11 +33,8 @@ def encode(summary: dict[str, Any]) -> bytes:
     return (json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
 
 
-def write(path: str | Path, summary: dict[str, Any]) -> Path:
-    """Write the summary atomically, mode 0600 (see :func:`screener.files.write_atomically`)."""
-    path = Path(path)
-    try:
-        return write_atomically(path, encode(summary))
-    except OSError as exc:
-        raise StorageError(f"could not write the run summary to {path}: {exc.strerror or exc}; check that the "
-                           "folder exists and is writable") from exc
+def write(path: str | Path, summary: dict[str, Any], protected: Iterable[str | Path] = ()) -> Path:
+    """Write the summary through :func:`screener.output.write_file`: atomically, mode 0600, never over
+    ``protected`` (the scan's archive and results database), another data file or anything not a regular file."""
+    return output.write_file(path, encode(summary), protected=protected, mode=output.PRIVATE,
+                             what="the run summary")

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -22,7 +23,8 @@ from screener import aggregate, interrupts, queries, states
 from screener.classifiers.base import BINARY_LABELS, NEGATIVE, NEUTRAL, POSITIVE, THREE_WAY_LABELS
 from screener.errors import InputError, ModelError, StorageError
 from screener.settings import Settings
-from screener.store import Source, Store, conversion_error, is_parquet_source, json_dumps
+from screener.dbfile import first_line
+from screener.store import IN_MEMORY, Source, Store, is_parquet_source, json_dumps
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +119,32 @@ def resolve_source(db: str | Path, source: str | None, settings: Settings) -> So
     return Source(str(path.resolve()), parquet=False, archive=True)
 
 
+def check_new_source(db: str | Path, src: Source, settings: Settings) -> None:
+    """Before a scan creates its results database ``db``, check its Parquet source (files, columns, types) in
+    memory, so that a scan failing on its input leaves nothing behind."""
+    if src.parquet and not Path(db).exists():
+        with Store(IN_MEMORY, settings) as probe:
+            probe.attach_source(src)
+
+
+# Characters that show nothing: whitespace, controls (NUL...), format characters (zero-width space and joiners,
+# the byte order mark, bidi marks, soft hyphen, tags), separators; and the letters and marks that Unicode lists as
+# default-ignorable or that render as an empty cell (Hangul fillers, variation selectors, the combining grapheme
+# joiner, Mongolian variation selectors, the blank Braille pattern).
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u180b\u180c\u180d\u180f\u2800\u3164\uffa0"
+                       + "".join(map(chr, range(0xFE00, 0xFE10)))
+                       + "".join(map(chr, range(0xE0100, 0xE01F0))))
+
+
+def _shows(ch: str) -> bool:
+    return not ch.isspace() and ch not in _INVISIBLE and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES
+
+
 def is_blank(text: str | None) -> bool:
-    """A message with no text to score: it is recorded as skipped instead."""
-    return text is None or not text.strip()
+    """A message with no text to score, recorded as skipped instead: None, empty, or made only of characters that
+    show nothing (whitespace, NUL and other controls, zero-width and other invisible characters)."""
+    return text is None or not any(map(_shows, text))
 
 
 def prepare(store: Store, src: Source) -> None:
@@ -163,8 +188,8 @@ def guard(store: Store, run: Run) -> Iterator[None]:
             raise stop from exc
         fail(store, run.run_id, exc)
         if isinstance(exc, duckdb.Error):
-            raise conversion_error(exc, run.settings) or StorageError(
-                f"the scan failed on {store.path}: {str(exc).splitlines()[0]}. Earlier results are intact; "
+            raise store.classify(exc, f"the scan failed on {store.path}") or StorageError(
+                f"the scan failed on {store.path}: {first_line(exc)}. Earlier results are intact; "
                 "scores committed before the failure are kept and the next run resumes after them."
             ) from exc
         raise

@@ -38,6 +38,7 @@ def scan(
     started = time.monotonic()
     as_of = runs.utc(as_of or datetime.now(timezone.utc))
     src = runs.resolve_source(db, source, settings)
+    runs.check_new_source(db, src, settings)
     with Store(db, settings) as store:
         runs.prepare(store, src)
         with _classifier(classifier, settings) as clf:

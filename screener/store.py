@@ -19,14 +19,15 @@ from typing import Any
 
 import duckdb
 
-from screener import objstore, queries
-from screener.errors import AlreadyRunningError, InputError, SchemaError, StorageError
+from screener import dbfile, objstore, queries
+from screener.errors import InputError, SchemaError, ScreenerError
 from screener.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PARQUET_VIEW = "screener_parquet"
 ARCHIVE_VIEW = "screener_archive_messages"
+IN_MEMORY = ":memory:"
 
 _TIME_TYPES = ("TIMESTAMP", "DATE", "VARCHAR")
 _TEXT_TYPES = ("VARCHAR",)
@@ -55,21 +56,6 @@ SCHEMA_VERSION = migrations()[-1][0]
 def is_parquet_source(source: str) -> bool:
     """Parquet files: a .parquet path, a glob, or an object-storage URI (s3://, gs://)."""
     return objstore.is_uri(source) or source.lower().endswith(".parquet") or any(ch in source for ch in "*?[")
-
-
-def _classify_open_error(path: Path, exc: Exception) -> Exception:
-    text = str(exc)
-    if "lock" in text.lower():
-        return AlreadyRunningError(
-            f"{path} is open for writing by another process (a scan is probably running): {text.splitlines()[0]}. "
-            "Wait for it to finish; screener never writes to a database another process holds."
-        )
-    if "not a valid DuckDB database" in text or "Unsupported" in text or "corrupt" in text.lower():
-        return InputError(
-            f"{path} is not a readable DuckDB database ({text.splitlines()[0]}); it was left untouched. "
-            "Pass the DuckDB file that holds the messages table, or --db for a new results file."
-        )
-    return InputError(f"cannot open {path}: {text.splitlines()[0]}")
 
 
 @dataclass
@@ -101,16 +87,22 @@ class Store:
         self.path = Path(path)
         self.settings = settings
         self.read_only = read_only
-        if read_only and not self.path.exists():
-            raise InputError(f"{self.path} does not exist: expected a DuckDB file written by `screener scan`")
-        if not read_only and self.path.exists() and self.path.is_dir():
-            raise InputError(f"{self.path} is a folder: expected a DuckDB file")
+        in_memory = str(path) == IN_MEMORY
+        if not in_memory:
+            dbfile.check_path(self.path, read_only)
+        existed = not in_memory and self.path.exists()
         config: dict[str, Any] = {"memory_limit": settings.memory_limit, "threads": settings.duckdb_threads()}
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.Error as exc:
-            raise _classify_open_error(self.path, exc) from exc
-        self.con.execute(queries.load("session_setup"))
+            raise dbfile.open_error(exc, self.path, existed, read_only, settings.memory_limit) from exc
+        try:
+            if existed:
+                dbfile.check_intact(self.con, self.path)
+            self.run("session_setup")
+        except BaseException:
+            self.con.close()
+            raise
         self.source: Source | None = None
 
     def close(self) -> None:
@@ -126,11 +118,18 @@ class Store:
     def run(self, name: str, params: dict | None = None, con=None):
         try:
             return (con or self.con).execute(queries.load(name), params or {})
-        except duckdb.IOException as exc:
-            raise StorageError(
-                f"writing to {self.path} failed while running {name}: {str(exc).splitlines()[0]}. "
-                "Earlier results are intact; free disk space and run the scan again to resume."
-            ) from exc
+        except duckdb.Error as exc:
+            error = self.classify(exc, f"writing to {self.path} failed while running {name}")
+            if error is None:
+                raise
+            raise error from exc
+
+    def classify(self, exc: duckdb.Error, writing: str) -> ScreenerError | None:
+        """What a DuckDB error on this database means (see :mod:`screener.dbfile`); ``writing`` opens the
+        message of a write failure."""
+        s = self.settings
+        return dbfile.classify(exc, self.path, writing, memory_limit=s.memory_limit, time_column=s.time_column,
+                               text_column=s.text_column)
 
     def scalar(self, name: str, params: dict | None = None, con=None):
         row = self.run(name, params, con).fetchone()
@@ -181,11 +180,10 @@ class Store:
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):  # a failed commit has already ended the transaction
                 self.con.rollback()
-            if isinstance(exc, duckdb.IOException):
-                raise StorageError(
-                    f"writing to {self.path} failed while upgrading its schema: {str(exc).splitlines()[0]}. "
-                    "The file was left as it was; free disk space and run again."
-                ) from exc
+            error = self.classify(exc, f"writing to {self.path} failed while upgrading its schema (the file was "
+                                       "left as it was)")
+            if error is not None:
+                raise error from exc
             raise SchemaError(
                 f"{self.path}: upgrading screener schema version {version} to {SCHEMA_VERSION} failed "
                 f"({str(exc).splitlines()[0]}); the file was left at version {version}."
@@ -204,6 +202,7 @@ class Store:
             con.register(PARQUET_VIEW, objstore.dataset(fs, files))
             table = PARQUET_VIEW
         elif source.parquet:
+            dbfile.require_utf8(source.location)
             if not glob.glob(source.location):
                 raise InputError(f"no Parquet files match {source.location!r}: expected a file or a glob such as "
                                  "'archive/*.parquet'")
@@ -217,13 +216,10 @@ class Store:
             table = self._attach_archive(source, con)
         else:
             table = source.location
-        columns = dict(con.execute(queries.load("table_columns"), {"table": table}).fetchall())
-        if not columns:
-            found = sorted(t for t in self._tables() if not t.startswith("screener_"))
-            raise InputError(
-                f"{self.path}: no table {table!r}. Expected the messages table (set `table` in screener.toml or "
-                f"--table); found tables: {found or 'none'}"
-            )
+        qualified = self._resolve_table(con, table)
+        catalog, schema, name = qualified
+        columns = dict(con.execute(queries.load("table_columns"),
+                                   {"catalog": catalog, "schema": schema, "table": name}).fetchall())
         wanted = {"message_id": s.id_column, "user_id": s.user_column, "sent_at": s.time_column,
                   "text": s.text_column}
         missing = [f"{slot} -> {col!r}" for slot, col in wanted.items() if col not in columns]
@@ -240,9 +236,9 @@ class Store:
                     f"{', '.join(types)}. Convert it (e.g. CAST) in a view and point --table at the view."
                 )
         allowed_columns = set(columns)
-        allowed = {"table": {table}, "message_id": allowed_columns, "user_id": allowed_columns,
+        allowed = {"table": {qualified}, "message_id": allowed_columns, "user_id": allowed_columns,
                    "sent_at": allowed_columns, "text": allowed_columns}
-        idents = dict(table=table, message_id=s.id_column, user_id=s.user_column, sent_at=s.time_column,
+        idents = dict(table=qualified, message_id=s.id_column, user_id=s.user_column, sent_at=s.time_column,
                       text=s.text_column)
         con.execute(queries.with_identifiers("source_view", allowed, **idents))
         self.source = source
@@ -275,6 +271,34 @@ class Store:
         allowed = {"schema": {s for s, _ in found}, "table": {n for _, n in found}}
         con.execute(queries.with_identifiers("archive_view", allowed, schema=schema, table=name))
         return ARCHIVE_VIEW
+    def _resolve_table(self, con, table: str) -> tuple[str, str, str]:
+        """(catalog, schema, name) of the table or view ``table`` names, as DuckDB would resolve it: a name on
+        the search path (the temp schema, then the current schema; a name may itself contain dots), else a
+        ``schema.table`` or ``catalog.schema.table`` name. The same name in two other schemas is not guessed."""
+        parts = tuple(table.split("."))
+        rows = con.execute(queries.load("table_candidates"), {"name": table, "last": parts[-1]}).fetchall()
+        exact = [tuple(r[:3]) for r in rows if r[2] == table and r[3]]
+        if exact:
+            return exact[0]
+        qualified = [tuple(r[:3]) for r in rows if 1 < len(parts) <= 3 and tuple(r[:3])[-len(parts):] == parts]
+        if len(qualified) == 1:
+            return qualified[0]
+        elsewhere = sorted(".".join(r[:3] if not r[4] else r[1:3]) for r in rows if r[2] == parts[-1])
+        if elsewhere:
+            if len(qualified) > 1:
+                found = f"{table!r} names more than one table"
+            else:
+                found = f"no table {table!r}" + (" in the main schema (DuckDB's search path)" * (len(parts) == 1))
+            raise InputError(
+                f"{self.path}: {found}; found {', '.join(elsewhere)}. Name one with its schema, e.g. --table "
+                f"{elsewhere[0]} (or `table` in screener.toml)."
+            )
+        found = sorted(t for t in self._tables() if not t.startswith("screener_"))
+        raise InputError(
+            f"{self.path}: no table {table!r}. Expected the messages table (set `table` in screener.toml or "
+            f"--table); found tables: {found or 'none'}"
+        )
+
 
     def run_on_source(self, name: str, params: dict | None = None):
         """Run a statement that reads the archive's own table through the identifier slots of ``source_view``
@@ -307,19 +331,6 @@ class Store:
         cur.execute(queries.load("session_setup"))
         self.attach_source(self.source, con=cur)
         return cur
-
-
-def conversion_error(exc: Exception, settings: Settings) -> InputError | None:
-    """Turn DuckDB's cast failures on archive columns into an error naming the column and the value."""
-    text = str(exc)
-    if isinstance(exc, duckdb.ConversionException) or "Could not convert" in text or "invalid timestamp" in text.lower():
-        value = re.search(r"'([^']*)'", text)
-        return InputError(
-            f"a value in the archive could not be read ({text.splitlines()[0]}); "
-            f"check column {settings.time_column!r} (timestamps) and {settings.text_column!r} (UTF-8 text)"
-            + (f"; offending value {value.group(1)!r}" if value else "")
-        )
-    return None
 
 
 def json_dumps(value: Any) -> str:

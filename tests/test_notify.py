@@ -185,6 +185,17 @@ def test_a_summary_file_that_cannot_be_written_fails_a_finished_scan_with_7(tmp_
     assert (sent["status"], sent["exit_code"], sent["run_id"]) == ("failed", 7, 1)
 
 
+def test_a_summary_path_that_is_the_archive_fails_the_scan_before_it_starts(tmp_path, notifier, keyword_model):
+    db = write_archive(tmp_path / "m.duckdb", generated_rows())
+    before = db.read_bytes()
+    command, payload = notifier()
+    result = CliRunner().invoke(main, scan_args(db, "--results-json", db, "--notify-command", command))
+    assert result.exit_code == 2 and "refusing to write" in result.output
+    assert db.read_bytes() == before
+    sent = json.loads(payload.read_text())
+    assert (sent["status"], sent["exit_code"]) == ("failed", 2) and "run_id" not in sent
+
+
 def test_the_notify_timeout_is_a_setting_with_a_range(tmp_path):
     assert Settings().notify_timeout_seconds == 60.0
     for bad in (0.5, 3601.0):

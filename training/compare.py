@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from screener import output
 from screener.classifiers.base import BINARY_LABELS, ClassifierBase, binary_proba
 from training.evaluate import evaluate_classifier
 
@@ -123,6 +124,9 @@ def compare(models: Sequence[str], data: str | Sequence[str] | None, out_md: str
     if not paths:
         raise InputError("no evaluation data: pass --data FILE (SST-2 dev, messages_dev.tsv and the SMS "
                          "collection are the defaults where ../shared is beside the checkout)")
+    protected = output.data_files(*paths)
+    for out in (out_md, out_html):
+        output.check_target(out, protected)
     sets = read_sets(paths, text_col, label_col, positive, negative)
     models = list(models) or shipped_model_names()
     names = models + [b for b in BASELINES if baselines and b not in models]
@@ -141,8 +145,8 @@ def compare(models: Sequence[str], data: str | Sequence[str] | None, out_md: str
         finally:
             classifier.close()
     title = title or ("Sentiment classifiers on " + ", ".join(s.name for s in sets))
-    Path(out_md).write_text(render_markdown(results, title), encoding="utf-8")
-    Path(out_html).write_text(render_html(results, title), encoding="utf-8")
+    output.write_file(out_md, render_markdown(results, title).encode("utf-8"), protected, mode=output.SHARED)
+    output.write_file(out_html, render_html(results, title).encode("utf-8"), protected, mode=output.SHARED)
     return results
 
 

@@ -181,7 +181,11 @@ def merge_lora(model, adapter_dir: Path) -> None:
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
         raise ModelError(f"{adapter_dir} has no adapter_model.safetensors")
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own SafetensorError for a truncated or damaged file
+        raise ModelError(f"cannot read {weights}: {type(exc).__name__}: {exc}. Expected the adapter file written "
+                         "by `screener train`; copy the model folder again.") from exc
     params = dict(model.named_parameters())
     with torch.no_grad():
         for key, value in state.items():
@@ -257,6 +261,17 @@ def read_labels(folder: Path, manifest: dict) -> tuple[str, ...] | None:
         raise ModelError(f"{folder}/screener_model.json: 'labels' must list two or more distinct class names, one "
                          f"of them {NEGATIVE!r} (such as {list(THREE_WAY_LABELS)}), found {labels!r}")
     return tuple(labels)
+
+
+def position_limit(model) -> int | None:
+    """The longest input a model with a learned table of absolute positions takes (models that number positions
+    from ``padding_idx + 1``, like RoBERTa and MPNet, lose those rows); None for models without such a table."""
+    embeddings = getattr(model.base_model, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if not hasattr(table, "num_embeddings"):
+        return None
+    offset = table.padding_idx + 1 if table.padding_idx is not None else 0
+    return table.num_embeddings - offset
 
 
 def read_settings(folder: Path, manifest: dict) -> dict:
@@ -341,8 +356,13 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
         with quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(base_dir), num_labels=settings["num_labels"], local_files_only=True, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"cannot load the checkpoint in {base_dir}: {exc}") from exc
+    except Exception as exc:  # an unreadable file surfaces as safetensors', tokenizers' or torch's own types
+        raise ModelError(f"cannot load the checkpoint in {base_dir}: {type(exc).__name__}: {exc}. Expected a "
+                         "complete Hugging Face checkpoint; a truncated or damaged file must be copied again.") from exc
+    limit = position_limit(model)
+    if limit is not None and settings["max_length"] > limit:
+        raise ModelError(f"{folder}/screener_model.json: max_length is {settings['max_length']} tokens, but the model "
+                         f"in {base_dir} has positions for {limit}. Set max_length to {limit} or less.")
     if adapter_dir is not None:
         merge_lora(model, adapter_dir)
     model.eval().to(device)

@@ -152,11 +152,8 @@ def load_base_model(base: BaseRef, dtype, device: str):
     from transformers import AutoModelForCausalLM
 
     location, kwargs = load_source(base)
-    try:
-        with quiet_transformers(errors_only=False):
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load base model {base.spec!r}: {exc}") from exc
+    with quiet_transformers(errors_only=False):
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     return model.to(device)
 
 
@@ -165,18 +162,25 @@ def load_model_and_tokenizer(folder: Path, manifest: dict, device: str = "auto",
     folder = Path(folder)
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
+    manifest_max_text_tokens(folder, manifest)  # a bad value fails before any weights load
     base = BaseRef(manifest["base"], folder, manifest.get("revision"), manifest.get("base_sha256"))
-    tokenizer = load_tokenizer(base)
-    model = load_base_model(base, dtype, device)
-    if manifest.get("adapter"):
-        from peft import PeftModel
+    adapter_dir = folder / manifest["adapter"] if manifest.get("adapter") else None
+    if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir} has no adapter_config.json: expected a PEFT LoRA adapter folder "
+                         "written by `screener train`")
+    try:
+        tokenizer = load_tokenizer(base)
+        model = load_base_model(base, dtype, device)
+        if adapter_dir is not None:
+            from peft import PeftModel
 
-        adapter_dir = folder / manifest["adapter"]
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise ModelError(f"{adapter_dir} has no adapter_config.json: expected a PEFT LoRA adapter folder "
-                             "written by `screener train`")
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-        model = model.to(device=device, dtype=dtype)
+            model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+            model = model.to(device=device, dtype=dtype)
+    except ModelError:
+        raise
+    except Exception as exc:  # an unreadable file surfaces as safetensors', tokenizers', gguf's or torch's own types
+        raise ModelError(f"cannot load the model in {folder} (base {base.spec!r}): {type(exc).__name__}: {exc}. "
+                         "Expected complete weight files; a truncated or damaged file must be copied again.") from exc
     model.eval()
     try:
         words = label_classes(manifest.get("label_words", LABEL_WORDS))
@@ -188,6 +192,13 @@ def load_model_and_tokenizer(folder: Path, manifest: dict, device: str = "auto",
         raise ModelError(f"{folder}: the tokenizer maps the label words {words} to {label_ids}, but the adapter "
                          f"was trained with {tuple(expected)}: base and adapter do not match")
     return model, tokenizer, label_ids
+
+
+def manifest_max_text_tokens(folder: Path, manifest: dict) -> int:
+    value = manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelError(f"{folder}/screener_model.json: max_text_tokens must be a positive integer, found {value!r}")
+    return value
 
 
 def label_logits(model, input_ids, lengths, label_ids):
@@ -300,7 +311,7 @@ def load_reference(folder: Path, manifest: dict, device: str = "auto") -> LabelT
     return LabelTokenClassifier(
         model, tokenizer, label_ids, name=manifest.get("name", folder.name),
         model_id=manifest_model_id(folder, manifest), device=device, instruction=instruction,
-        max_text_tokens=int(manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)),
+        max_text_tokens=manifest_max_text_tokens(folder, manifest),
         batch_size=manifest.get("batch_size"), max_batch_tokens=manifest.get("max_batch_tokens"),
         labels=manifest.get("label_words", LABEL_WORDS))
 

@@ -1,6 +1,6 @@
 -- name: table_columns
--- Lists a table's or view's columns and their types, to validate the configured input columns.
+-- Lists the columns and types of one table or view, named by catalog, schema and name, to check the input columns.
 SELECT column_name, data_type
 FROM information_schema.columns
-WHERE table_name = $table
+WHERE table_catalog = $catalog AND table_schema = $schema AND table_name = $table
 ORDER BY ordinal_position;
