@@ -271,7 +271,10 @@ def _check_freshness(result, settings):
 def _failure(exc: BaseException) -> tuple[str, str, int]:
     """(status, error line, exit code) of a scan that ended with ``exc``, as the process reports it."""
     from screener import run_summary, termination
+    from screener.errors import Interrupted
 
+    if isinstance(exc, Interrupted):
+        return run_summary.INTERRUPTED, str(exc), exc.exit_code
     if isinstance(exc, termination.Terminated):
         return run_summary.INTERRUPTED, str(exc), termination.EXIT_CODE
     if isinstance(exc, KeyboardInterrupt):

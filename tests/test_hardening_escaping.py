@@ -56,7 +56,7 @@ def test_flags_text_output_escapes_control_characters_in_user_ids(hostile_db):
     lines = text.splitlines()
     # One header and one row per flagged user: a newline or tab in an id forges neither a row nor a column.
     assert len(lines) == 1 + len(HOSTILE_IDS)
-    assert all(line.count("\t") == 6 for line in lines)
+    assert all(line.count("\t") == 7 for line in lines)
     assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text if ch not in "\t\n")
     shown = {line.split("\t")[1] for line in lines[1:]}
     assert shown == {visible(uid) for uid in HOSTILE_IDS}
