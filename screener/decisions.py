@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from screener import runs
-from screener.errors import InputError, ReviewError
+from screener.errors import ReviewError
 from screener.renderers.csv_table import cell
 from screener.settings import Settings
 from screener.states import ACTIONS, NOTE_MAX_CHARS, REVIEWER_MAX_CHARS, SNOOZE_ACTION
@@ -88,12 +88,7 @@ def record(db: str | Path, user_id: str, action: str, *, note: str | None = None
     reviewer = default_reviewer() if reviewer is None else reviewer
     _check(user_id, action, note, reviewer, until, at)
     path = Path(db)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist: expected a results database written by `screener scan`")
-    with Store(path, Settings()) as store:
-        if store.schema_version() is None:
-            raise InputError(f"{path} has no screener results: run `screener scan` on it first")
-        store.ensure_schema()
+    with runs.open_results(path, "run `screener scan` on it first") as store:
         answered = store.run("decision_flag_answered", {"user_id": user_id}).fetchone()
         if answered is None and not _seen(store, user_id):
             raise ReviewError(

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 import duckdb
 
-from screener import queries
+from screener import queries, runs
 from screener.errors import AlreadyRunningError, ConfigError, InputError, StorageError
 from screener.settings import Settings
 from screener.store import Source, Store, is_parquet_source
@@ -70,18 +70,9 @@ class Tombstone:
         return out
 
 
-@contextlib.contextmanager
-def open_results(db: str | Path) -> Iterator[Store]:
-    """A results database written by ``screener scan``, open for writing and upgraded to this release's schema.
-    Never creates one: a missing file or one without screener tables is an input error."""
-    path = Path(db)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist: expected a results database written by `screener scan`")
-    with Store(path, Settings()) as store:
-        if store.schema_version() is None:
-            raise InputError(f"{path} has no screener results: nothing to purge")
-        store.ensure_schema()
-        yield store
+def open_results(db: str | Path) -> contextlib.AbstractContextManager[Store]:
+    """The results database to purge (:func:`screener.runs.open_results`)."""
+    return runs.open_results(db, "nothing to purge")
 
 
 def erase_user(store: Store, user_id: str, request_id: str) -> Tombstone:

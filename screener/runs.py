@@ -373,6 +373,21 @@ def commit_window(store: Store, scores: pa.Table, skipped: pa.Table) -> None:
 
 
 @contextmanager
+def open_results(db: str | Path, empty_hint: str) -> Iterator[Store]:
+    """A results database written by ``screener scan``, open for writing and upgraded to this release's schema.
+    Never creates one: a missing file, or one without screener tables (``empty_hint`` says what to do), is an
+    input error."""
+    path = Path(db)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist: expected a results database written by `screener scan`")
+    with Store(path, Settings()) as store:
+        if store.schema_version() is None:
+            raise InputError(f"{path} has no screener results: {empty_hint}")
+        store.ensure_schema()
+        yield store
+
+
+@contextmanager
 def open_run(db: str | Path, run_id: int | None = None, settings: Settings | None = None) -> Iterator[OpenedRun]:
     """The results database, read-only, with the archive attached the way run ``run_id`` read it (its table,
     columns and windows come from the run record); the latest completed run when ``run_id`` is None.
