@@ -113,7 +113,6 @@ def compare(models: Sequence[str], data: str | Sequence[str] | None, out_md: str
     Returns one evaluation dict per model and set (see ``training.evaluate.score``), with ``label`` (the model),
     ``dataset``, ``kind`` (binary, three-way or unlabelled), ``data`` and ``load_seconds``.
     """
-    from screener.classifiers.registry import shipped_model_names
     from screener.errors import InputError
     from training.data import default_eval_sets
 
@@ -128,7 +127,7 @@ def compare(models: Sequence[str], data: str | Sequence[str] | None, out_md: str
     for out in (out_md, out_html):
         output.check_target(out, protected)
     sets = read_sets(paths, text_col, label_col, positive, negative)
-    models = list(models) or shipped_model_names()
+    models = list(models) or default_models(device)
     names = models + [b for b in BASELINES if baselines and b not in models]
     results = []
     for name in names:
@@ -148,6 +147,23 @@ def compare(models: Sequence[str], data: str | Sequence[str] | None, out_md: str
     output.write_file(out_md, render_markdown(results, title).encode("utf-8"), protected, mode=output.SHARED)
     output.write_file(out_html, render_html(results, title).encode("utf-8"), protected, mode=output.SHARED)
     return results
+
+
+def default_models(device: str) -> list[str]:
+    """Every shipped model, less those whose manifest says ``prefers_gpu`` when the run is on a CPU (a 1.5B model
+    scores about a message a second there: name it with ``--model`` to include it anyway)."""
+    from screener.classifiers.device import resolve_device
+    from screener.classifiers.registry import read_manifest, shipped_model_names, shipped_models_dir
+
+    names = shipped_model_names()
+    if resolve_device(device) != "cpu":
+        return names
+    kept = [n for n in names if not read_manifest(shipped_models_dir() / n).get("prefers_gpu")]
+    left = [n for n in names if n not in kept]
+    if left:
+        print(f"compare: on a CPU, leaving out {', '.join(left)} (GPU models); name them with --model to include "
+              "them", file=sys.stderr)
+    return kept
 
 
 def _fmt(value, digits=3) -> str:
@@ -409,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compare classifiers on evaluation sets; writes OUT.md, OUT.html "
                                                  "and OUT.json.")
     parser.add_argument("--model", action="append", default=[], help="model folder or shipped name (repeat; "
-                        "default: every shipped model); vader and textblob are the lexicon baselines")
+                        "default: every shipped model, on a CPU less the GPU models); vader and textblob are the lexicon baselines")
     parser.add_argument("--data", action="append", default=[], help="evaluation file (repeat; default: SST-2 "
                         "dev, messages_dev.tsv and the SMS collection's ham)")
     parser.add_argument("--out", required=True, help="path prefix of the three files written")

