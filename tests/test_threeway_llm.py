@@ -54,8 +54,8 @@ def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
 
 def three_way_recipe(**changes) -> dict:
     recipe = load_recipe("qwen-3way")
-    recipe.update(backend="peft", batch_size=9, learning_rate=1e-2, warmup_steps=0, lora_r=4, lora_alpha=8,
-                  messages="", exclude="", **changes)
+    recipe.update({"backend": "peft", "batch_size": 9, "learning_rate": 1e-2, "warmup_steps": 0, "lora_r": 4,
+                   "lora_alpha": 8, "messages": "", "exclude": "", **changes})
     return recipe
 
 
@@ -66,6 +66,7 @@ def test_three_label_words_train_and_write_a_three_word_manifest(tmp_path):
     summary = train_llm(str(base), three_way_recipe(instruction=instruction), list(texts), list(labels),
                         tmp_path / "out", max_steps=40, device="cpu")
     assert summary["steps"] == 40 and summary["class_counts"] == {"negative": 3, "neutral": 3, "positive": 3}
+    assert summary["backend"] == "peft" and summary["unsloth_fallback"] == "the recipe asks for PEFT"
     manifest = json.loads((tmp_path / "out" / "screener_model.json").read_text())
     assert manifest["label_words"] == ["negative", "neutral", "positive"]
     from transformers import AutoTokenizer
@@ -78,6 +79,26 @@ def test_three_label_words_train_and_write_a_three_word_manifest(tmp_path):
     probs = classifier.predict_proba(list(texts))
     assert probs.shape == (9, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert np.argmax(probs, axis=1).tolist() == list(labels)
+
+
+def test_an_unsloth_load_failure_falls_back_to_peft_and_the_summary_says_why(tmp_path, monkeypatch):
+    import training.llm as llm
+
+    real = llm.load_base
+
+    def unsloth_breaks(load_dir, recipe, device, dtype, backend):
+        if backend == "unsloth":
+            raise RuntimeError("no kernels for this architecture")
+        return real(load_dir, recipe, device, dtype, backend)
+
+    monkeypatch.setattr(llm, "load_base", unsloth_breaks)
+    base = make_tiny_llama(tmp_path / "base")
+    texts, labels = zip(*TOY)
+    summary = train_llm(str(base), three_way_recipe(backend="auto"), list(texts), list(labels), tmp_path / "out",
+                        max_steps=2, device="cpu")
+    assert summary["backend"] == "peft"
+    assert summary["unsloth_fallback"].startswith("RuntimeError: no kernels for this architecture at ")
+    assert "test_threeway_llm.py" in summary["unsloth_fallback"]
 
 
 def test_causal_lm_rows_end_with_the_rows_own_label_word(tmp_path):

@@ -60,7 +60,7 @@ def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[in
     torch.manual_seed(recipe["seed"])
     ref, load_dir = prepare_base(base)
     dtype = training_dtype(recipe["precision"], device)
-    model, backend = load_with_lora(load_dir, recipe, device, dtype)
+    model, backend, fallback = load_with_lora(load_dir, recipe, device, dtype)
     tokenizer = load_tokenizer(ref)
     label_ids = label_token_ids(tokenizer, words)
     instruction = recipe["instruction"] or INSTRUCTION
@@ -68,6 +68,7 @@ def train_llm(base: str, recipe: dict, texts: Sequence[str], labels: Sequence[in
     data = build_dataset(tokenizer, texts, labels, recipe, instruction, label_ids)
     run = train_adapter(model, trainable, data, recipe, dtype, label_ids, tokenizer.pad_token_id, max_steps)
     summary = summarize_run(base, recipe, backend, model, trainable, dtype, data, run)
+    summary["unsloth_fallback"] = fallback
     summary["class_counts"] = {word: sum(1 for y in labels if int(y) == i) for i, word in enumerate(words)}
 
     output = Path(output)
@@ -118,18 +119,28 @@ def training_dtype(precision: str, device: str):
 
 
 def load_with_lora(load_dir: str, recipe: dict, device: str, dtype):
-    """(LoRA-wrapped model, backend name). Unsloth first unless the recipe says ``backend = "peft"``; where
-    Unsloth fails to load the base or to attach LoRA, ``auto`` falls back to PEFT and ``unsloth`` gives up."""
+    """(LoRA-wrapped model, backend name, why Unsloth was not used or None). Unsloth first unless the recipe says
+    ``backend = "peft"``; where Unsloth fails to load the base or to attach LoRA, ``auto`` falls back to PEFT (the
+    reason, with the failing frame, goes into the training summary) and ``unsloth`` gives up."""
     backend = recipe["backend"]
+    fallback = None
     if backend in ("auto", "unsloth"):
         try:
-            return attach_lora(load_base(load_dir, recipe, device, dtype, "unsloth"), recipe, "unsloth"), "unsloth"
+            model = attach_lora(load_base(load_dir, recipe, device, dtype, "unsloth"), recipe, "unsloth")
+            return model, "unsloth", None
         except Exception as exc:  # Unsloth fails in many ways (no kernels, no GPU support, version drift)
             if backend == "unsloth":
                 raise ModelError(f"Unsloth could not load {load_dir}: {exc}") from exc
-            log.warning("Unsloth unavailable: %s: %s; falling back to PEFT", type(exc).__name__, exc)
-            print(f"Unsloth unavailable: {type(exc).__name__}: {exc}; falling back to PEFT", flush=True)
-    return attach_lora(load_base(load_dir, recipe, device, dtype, "peft"), recipe, "peft"), "peft"
+            import traceback
+
+            frames = traceback.extract_tb(exc.__traceback__)
+            where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+            fallback = f"{type(exc).__name__}: {exc}{where}"
+            log.warning("Unsloth unavailable: %s; falling back to PEFT", fallback)
+            print(f"Unsloth unavailable: {fallback}; falling back to PEFT", flush=True)
+    else:
+        fallback = "the recipe asks for PEFT"
+    return attach_lora(load_base(load_dir, recipe, device, dtype, "peft"), recipe, "peft"), "peft", fallback
 
 
 def load_base(load_dir: str, recipe: dict, device: str, dtype, backend: str):
