@@ -270,15 +270,11 @@ def _check_freshness(result, settings):
 
 def _failure(exc: BaseException) -> tuple[str, str, int]:
     """(status, error line, exit code) of a scan that ended with ``exc``, as the process reports it."""
-    from screener import run_summary, termination
-    from screener.errors import Interrupted
+    from screener import interrupts, run_summary
 
-    if isinstance(exc, Interrupted):
-        return run_summary.INTERRUPTED, str(exc), exc.exit_code
-    if isinstance(exc, termination.Terminated):
-        return run_summary.INTERRUPTED, str(exc), termination.EXIT_CODE
-    if isinstance(exc, KeyboardInterrupt):
-        return run_summary.INTERRUPTED, "interrupted by SIGINT", 130
+    stopped = interrupts.stopping(exc)
+    if stopped is not None:
+        return run_summary.INTERRUPTED, str(stopped), stopped.exit_code
     if isinstance(exc, ScreenerError):
         return run_summary.FAILED, str(exc), exc.exit_code
     if isinstance(exc, click.ClickException):
@@ -292,7 +288,7 @@ def _scan_with_summary(run, results_json, notify_args, timeout_flag, data_locati
     """Run the scan, then write the summary and notify, whether it finished, failed or was interrupted. The exit
     code is the scan's; an interrupted scan exits 130 (SIGINT) or 143 (SIGTERM). A summary path that is the
     scan's own data (``data_locations``: archive and results database) fails the scan before it starts."""
-    from screener import output, run_summary, termination
+    from screener import interrupts, output, run_summary
     from screener.settings import Settings
 
     state: dict = {}
@@ -304,7 +300,9 @@ def _scan_with_summary(run, results_json, notify_args, timeout_flag, data_locati
             return settings.notify_timeout_seconds
         return timeout_flag or Settings().notify_timeout_seconds
 
-    with termination.sigterm_raises():
+    # The same handlers as the scan's own: a signal before or after the scan proper (loading settings, writing
+    # the summary) is reported as an interruption too.
+    with interrupts.stop_on_signals():
         try:
             if results_json:
                 output.check_target(results_json, protected)

@@ -16,7 +16,6 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import AS_OF, KeywordClassifier, generated_rows, write_archive
-from screener import termination
 from screener.cli import main
 from screener.errors import ConfigError
 from screener.settings import Settings, load_settings
@@ -156,7 +155,7 @@ def test_an_empty_or_unparsable_notify_command_is_a_usage_error(tmp_path, value)
 
 @pytest.mark.parametrize("raise_it, status, code", [
     (lambda: (_ for _ in ()).throw(KeyboardInterrupt()), "interrupted", 130),
-    (lambda: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(30), "interrupted", termination.EXIT_CODE),
+    (lambda: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(30), "interrupted", 143),
     (lambda: (_ for _ in ()).throw(RuntimeError("boom")), "failed", 1),
 ])
 def test_an_interrupted_or_crashed_scan_is_reported(tmp_path, notifier, monkeypatch, raise_it, status, code):
@@ -208,13 +207,21 @@ def test_the_notify_timeout_is_a_setting_with_a_range(tmp_path):
     assert result.exit_code == 2
 
 
-def test_sigterm_raises_only_inside_the_block():
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(termination.Terminated):
-        with termination.sigterm_raises():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(30)
-    assert signal.getsignal(signal.SIGTERM) is before
+def test_a_sigterm_before_the_scan_proper_is_reported_as_interrupted(tmp_path, notifier, monkeypatch):
+    import screener.cli
+
+    def settings_then_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+
+    monkeypatch.setattr(screener.cli, "build_settings", settings_then_sigterm)
+    db = write_archive(tmp_path / "m.duckdb", generated_rows())
+    command, payload = notifier()
+    summary_file = tmp_path / "run.json"
+    result = CliRunner().invoke(main, scan_args(db, "--results-json", summary_file, "--notify-command", command))
+    assert result.exit_code == 143, result.output
+    assert (json.loads(summary_file.read_text())["status"], json.loads(payload.read_text())["exit_code"]) == (
+        "interrupted", 143)
 
 
 def test_end_to_end_in_a_subprocess_with_a_tiny_model(tmp_path, notifier, tiny_model, tiny_threshold):
