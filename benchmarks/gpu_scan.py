@@ -215,9 +215,9 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None, save
     engine, engine_probs, engine_record = run_engine("engine", name, model, tokenizer, label_ids, words, texts,
                                                      prompt_lens, flops, device, args, timed)
     records.append(engine_record)
-    if args.profile:
+    if args.profile or args.profile_tables:
         checks["profile"] = profile_engine(engine, texts, device,
-                                           Path(args.out).parent / f"{checks['model']}_profile.txt")
+                                           Path(args.out).parent / f"{checks['model']}_profile.txt", args.profile)
     diff = np.abs(engine_probs[: len(sub)] - padded_probs)
     checks.update({"engine_vs_hf_padded_max_abs": float(diff.max()), "engine_vs_hf_padded_mean_abs": float(diff.mean()),
                    "compared_on": len(sub), "engine_finite": bool(np.isfinite(engine_probs).all()),
@@ -265,7 +265,7 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None, save
             err = np.abs(probs[: len(truth)] - truth)
             rec.update({"vs_fp32_max_abs": float(err.max()), "vs_fp32_mean_abs": float(err.mean()),
                         "vs_fp32_decision_agreement": float(((probs[: len(truth)] > 0.5) == (truth > 0.5)).mean())})
-        if args.profile and method == "engine_fp8":
+        if (args.profile or args.profile_tables) and method == "engine_fp8":
             profile_engine(engine, texts, device, Path(args.out).parent / f"{checks['model']}_{method}_profile.txt",
                            timed=False)
         records.append(rec)
@@ -391,22 +391,26 @@ def fp8_accuracy(args, device: str) -> dict:
     lines = lines[: args.accuracy_n] if args.accuracy_n else lines
     texts = [line.rsplit("\t", 1)[0] for line in lines]
     labels = np.array([int(line.rsplit("\t", 1)[1]) for line in lines])  # 1 is positive
-    runs, probs = [], {}
+    runs, probs, loaded = [], {}, {}
     for label, dtype, options in ACCURACY_ENGINES:
         if options and not device.startswith("cuda"):
             runs.append({"engine": label, "skipped": "no CUDA"})
             continue
         start = time.perf_counter()
         try:
-            model, tokenizer, label_ids = load_model_and_tokenizer(folder, manifest, device, getattr(torch, dtype))
+            if dtype not in loaded:  # one model per dtype (as the loader builds it), shared by its engines
+                loaded.clear()
+                empty_cache(device)
+                loaded[dtype] = load_model_and_tokenizer(folder, manifest, device, getattr(torch, dtype))
+            model, tokenizer, label_ids = loaded[dtype]
+            # 872 sentences: a producer process would cost more to start than it saves.
             engine = LabelTokenEngine(model, tokenizer, label_ids, manifest.get("instruction", INSTRUCTION),
                                       name=folder.name, model_id="bench", labels=manifest.get("label_words", LABEL_WORDS),
                                       max_text_tokens=int(manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)),
-                                      **options)
+                                      producer="thread", **options)
             p = engine.predict_negative(texts)
             engine.close()
-            del engine, model
-            empty_cache(device)
+            del engine
         except Exception as exc:  # a failing engine must not cost the others' numbers
             runs.append({"engine": label, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
             log(f"accuracy {label} failed: {runs[-1]['error']}")
@@ -559,6 +563,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=1, help="also run the engine on this many GPUs of the host")
     parser.add_argument("--profile", action="store_true",
                         help="also time the producer and the forward apart and write a torch.profiler table")
+    parser.add_argument("--profile-tables", action="store_true",
+                        help="only the torch.profiler tables, of the bf16 engine and of engine_fp8")
     parser.add_argument("--variants", nargs="+", default=["engine"], choices=list(VARIANTS),
                         help="engine variants to run after the bf16 eager engine (the one ratios divide by)")
     parser.add_argument("--accuracy-model", default="",
