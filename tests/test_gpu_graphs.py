@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 from test_llm_engine import TEXTS, make_engine, tiny_model, tiny_tokenizer  # noqa: E402
 
-from screener.classifiers.gpu.buckets import Buckets, width_ladder  # noqa: E402
+from screener.classifiers.gpu.buckets import Buckets, small_rows, width_ladder  # noqa: E402
 from screener.classifiers.gpu.packing import plan_batches  # noqa: E402
 from screener.classifiers.gpu.runner import Batch, LabelTokenEngine  # noqa: E402
 from screener.prompt import label_token_ids  # noqa: E402
@@ -29,13 +29,18 @@ def test_width_ladder_is_every_width_to_32_then_sixteenths():
     assert width_ladder(129)[-3:] == (124, 128, 136)
 
 
-def test_bucket_shapes_round_rows_to_eighths_of_what_the_budget_allows():
-    buckets = Buckets(token_budget=1000, max_batch=64, widths=width_ladder(100))
-    # Width 10: 1000 // 10 = 100 rows, capped at 64; steps of 64 / 8 = 8 rows.
+def test_small_rows_are_powers_of_two_and_one_and_a_half_times_them():
+    assert [small_rows(r) for r in (1, 2, 3, 4, 5, 6, 7, 9, 13, 17, 25, 33)] == [1, 2, 3, 4, 6, 6, 8, 12, 16, 24, 32, 48]
+
+
+def test_bucket_shapes_round_rows_to_steps_of_what_the_budget_allows():
+    buckets = Buckets(token_budget=1000, max_batch=64, widths=width_ladder(100), row_steps=8)
+    # Width 10: 1000 // 10 = 100 rows, capped at 64; steps of 64 / 8 = 8 rows, and below one step 1, 2, 3, 4, 6.
     assert (buckets.max_rows(10), buckets.row_step(10)) == (64, 8)
-    assert [buckets.shape(r, 10) for r in (1, 5, 8, 9, 64)] == [(8, 10), (8, 10), (8, 10), (16, 10), (64, 10)]
+    assert [buckets.shape(r, 10) for r in (1, 5, 7, 8, 9, 64)] == [(1, 10), (6, 10), (8, 10), (8, 10), (16, 10),
+                                                                   (64, 10)]
     # 33 tokens round up to width 34: 1000 // 34 = 29 rows, steps of ceil(29 / 8) = 4, the last step cut to 29.
-    assert [buckets.shape(r, 33) for r in (3, 5, 29)] == [(4, 34), (8, 34), (29, 34)]
+    assert [buckets.shape(r, 33) for r in (3, 5, 29)] == [(3, 34), (8, 34), (29, 34)]
     assert buckets.shape(30, 33) is None  # more rows than the budget allows at that width
     assert buckets.shape(1, 101) is None  # wider than the ladder
     assert buckets.width(100) == 100 and buckets.width(101) is None

@@ -2,14 +2,26 @@
 
 A captured graph replays one shape only, so batches are rounded up to a few shapes. Widths are every integer to
 32, then steps of one sixteenth of the width (2 to 64, 4 to 128, ...), so rounding a width up wastes at most 6%.
-The rows a batch may have at width w are ``min(max_batch, token_budget // w)``; row counts come in eighths of that,
-which keeps the shapes to a few per width whatever the mix of message lengths.
+The rows a batch may have at width w are ``min(max_batch, token_budget // w)``; row counts come in sixteenths of
+that (the planner cuts full batches to whole steps), and below one step in 1, 2, 3, 4, 6, 8, 12, 16, ... (the
+small batches at the start of a call and at each length's end), which keeps the shapes to a few per width
+whatever the mix of message lengths.
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+
+
+def small_rows(rows: int) -> int:
+    """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and one and a half times them) >= rows."""
+    power = 1
+    while True:
+        for candidate in (power, power + power // 2):
+            if candidate >= rows:
+                return candidate
+        power *= 2
 
 
 def width_ladder(largest: int) -> tuple[int, ...]:
@@ -29,7 +41,7 @@ class Buckets:
     token_budget: int
     max_batch: int
     widths: tuple[int, ...]
-    row_steps: int = 8
+    row_steps: int = 16
 
     def width(self, longest: int) -> int | None:
         """The smallest bucket width that holds ``longest`` tokens, or None beyond the ladder."""
@@ -48,4 +60,6 @@ class Buckets:
         if width is None or rows > self.max_rows(width):
             return None
         step = self.row_step(width)
+        if rows < step:
+            return min(step, small_rows(rows)), width
         return min(self.max_rows(width), -(-rows // step) * step), width
