@@ -31,8 +31,10 @@ else
 fi
 timeout 150 python3 benchmarks/gpu_scan.py "${smollm2[@]}" "${variants[@]}" --paper-n 8 --padded-n 2048 --merge \
     --out "$out" "$@" 2>&1 | tee "$OUT/gpu_scan_variants_smollm2.log" || status=$?
-if [ "$status" -ne 0 ] && [ -e "$out" ]; then  # a run cut short printed no summary: the one of what was saved
-  python3 -c 'import json, sys; sys.path.insert(0, "benchmarks"); from gpu_scan import summary
+if [ "$status" -ne 0 ]; then  # a run cut short printed no summary: the one of what was saved
+  [ -e "$out" ] && python3 -c 'import json, sys; sys.path.insert(0, "benchmarks"); from gpu_scan import summary
 print(summary(json.load(open(sys.argv[1]))))' "$out"
+  # Not 124, which would read as the whole call timing out.
+  echo "a gpu_scan.py run ended with status $status (124: its timeout)" >&2
+  exit 1
 fi
-exit "$status"
