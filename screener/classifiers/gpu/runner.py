@@ -17,7 +17,7 @@ import numpy as np
 
 from screener.classifiers import identity
 from screener.classifiers.base import ClassifierBase
-from screener.classifiers.gpu import fp8
+from screener.classifiers.gpu import fp8, fused
 from screener.classifiers.gpu.buckets import Buckets, width_ladder
 from screener.classifiers.gpu.packing import pack_chunk
 from screener.classifiers.gpu.producer import ProducerProcess
@@ -99,7 +99,10 @@ class LabelTokenEngine(ClassifierBase):
 
     ``labels`` are the label words that ``label_ids`` are the first tokens of. ``close()`` stops the producer
     process. ``cuda_graphs=True`` replays the forward as CUDA graphs over bucketed batch shapes (``graphs``; on
-    CUDA only, eager elsewhere); ``fp8=True`` runs the projections in float8 (``fp8``).
+    CUDA only, eager elsewhere); ``fp8=True`` runs the projections in float8 (``fp8``). ``fused_attention``,
+    ``fused_rotary`` and ``fused_mlp`` run those parts of the bf16 forward as single kernels (``fused``): attention
+    over the cached prefix without copying it into every row, the rotary embedding of q and k in place, and SiLU(gate)
+    * up (left to float8's own kernel when ``fp8`` is on).
     """
 
     sizes_own_batches = True
@@ -109,7 +112,8 @@ class LabelTokenEngine(ClassifierBase):
                  max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, token_budget: int | None = None,
                  max_batch: int = 4096, max_padding: float = 0.1, chunk_size: int = 65536, prefetch: int = 4,
                  attention: Sequence[str] | str | None = None, producer: str | None = None, fp8: bool = False,
-                 cuda_graphs: bool = False, labels: Sequence[str] = LABEL_WORDS):
+                 cuda_graphs: bool = False, fused_attention: bool = False, fused_rotary: bool = False,
+                 fused_mlp: bool = False, labels: Sequence[str] = LABEL_WORDS):
         import torch
 
         config = model.config
@@ -173,6 +177,8 @@ class LabelTokenEngine(ClassifierBase):
             self._head = head.weight.detach()[ids].clone()
             self._head_bias = head.bias.detach()[ids].clone() if getattr(head, "bias", None) is not None else None
         self.fp8 = bool(fp8)
+        self.fused_attention, self.fused_rotary = bool(fused_attention), bool(fused_rotary)
+        self.fused_mlp = bool(fused_mlp)
         if self.fp8:
             self._layers = [self._fp8_layer(layer) for layer in self._layers]
         self._cos = self._sin = None
@@ -383,7 +389,7 @@ class LabelTokenEngine(ClassifierBase):
         q_size = self.n_heads * self.head_dim
         kv = self._linear(h, layer.wqkv, layer.bqkv, slice(q_size, None))
         k, v = kv.view(rows, width, 2, self.n_kv, self.head_dim).unbind(2)
-        k = self._rotate(k, cos[:, None, :], sin[:, None, :])
+        k = fused.rotate_(k, cos, sin) if self.fused_rotary else self._rotate(k, cos[:, None, :], sin[:, None, :])
         return k.transpose(1, 2), v.transpose(1, 2)
 
     def _block(self, x, layer: _Layer, cos, sin, prefix_kv, mask):
@@ -397,7 +403,16 @@ class LabelTokenEngine(ClassifierBase):
         qkv = self._linear(self._norm(x, layer.ln1, layer.eps1), layer.wqkv, layer.bqkv)
         # q and k are adjacent in the fused output: one rotation covers both heads' kinds.
         qk = qkv[..., : q_size + kv_size].view(rows, width, self.n_heads + self.n_kv, self.head_dim)
-        qk = self._rotate(qk, cos[:, None, :], sin[:, None, :])
+        if self.fused_rotary:
+            qk = fused.rotate_(qk, cos, sin)
+        else:
+            qk = self._rotate(qk, cos[:, None, :], sin[:, None, :])
+        if self.fused_attention:
+            v = qkv[..., q_size + kv_size:].view(rows, width, self.n_kv, self.head_dim)
+            pk, pv = prefix_kv if prefix_kv is not None else (None, None)
+            o = fused.prefix_attention(qk, v, pk, pv, self.n_heads, self._scaling)
+            x = x + self._linear(o, layer.wo, layer.bo)
+            return x + self._mlp(self._norm(x, layer.ln2, layer.eps2), layer)
         q = qk[:, :, : self.n_heads].view(rows, width, self.n_kv, groups, self.head_dim)
         q = q.permute(0, 2, 3, 1, 4).reshape(rows, self.n_kv, groups * width, self.head_dim)
         k = qk[:, :, self.n_heads:].transpose(1, 2)
@@ -423,6 +438,8 @@ class LabelTokenEngine(ClassifierBase):
         gate_up = self._linear(h, layer.wgu, layer.bgu)
         if self.fp8 and layer.silu:
             return self._linear(fp8.silu_mul_quantize(gate_up), layer.wdown, layer.bdown)
+        if self.fused_mlp and layer.silu:
+            return self._linear(fused.silu_mul(gate_up), layer.wdown, layer.bdown)
         gate, up = gate_up.chunk(2, dim=-1)
         return self._linear(layer.act(gate) * up, layer.wdown, layer.bdown)
 
