@@ -15,7 +15,9 @@ model, and writes one JSON record per (model, method):
   ``vs_engine`` (its msgs/s over ``engine``'s) and ``vs_hf_padded``, and how far its probabilities are from
   ``engine``'s (and from fp32's, where there is the yardstick): ``engine_graphs`` (``cuda_graphs``: the forward
   replayed as CUDA graphs over bucketed shapes; its record says how many graphs and replays), ``engine_fp8``
-  (float8 projections, activations quantized by the fused kernels) and ``engine_fp8_graphs`` (both). Without CUDA
+  (float8 projections, activations quantized by the fused kernels), ``engine_fp8_graphs`` (both),
+  ``engine_fused`` (bf16 with the fused attention over the cached prefix, rotary and SiLU * up kernels:
+  ``fused_attention``, ``fused_rotary``, ``fused_mlp``) and ``engine_fused_graphs`` (those on CUDA graphs). Without CUDA
   they are recorded as skipped; one that fails is recorded with its traceback and the others still run.
 - ``--accuracy-model DIR`` (a model folder; the shipped smollm2-sst2 with its base) scores SST-2 dev with the
   engine in fp32, bf16, and bf16 with float8 (eager and on graphs): accuracy and the decisions' agreement with
@@ -265,7 +267,7 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None, save
             err = np.abs(probs[: len(truth)] - truth)
             rec.update({"vs_fp32_max_abs": float(err.max()), "vs_fp32_mean_abs": float(err.mean()),
                         "vs_fp32_decision_agreement": float(((probs[: len(truth)] > 0.5) == (truth > 0.5)).mean())})
-        if (args.profile or args.profile_tables) and method == "engine_fp8":
+        if (args.profile or args.profile_tables) and method in ("engine_fp8", "engine_fused"):
             profile_engine(engine, texts, device, Path(args.out).parent / f"{checks['model']}_{method}_profile.txt",
                            timed=False)
         records.append(rec)
@@ -281,7 +283,10 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None, save
 
 # The engine's variants: LabelTokenEngine options. ``engine`` (bf16, eager) is the one every ratio divides by.
 VARIANTS = {"engine": {}, "engine_graphs": {"cuda_graphs": True}, "engine_fp8": {"fp8": True},
-            "engine_fp8_graphs": {"fp8": True, "cuda_graphs": True}}
+            "engine_fp8_graphs": {"fp8": True, "cuda_graphs": True},
+            "engine_fused": {"fused_attention": True, "fused_rotary": True, "fused_mlp": True},
+            "engine_fused_graphs": {"fused_attention": True, "fused_rotary": True, "fused_mlp": True,
+                                    "cuda_graphs": True}}
 
 
 def run_engine(method, name, model, tokenizer, label_ids, words, texts, prompt_lens, flops, device, args, timed):

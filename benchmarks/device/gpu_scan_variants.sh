@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # On the device, one GPU: benchmarks/gpu_scan.py's engine variants in one call, each against the padded forward
-# and the bf16 eager engine of the same run: bf16 eager, float8 with the fused activation quantizers, bf16 on CUDA
-# graphs, float8 on CUDA graphs. First Llama-3.1-8B shapes (random bf16 weights), then SmolLM2-135M: its real
-# weights, with the SST-2 dev agreement of float8 with fp32 (the shipped smollm2-sst2 over the carried GGUF), when
-# the smollm2 bundle is assembled; its shapes with random weights and no agreement otherwise. Needs the base bundle
-# (and smollm2 for the real weights). Writes $OUT/gpu_scan_variants.json (both models; each run adds to it as
-# records come, so a run cut short by its timeout keeps what it finished), the profiler tables of Llama's bf16 and
-# float8 engines (*_profile.txt) and the logs, and prints a summary. Extra arguments go to both gpu_scan.py runs.
+# and the bf16 eager engine of the same run: bf16 eager, bf16 with the fused attention/rotary/SiLU kernels, float8
+# with the fused activation quantizers, bf16 on CUDA graphs, the fused bf16 on CUDA graphs, float8 on CUDA graphs.
+# First Llama-3.1-8B shapes (random bf16 weights), then SmolLM2-135M: its real weights, with the SST-2 dev
+# agreement of float8 with fp32 (the shipped smollm2-sst2 over the carried GGUF), when the smollm2 bundle is
+# assembled; its shapes with random weights and no agreement otherwise. Needs the base bundle (and smollm2 for the
+# real weights). Writes $OUT/gpu_scan_variants.json (both models; each run adds to it as records come, so a run cut
+# short by its timeout keeps what it finished), the profiler tables of Llama's bf16, float8 and fused engines
+# (*_profile.txt) and the logs, and prints a summary. Extra arguments go to both gpu_scan.py runs.
 set -euo pipefail
 bash benchmarks/device/setup_env.sh
 source benchmarks/device/env.sh
 need base
 out=$OUT/gpu_scan_variants.json
-variants=(--variants engine engine_fp8 engine_graphs engine_fp8_graphs)
+variants=(--variants engine engine_fused engine_fp8 engine_graphs engine_fused_graphs engine_fp8_graphs)
 nvidia-smi --query-gpu=name,memory.used --format=csv
 status=0
 timeout 300 python3 benchmarks/gpu_scan.py --models llama8b "${variants[@]}" --paper-n 16 --padded-n 1024 \
