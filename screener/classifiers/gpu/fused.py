@@ -66,9 +66,10 @@ def rotate_(x, cos, signed_sin):
     """x [rows, width, heads, head_dim] rotated in place by cos / signed_sin [width, head_dim] (sin with its
     first half negated, as the engine keeps it); returns x."""
     kernels = triton_kernels(x)
-    rows, width = x.shape[:2]
-    if (kernels is None or x.shape[-1] % 2 or x.stride(-1) != 1 or x.stride(0) != width * x.stride(1)
-            or cos.stride(-1) != 1 or signed_sin.stride() != cos.stride()):
+    rows, width, _, head_dim = x.shape
+    half = head_dim // 2
+    if (kernels is None or head_dim % 2 or half & (half - 1) or x.stride(-1) != 1
+            or x.stride(0) != width * x.stride(1) or cos.stride(-1) != 1 or signed_sin.stride() != cos.stride()):
         x.copy_(rotate_reference(x, cos, signed_sin))
     elif rows and width:
         kernels.rotate(x, cos, signed_sin)
