@@ -176,3 +176,32 @@ def test_engine_with_the_fused_kernels_scores_like_the_engine_without(tmp_path):
 def test_engine_with_the_fused_options_off_cuda_scores_like_the_engine_without():
     for got, expected in zip(engines(FUSED), engines({})):
         np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
+
+
+@cuda
+@pytest.mark.skipif(not triton_present(), reason="needs Triton")
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_engine_with_the_fused_kernels_on_cuda_stays_close_to_bf16(cuda_graphs):
+    sys.path.insert(0, str(ROOT / "tests"))
+    import test_llm_engine as llama
+    from screener.classifiers.gpu.runner import LabelTokenEngine
+    from screener.prompt import label_token_ids
+
+    tokenizer = llama.tiny_tokenizer()
+    label_ids = label_token_ids(tokenizer)
+    texts = llama.tricky_texts(200) * 2
+
+    def engine(**options):
+        # Milder weights than 0.25: bf16 rounding in another order must not flip the probabilities.
+        return LabelTokenEngine(llama.tiny_model(0, dtype=torch.bfloat16, scale=0.12).cuda(), tokenizer, label_ids,
+                                producer="thread", token_budget=2048, **options)
+
+    expected = engine().predict_negative(texts)
+    fused_engine = engine(cuda_graphs=cuda_graphs, **FUSED)
+    fused_engine.predict_negative(texts)
+    got = fused_engine.predict_negative(texts)
+    assert expected.max() - expected.min() > 0.2
+    np.testing.assert_allclose(got, expected, atol=2e-2)
+    if cuda_graphs:
+        assert fused_engine.graph_stats()["disabled"] is None and fused_engine.graph_stats()["replays"] > 0
+    fused_engine.close()
