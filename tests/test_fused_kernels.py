@@ -189,7 +189,7 @@ def test_engine_with_the_fused_kernels_on_cuda_stays_close_to_bf16(cuda_graphs):
 
     tokenizer = llama.tiny_tokenizer()
     label_ids = label_token_ids(tokenizer)
-    texts = llama.tricky_texts(200) * 2
+    texts = (llama.TEXTS + llama.tricky_texts(40)) * 20
 
     def engine(**options):
         # Milder weights than 0.25: bf16 rounding in another order must not flip the probabilities.
@@ -200,7 +200,7 @@ def test_engine_with_the_fused_kernels_on_cuda_stays_close_to_bf16(cuda_graphs):
     fused_engine = engine(cuda_graphs=cuda_graphs, **FUSED)
     fused_engine.predict_negative(texts)
     got = fused_engine.predict_negative(texts)
-    assert expected.max() - expected.min() > 0.2
+    assert expected.max() - expected.min() > 0.1
     np.testing.assert_allclose(got, expected, atol=2e-2)
     if cuda_graphs:
         assert fused_engine.graph_stats()["disabled"] is None and fused_engine.graph_stats()["replays"] > 0
