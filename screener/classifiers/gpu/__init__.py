@@ -16,6 +16,9 @@ position of the Alpaca prompt, never ``generate()``), but spends the GPU only on
   cast in one pass fused with the norm or the SiLU before it (``fp8``, its Triton kernels in ``fp8_kernels``).
 - ``cuda_graphs=True`` replays the forward as CUDA graphs, one per batch shape: batches are planned and padded
   to a few bucketed shapes (``buckets``, ``graphs``). Both options are off by default.
+- ``fused_attention``, ``fused_rotary`` and ``fused_mlp`` (off by default) run attention over the cached prefix
+  without copying it into every row, the rotary embedding of q and k, and SiLU(gate) * up as one Triton kernel
+  each (``fused``, its kernels in ``fused_kernels``).
 - On CUDA a producer process tokenizes and packs the next batches while the GPU runs the current one
   (``producer``): in a thread of the engine's own process the tokenizer would hold the GIL that the thread
   launching kernels needs.
