@@ -16,7 +16,7 @@ out=$OUT/gpu_scan_variants.json
 variants=(--variants engine engine_fused engine_fp8 engine_graphs engine_fused_graphs engine_fp8_graphs)
 nvidia-smi --query-gpu=name,memory.used --format=csv
 status=0
-timeout 300 python3 benchmarks/gpu_scan.py --models llama8b "${variants[@]}" --paper-n 16 --padded-n 1024 \
+timeout 340 python3 benchmarks/gpu_scan.py --models llama8b "${variants[@]}" --paper-n 16 --padded-n 1024 \
     --profile-tables --out "$out" "$@" 2>&1 | tee "$OUT/gpu_scan_variants_llama8b.log" || status=$?
 if [ -e "$BUNDLES/smollm2.done" ]; then
   smollm2=(--models smollm2 --smollm2-gguf "$GGUF")
