@@ -151,3 +151,22 @@ def test_the_qwen_recipe_runs_from_the_command_line_on_messages_and_sst2(tmp_pat
     assert summary["backend"] in ("unsloth", "peft")
     manifest = json.loads((out / "screener_model.json").read_text())
     assert manifest["label_words"] == list(THREE_WAY_LABELS) and len(manifest["label_token_ids"]) == 3
+
+
+def test_unsloth_gets_a_tokenizer_whose_pad_is_not_eos(tmp_path):
+    from transformers import AutoTokenizer
+
+    from training.llm import tokenizer_with_own_pad
+
+    base = make_tiny_llama(tmp_path / "base")
+    assert tokenizer_with_own_pad(str(base)) == str(base)  # its <pad> is its own
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.add_tokens(["<|fim_pad|>"])
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(tmp_path / "eos-pad")
+    where = tokenizer_with_own_pad(str(tmp_path / "eos-pad"))
+    assert where != str(tmp_path / "eos-pad")
+    fixed = AutoTokenizer.from_pretrained(where)
+    assert fixed.pad_token == "<|fim_pad|>" and fixed.eos_token == "</s>"
+    assert len(fixed) == len(tokenizer)
+    assert tokenizer_with_own_pad(str(tmp_path / "eos-pad")) == where  # written once

@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,11 +152,42 @@ def load_base(load_dir: str, recipe: dict, device: str, dtype, backend: str):
 
         model, _ = FastLanguageModel.from_pretrained(
             model_name=load_dir, max_seq_length=recipe["max_seq_length"], dtype=dtype, load_in_4bit=False,
-            full_finetuning=False, local_files_only=True)
+            full_finetuning=False, local_files_only=True, tokenizer_name=tokenizer_with_own_pad(load_dir))
         return model
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(load_dir, dtype=dtype).to(device)
+
+
+# Pad tokens that are ordinary vocabulary entries of the families screener trains (Qwen2.5 first).
+PAD_CANDIDATES = ("<|fim_pad|>", "<|vision_pad|>", "<|finetune_right_pad_id|>", "<pad>", "[PAD]")
+
+
+def tokenizer_with_own_pad(load_dir: str) -> str:
+    """Where Unsloth should read the tokenizer. Unsloth refuses a pad token equal to EOS and looks for a
+    replacement only among a tokenizer's added tokens; a tokenizer rebuilt from a GGUF (Qwen2.5's) has
+    ``<|fim_pad|>`` in its vocabulary but not among them, so Unsloth gives up. Such a tokenizer gets that token as
+    its pad in a copy written beside the base; the model's vocabulary is unchanged. Padding is never attended to
+    or trained on, so which id pads does not matter."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(load_dir)
+    if tokenizer.pad_token is not None and tokenizer.pad_token != tokenizer.eos_token:
+        return load_dir
+    vocab = tokenizer.get_vocab()
+    pad = next((t for t in PAD_CANDIDATES if t in vocab and t != tokenizer.eos_token), None)
+    if pad is None:
+        return load_dir
+    target = Path(load_dir).parent / (Path(load_dir).name + ".unsloth-tokenizer")
+    if not (target / "tokenizer_config.json").is_file():
+        tokenizer.pad_token = pad
+        staging = target.with_name(target.name + f".tmp{os.getpid()}")
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another trainer wrote it first
+            shutil.rmtree(staging)
+    return str(target)
 
 
 def attach_lora(model, recipe: dict, backend: str):
