@@ -76,7 +76,9 @@ class Settings:
     short_window_days: int = _ranged(7, 1, MAX_DAYS)
     long_window_days: int = _ranged(30, 1, MAX_DAYS)
     last_n: int = _ranged(20, 1, 100_000)
-    min_ratio: float = _ranged(0.6, 0.0, 1.0)
+    # high_negative_share: at least min_messages messages in the short window, and a negative share whose Wilson
+    # lower bound (at confidence_z) is at least min_ratio. Chosen on simulated archives: benchmarks/flag_thresholds.py.
+    min_ratio: float = _ranged(0.15, 0.0, 1.0)
     min_messages: int = _ranged(5, 1, 10**9)
     # 10 is a confidence of 1 - 1e-23: beyond it the Wilson bound no longer changes in double precision.
     confidence_z: float = _ranged(1.96, 0.0, 10.0, low_open=True)
