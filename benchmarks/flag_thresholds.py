@@ -169,7 +169,11 @@ def summary(per_seed: list[dict]) -> dict:
     r = [s["recall"] for s in per_seed]
     f = [s["f1"] for s in per_seed]
     balanced = [min(a, b) for a, b in zip(p, r)]
+    tp, fp, fn = (sum(s[k] for s in per_seed) for k in ("tp", "fp", "fn"))
     return {"balanced_mean": round(float(np.mean(balanced)), 4), "worst": round(min(balanced), 4),
+            "pooled": {"flagged": tp + fp, "distressed": tp + fn, "tp": tp,
+                       "precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
+                       "recall": round(tp / (tp + fn), 4) if tp + fn else 0.0},
             "precision_mean": round(float(np.mean(p)), 4), "precision_min": round(min(p), 4),
             "recall_mean": round(float(np.mean(r)), 4), "recall_min": round(min(r), 4),
             "f1_mean": round(float(np.mean(f)), 4)}
