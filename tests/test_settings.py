@@ -7,7 +7,8 @@ from screener.settings import Settings, load_settings
 def test_defaults_are_the_documented_flag_rule(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     s = load_settings()
-    assert (s.min_ratio, s.min_messages, s.short_window_days, s.long_window_days) == (0.6, 5, 7, 30)
+    assert (s.min_ratio, s.min_messages, s.confidence_z, s.short_window_days, s.long_window_days) == (
+        0.15, 5, 1.96, 7, 30)
 
 
 def test_flag_rule_settings_come_from_the_toml_file_into_the_rule_parameters(tmp_path):
