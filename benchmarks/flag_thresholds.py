@@ -261,7 +261,8 @@ def main() -> None:
     shown += [next(c for c in ranked if c["confidence_z"] == z and c["min_lower_bound"] > 0) for z in ZS]
 
     def report(c):
-        out = {**{k: c[k] for k in SETTINGS}, "tuning": c["tuning"], "neighbour_balanced_tuning": c["neighbour_balanced"]}
+        out = {**{k: c[k] for k in SETTINGS}, "tuning": c["tuning"],
+               "neighbour_balanced_tuning": c["neighbour_balanced"]}
         out["report"] = truth.per_archive(c["flagged"], default_report)
         out["report_summary"] = summary(out["report"])
         out["harder"] = {name: summary(truth.per_archive(c["flagged"], [i for i, t in enumerate(truths)

@@ -26,7 +26,7 @@ BAD, OK, GOOD = "bad day", "ok day", "great day"
 
 def archive_rows() -> list[tuple]:
     """Four users, every message in the last 7 days before AS_OF (so the 7- and 30-day windows hold the same); the
-    default rule flags a Wilson lower bound of at least 0.15 with at least 5 messages:
+    default rule flags a share of at least 0.25 with a Wilson lower bound of at least 0.15 and at least 5 messages:
     - neg:     4 bad, 2 ok         -> 4 of 6 negative (67%, lower bound 0.30): flagged. Reading "not positive" as
       negative: 6 of 6.
     - neutral: 1 bad, 7 ok         -> 1 of 8 (12%, lower bound 0.02). Reading "not positive" as negative: 8 of 8,
@@ -87,8 +87,8 @@ def test_neutral_messages_count_in_the_share_and_never_as_negative(tmp_path):
     assert flag["ratio"] == pytest.approx(4 / 6) and flag["ratio_long"] == pytest.approx(4 / 6)
     # Wilson lower bound of 4 of 6 at z = 1.96: (p + z²/2n - z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n).
     assert flag["wilson_lower"] == pytest.approx(0.29999, abs=1e-5)
-    assert flag["reason"] == ("4 of 6 messages in the last 7 days negative (67%, lower bound 30%), threshold 15% on "
-                              "the lower bound with at least 5 messages")
+    assert flag["reason"] == ("4 of 6 messages in the last 7 days negative (67%, lower bound 30%), threshold 25%, "
+                              "lower bound at least 15%, with at least 5 messages")
 
 
 def user_stats(db, settings: Settings, model_id: str) -> dict[str, tuple]:
