@@ -23,8 +23,9 @@ from training.distinct import DistinctTexts
 from training.simulate import Population, Texts, build, truth_path, write
 
 SMS = SHARED / "data" / "sms" / "SMSSpamCollection.tsv"
-# 300 users over ten days: the flag window and three days before it.
-POPULATION = Population(ordinary=240, distressed=60, days=10)
+# 1,200 users over eight days (the flag window and the day before it), 240 of them distressed: enough that a few
+# users more or less, which one draw of 60 distressed users can differ by, do not decide the test.
+POPULATION = Population(ordinary=960, distressed=240, days=8)
 
 
 def flags_against_truth(tmp_path: Path, seed: int, population: Population, texts: Texts) -> dict:
