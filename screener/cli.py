@@ -118,7 +118,9 @@ def settings_options(func):
         click.option("--short-window", "short_window_days", type=int, help="Flag window in days [7]."),
         click.option("--long-window", "long_window_days", type=int, help="Longer context window in days [30]."),
         click.option("--last-n", type=int, help="Also report the ratio over each user's last N messages [20]."),
-        click.option("--min-ratio", type=float, help="Flag when the short-window ratio is at least this [0.6]."),
+        click.option("--min-ratio", type=float, help="Flag when the short-window ratio is at least this [0.25],"),
+        click.option("--min-lower-bound", type=float,
+                     help="... its Wilson lower bound (confidence_z) is at least this [0.15],"),
         click.option("--min-messages", type=int, help="... and the user has at least this many messages in it [5]."),
     ]
     for option in reversed(options):

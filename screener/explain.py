@@ -100,8 +100,8 @@ def explain(store: Store, run_id: int, user_id: str) -> dict[str, Any]:
         "run": {"id": int(run_id), "status": record["status"], "as_of": as_of.isoformat(),
                 "model_name": record["model_name"], "model_id": model_id, "source": record["source"]},
         "settings": {name: getattr(settings, name) for name in (
-            "negative_threshold", "short_window_days", "long_window_days", "last_n", "min_ratio", "min_messages",
-            "confidence_z", "baseline_days", "baseline_min_messages", "escalation_delta")},
+            "negative_threshold", "short_window_days", "long_window_days", "last_n", "min_ratio", "min_lower_bound",
+            "min_messages", "confidence_z", "baseline_days", "baseline_min_messages", "escalation_delta")},
         "windows": {
             "short": _window(as_of - timedelta(days=short), as_of, stats, "n_short", "neg_short", "ratio_short"),
             "long": _window(as_of - timedelta(days=long_), as_of, stats, "n_long", "neg_long", "ratio_long"),

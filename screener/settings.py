@@ -76,7 +76,11 @@ class Settings:
     short_window_days: int = _ranged(7, 1, MAX_DAYS)
     long_window_days: int = _ranged(30, 1, MAX_DAYS)
     last_n: int = _ranged(20, 1, 100_000)
-    min_ratio: float = _ranged(0.6, 0.0, 1.0)
+    # high_negative_share: at least min_messages messages in the short window, a negative share of at least
+    # min_ratio, and a Wilson lower bound of that share (at confidence_z) of at least min_lower_bound. Chosen on
+    # simulated archives by benchmarks/flag_thresholds.py.
+    min_ratio: float = _ranged(0.25, 0.0, 1.0)
+    min_lower_bound: float = _ranged(0.15, 0.0, 1.0)
     min_messages: int = _ranged(5, 1, 10**9)
     # 10 is a confidence of 1 - 1e-23: beyond it the Wilson bound no longer changes in double precision.
     confidence_z: float = _ranged(1.96, 0.0, 10.0, low_open=True)
@@ -157,7 +161,7 @@ def ranges() -> dict[str, Range]:
 # The flag rules, in priority order (a user several rules match is flagged under the first), each with the settings
 # its file sql/rules/<rule>.sql binds as $<setting>; see screener.rules for how to add one.
 FLAG_RULES: dict[str, tuple[str, ...]] = {
-    "high_negative_share": ("min_messages", "min_ratio", "short_window_days"),
+    "high_negative_share": ("min_messages", "min_ratio", "min_lower_bound", "short_window_days"),
 }
 
 MIB_PER_THREAD = 64 * 2**20

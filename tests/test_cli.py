@@ -49,8 +49,8 @@ def test_scan_flags_report_end_to_end_with_tiny_model(tmp_path, tiny_model, tiny
     rows = json.loads(flags.stdout)
     assert len(rows) == summary["users_flagged"] and 0 < len(rows) < 12
     for row in rows:
-        assert {"user_id", "n_messages", "n_negative", "ratio"} <= set(row)
-        assert row["n_messages"] >= 5 and row["ratio"] >= 0.6
+        assert {"user_id", "n_messages", "n_negative", "ratio", "wilson_lower"} <= set(row)
+        assert row["n_messages"] >= 5 and row["ratio"] >= 0.25 and row["wilson_lower"] >= 0.15
 
     report = tmp_path / "r.html"
     out = screener("report", db, "-o", report)

@@ -1,13 +1,17 @@
-"""The demo archive scanned with the shipped default model gives the stored scores, flags and run summary.
+"""The demo archive scanned with the shipped default model gives the stored scores, flags and run summary, and its
+flags are exactly the users the example archive made distressed.
 
-``fixtures/demo_expected.json`` was written by ``screener demo`` and ``screener flags --json``; any change to the
-scan, the model loading, the windows or the flag rule that moves a score or a flag shows up here.
+``fixtures/demo_expected.json`` is written by ``screener demo --json`` and ``screener flags --json`` (the run keys
+of ``RUN_KEYS``, every flag, each message's P(negative) to four places); any change to the scan, the model loading,
+the windows or the flag rule that moves a score or a flag shows up here. Where such a change is meant, write it
+again from the repository root with ``python tests/test_demo_expected.py`` and review the difference.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -18,40 +22,16 @@ from click.testing import CliRunner
 from screener.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = json.loads((Path(__file__).parent / "fixtures" / "demo_expected.json").read_text())
+FIXTURE = Path(__file__).parent / "fixtures" / "demo_expected.json"
+EXPECTED = json.loads(FIXTURE.read_text())
+RUN_KEYS = ("as_of", "messages_scored", "messages_skipped", "messages_total", "model_id", "model_name", "rescored",
+            "run_id", "skipped_by_reason", "users", "users_flagged")
 FLAG_KEYS = ("rank", "user_id", "n_messages", "n_negative", "ratio", "wilson_lower", "ratio_long", "ratio_last_n",
              "baseline_ratio", "escalating", "first_flagged")
 
 
-@pytest.mark.slow
-def test_demo_scan_matches_stored_expectation(tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(main, ["demo", "--dir", str(tmp_path), "--json"])
-    assert result.exit_code == 0, result.output
-    run = json.loads(result.stdout)
-    for key, value in EXPECTED["run"].items():
-        assert run[key] == value, key
-
-    flags = runner.invoke(main, ["flags", str(tmp_path / "messages.duckdb"), "--json"])
-    assert flags.exit_code == 0, flags.output
-    got = json.loads(flags.stdout)
-    assert [f["user_id"] for f in got] == [f["user_id"] for f in EXPECTED["flags"]]
-    for g, e in zip(got, EXPECTED["flags"]):
-        for key in FLAG_KEYS:
-            assert g[key] == pytest.approx(e[key]) if isinstance(e[key], float) else g[key] == e[key], key
-
-    con = duckdb.connect(str(tmp_path / "messages.duckdb"), read_only=True)
-    try:
-        scores = dict(con.execute("SELECT message_id, p_negative FROM screener_scores").fetchall())
-    finally:
-        con.close()
-    assert scores.keys() == EXPECTED["scores"].keys()
-    moved = [m for m, p in EXPECTED["scores"].items() if abs(scores[m] - p) > 1e-3]
-    assert not moved, f"{len(moved)} scores moved, e.g. {moved[:5]}"
-
-
-def test_every_user_the_demo_flags_is_one_the_example_archive_made_distressed():
-    """The demo archive is real hand-labelled messages: the users it flags must be those it made distressed."""
+def demo_distressed() -> set[str]:
+    """The users ``examples/build_archive.py`` makes distressed; the shipped archive must be what it builds."""
     sys.path.insert(0, str(ROOT / "examples"))
     try:
         from build_archive import build
@@ -60,5 +40,54 @@ def test_every_user_the_demo_flags_is_one_the_example_archive_made_distressed():
     table, distressed = build()
     shipped = pq.read_table(ROOT / "screener" / "demo_data" / "archive.parquet")
     assert table.equals(shipped), "screener/demo_data/archive.parquet is not what examples/build_archive.py builds"
-    flagged = {f["user_id"] for f in EXPECTED["flags"]}
-    assert flagged and flagged <= distressed
+    return distressed
+
+
+def scan_demo(directory: Path) -> tuple[dict, list[dict], dict[str, float]]:
+    """The demo's run summary, its flags and every message's P(negative), as the CLI gives them."""
+    runner = CliRunner()
+    result = runner.invoke(main, ["demo", "--dir", str(directory), "--json"])
+    assert result.exit_code == 0, result.output
+    flags = runner.invoke(main, ["flags", str(directory / "messages.duckdb"), "--json"])
+    assert flags.exit_code == 0, flags.output
+    con = duckdb.connect(str(directory / "messages.duckdb"), read_only=True)
+    try:
+        scores = dict(con.execute("SELECT message_id, p_negative FROM screener_scores").fetchall())
+    finally:
+        con.close()
+    return json.loads(result.stdout), json.loads(flags.stdout), scores
+
+
+@pytest.mark.slow
+def test_demo_scan_matches_stored_expectation_and_flags_exactly_the_distressed_users(tmp_path):
+    run, got, scores = scan_demo(tmp_path)
+    for key in RUN_KEYS:
+        assert run[key] == EXPECTED["run"][key], key
+    assert [f["user_id"] for f in got] == [f["user_id"] for f in EXPECTED["flags"]]
+    for g, e in zip(got, EXPECTED["flags"]):
+        for key in FLAG_KEYS:
+            assert g[key] == pytest.approx(e[key]) if isinstance(e[key], float) else g[key] == e[key], key
+    assert {f["user_id"] for f in got} == demo_distressed()
+
+    assert scores.keys() == EXPECTED["scores"].keys()
+    moved = [m for m, p in EXPECTED["scores"].items() if abs(scores[m] - p) > 1e-3]
+    assert not moved, f"{len(moved)} scores moved, e.g. {moved[:5]}"
+
+
+def test_the_stored_demo_flags_are_exactly_the_users_the_example_archive_made_distressed():
+    """The demo archive is real hand-labelled messages: it flags every user it made distressed, and no other."""
+    assert {f["user_id"] for f in EXPECTED["flags"]} == demo_distressed()
+    assert EXPECTED["run"]["users_flagged"] == len(demo_distressed())
+
+
+def write_fixture() -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        run, got, scores = scan_demo(Path(directory))
+    expected = {"flags": got, "run": {key: run[key] for key in RUN_KEYS},
+                "scores": {m: round(p, 4) for m, p in sorted(scores.items())}}
+    FIXTURE.write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"wrote {FIXTURE}: {run['users_flagged']} flagged of {run['users']} users")
+
+
+if __name__ == "__main__":
+    write_fixture()

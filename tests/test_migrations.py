@@ -109,11 +109,12 @@ def test_upgraded_binary_scores_get_p_positive_as_the_rest_and_no_p_neutral(v1):
 
 
 def test_a_scan_with_the_same_model_flags_the_upgraded_scores_as_version_1_did(v1):
-    """Nothing is left to score for the model of run 1, so run 2's flags come from the upgraded scores alone."""
-    [(model_id,)] = rows(v1, "SELECT model_id FROM screener_runs WHERE run_id = 1")
+    """Nothing is left to score for the model of run 1, so run 2's flags, with the settings run 1 recorded, come from
+    the upgraded scores alone."""
+    [(model_id, config)] = rows(v1, "SELECT model_id, config FROM screener_runs WHERE run_id = 1")
     same_model = KeywordClassifier(word="e")
     same_model.model_id = model_id
-    result = scan(v1, Settings(), as_of=AS_OF, classifier=same_model, progress=False)
+    result = scan(v1, Settings(**json.loads(config)), as_of=AS_OF, classifier=same_model, progress=False)
     assert (result.run_id, result.messages_scored, result.users_flagged) == (2, 0, 1)
     assert same_model.calls == 0
     columns = V1_FLAG_COLUMNS.replace("run_id, ", "")
@@ -184,9 +185,11 @@ def test_a_scan_after_the_upgrade_adds_a_run_and_flags_with_rule_and_reason(v1):
     # Wilson lower bounds: 6 of 6 -> 0.610, 9 of 10 -> 0.596.
     assert table_rows(v1, "screener_flags WHERE run_id = 2", "rank, user_id, rule, reason") == [
         (1, "user-002", "high_negative_share",
-         "6 of 6 messages in the last 7 days negative (100%), threshold 60% with at least 5 messages"),
+         "6 of 6 messages in the last 7 days negative (100%, lower bound 61%), threshold 25%, lower bound at least "
+         "15%, with at least 5 messages"),
         (2, "user-023", "high_negative_share",
-         "9 of 10 messages in the last 7 days negative (90%), threshold 60% with at least 5 messages"),
+         "9 of 10 messages in the last 7 days negative (90%, lower bound 60%), threshold 25%, lower bound at least "
+         "15%, with at least 5 messages"),
     ]
 
 

@@ -25,12 +25,16 @@ BAD, OK, GOOD = "bad day", "ok day", "great day"
 
 
 def archive_rows() -> list[tuple]:
-    """Four users, every message in the last 7 days before AS_OF (so the 7- and 30-day windows hold the same):
-    - neg:     4 bad, 2 ok        -> 4 of 6 negative (67%): flagged. Reading "not positive" as negative: 6 of 6.
-    - neutral: 1 bad, 7 ok        -> 1 of 8 (12%). Reading "not positive" as negative: 8 of 8, flagged.
-    - mixed:   5 bad, 3 ok, 2 good -> 5 of 10 (50%): not flagged. Leaving neutral out of the share: 5 of 7 (71%).
+    """Four users, every message in the last 7 days before AS_OF (so the 7- and 30-day windows hold the same); the
+    default rule flags a share of at least 0.25 with a Wilson lower bound of at least 0.15 and at least 5 messages:
+    - neg:     4 bad, 2 ok         -> 4 of 6 negative (67%, lower bound 0.30): flagged. Reading "not positive" as
+      negative: 6 of 6.
+    - neutral: 1 bad, 7 ok         -> 1 of 8 (12%, lower bound 0.02). Reading "not positive" as negative: 8 of 8,
+      flagged.
+    - mixed:   3 bad, 8 ok, 2 good -> 3 of 13 (23%, lower bound 0.08): not flagged. Leaving neutral out of the
+      share: 3 of 5 (60%, lower bound 0.23), flagged.
     - happy:   5 good              -> 0 of 5."""
-    spec = {"neg": [BAD] * 4 + [OK] * 2, "neutral": [BAD] + [OK] * 7, "mixed": [BAD] * 5 + [OK] * 3 + [GOOD] * 2,
+    spec = {"neg": [BAD] * 4 + [OK] * 2, "neutral": [BAD] + [OK] * 7, "mixed": [BAD] * 3 + [OK] * 8 + [GOOD] * 2,
             "happy": [GOOD] * 5}
     rows = []
     for user, texts in spec.items():
@@ -56,12 +60,12 @@ def query(db, sql: str) -> list[tuple]:
 
 def test_a_three_way_scan_stores_every_class_probability_and_the_top_class(tmp_path):
     db, result = scanned(tmp_path)
-    assert result.messages_scored == 29
+    assert result.messages_scored == 32
     got = query(db, """
         SELECT s.text, sc.p_negative, sc.p_neutral, sc.p_positive, sc.label, count(*)
         FROM screener_scores sc JOIN messages s USING (message_id) GROUP BY ALL ORDER BY s.text""")
     assert [(t, label, n) for t, *_, label, n in got] == [
-        (BAD, "negative", 10), (GOOD, "positive", 7), (OK, "neutral", 12)]
+        (BAD, "negative", 8), (GOOD, "positive", 7), (OK, "neutral", 17)]
     for text, *proba, _, _ in got:
         label = ThreeWayKeywordClassifier.expected_label(text)
         assert proba == pytest.approx(ThreeWayKeywordClassifier.PROBA[label])
@@ -83,8 +87,8 @@ def test_neutral_messages_count_in_the_share_and_never_as_negative(tmp_path):
     assert flag["ratio"] == pytest.approx(4 / 6) and flag["ratio_long"] == pytest.approx(4 / 6)
     # Wilson lower bound of 4 of 6 at z = 1.96: (p + z²/2n - z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n).
     assert flag["wilson_lower"] == pytest.approx(0.29999, abs=1e-5)
-    assert flag["reason"] == ("4 of 6 messages in the last 7 days negative (67%), threshold 60% with at least 5 "
-                              "messages")
+    assert flag["reason"] == ("4 of 6 messages in the last 7 days negative (67%, lower bound 30%), threshold 25%, "
+                              "lower bound at least 15%, with at least 5 messages")
 
 
 def user_stats(db, settings: Settings, model_id: str) -> dict[str, tuple]:
@@ -100,7 +104,7 @@ def test_every_user_s_share_is_negative_over_all_messages_of_the_window(tmp_path
     assert stats == {
         "neg": (6, 4, pytest.approx(4 / 6), 6, 4),
         "neutral": (8, 1, pytest.approx(1 / 8), 8, 1),
-        "mixed": (10, 5, pytest.approx(0.5), 10, 5),
+        "mixed": (13, 3, pytest.approx(3 / 13), 13, 3),
         "happy": (5, 0, 0.0, 5, 0),
     }
 

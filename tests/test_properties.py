@@ -22,6 +22,7 @@ rules = st.fixed_dictionaries({
     "short_window_days": st.sampled_from([1, 7]), "long_window_days": st.sampled_from([7, 30]),
     "baseline_days": st.sampled_from([7, 30]), "last_n": st.sampled_from([1, 3, 20]),
     "min_messages": st.integers(1, 6), "min_ratio": st.sampled_from([0.0, 0.5, 0.6, 1.0]),
+    "min_lower_bound": st.sampled_from([0.0, 0.15, 0.5]),
     "escalation_delta": st.sampled_from([0.0, 0.3]), "baseline_min_messages": st.integers(1, 5)})
 
 AS_OF = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
@@ -56,20 +57,22 @@ def reference(rows, s: Settings):
         wilson = 0.0
         if n_s:
             p = ratio
-            wilson = (p + z * z / (2 * n_s) - z * math.sqrt(p * (1 - p) / n_s + z * z / (4 * n_s * n_s))) / (
-                1 + z * z / n_s)
+            wilson = max(0.0, (p + z * z / (2 * n_s) - z * math.sqrt(p * (1 - p) / n_s + z * z / (4 * n_s * n_s)))
+                         / (1 + z * z / n_s))
         out[user] = {
             "n_short": n_s, "neg_short": k_s, "n_long": n_l, "neg_long": k_l, "baseline_n": n_b,
             "baseline_ratio": base, "wilson_lower": wilson,
             "n_last": len(recent), "neg_last": None if tied else sum(neg for _, neg in recent),
-            "flagged": n_s >= s.min_messages and ratio is not None and ratio >= s.min_ratio,
+            "flagged": (n_s >= s.min_messages and ratio is not None and ratio >= s.min_ratio
+                        and wilson >= s.min_lower_bound),
             "escalating": ratio is not None and base is not None and ratio - base >= s.escalation_delta,
         }
     return out
 
 
 EDGE_RULE = {"short_window_days": 7, "long_window_days": 30, "baseline_days": 30, "last_n": 20,
-             "min_messages": 1, "min_ratio": 0.5, "escalation_delta": 0.3, "baseline_min_messages": 1}
+             "min_messages": 1, "min_ratio": 0.5, "min_lower_bound": 0.0, "escalation_delta": 0.3,
+             "baseline_min_messages": 1}
 
 
 @hsettings(max_examples=200, deadline=None)

@@ -46,24 +46,34 @@ def test_each_rule_binds_its_name_priority_and_exactly_its_settings(rule):
     assert rules.rule_params(rule, Settings())["rule"] == rule
 
 
-def test_high_negative_share_needs_the_minimum_count_and_share_and_says_why(tmp_path):
-    rows = (msgs("five_of_eight", 5, 3)      # 62.5%: flagged
-            + msgs("three_of_five", 3, 2)    # exactly the 60% minimum: flagged
-            + msgs("four_of_four", 4, 0)     # 100%, but fewer than 5 messages
-            + msgs("five_of_nine", 5, 4))    # 55.6%: below 60%
+def test_high_negative_share_needs_the_minimum_count_share_and_lower_bound_and_says_why(tmp_path):
+    # Defaults: at least 5 messages, a share of at least 0.25 and a Wilson lower bound (z = 1.96) of at least 0.15:
+    # (p + z^2/2n - z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n).
+    rows = (msgs("three_of_five", 3, 2)      # 60%, lower bound 0.2307: flagged
+            + msgs("two_of_five", 2, 3)      # 40%, lower bound 0.1176: below 0.15
+            + msgs("four_of_ten", 4, 6)      # 40% again, but of 10 messages: lower bound 0.1682, flagged
+            + msgs("three_of_ten", 3, 7)     # 30%, lower bound 0.1078
+            + msgs("23_of_100", 23, 77)      # lower bound 0.1584, but a share of 23%, below 25%
+            + msgs("four_of_four", 4, 0))    # 100%, but fewer than 5 messages
     got = flags_of(tmp_path, rows)
     assert got == [
-        ("five_of_eight", "high_negative_share",
-         "5 of 8 messages in the last 7 days negative (62%), threshold 60% with at least 5 messages"),
         ("three_of_five", "high_negative_share",
-         "3 of 5 messages in the last 7 days negative (60%), threshold 60% with at least 5 messages"),
+         "3 of 5 messages in the last 7 days negative (60%, lower bound 23%), threshold 25%, lower bound at least "
+         "15%, with at least 5 messages"),
+        ("four_of_ten", "high_negative_share",
+         "4 of 10 messages in the last 7 days negative (40%, lower bound 17%), threshold 25%, lower bound at least "
+         "15%, with at least 5 messages"),
     ]
 
 
 def test_high_negative_share_reason_follows_the_settings(tmp_path):
-    got = flags_of(tmp_path, msgs("u", 3, 1), Settings(min_messages=4, min_ratio=0.75, short_window_days=3))
-    assert got == [("u", "high_negative_share",
-                    "3 of 4 messages in the last 3 days negative (75%), threshold 75% with at least 4 messages")]
+    # 6 of 8: 75%, lower bound 0.4093, flagged; 3 of 4: 75% but lower bound 0.3006; 6 of 9: lower bound 0.3542 but
+    # a share of 67%.
+    got = flags_of(tmp_path, msgs("six_of_eight", 6, 2) + msgs("three_of_four", 3, 1) + msgs("six_of_nine", 6, 3),
+                   Settings(min_messages=4, min_ratio=0.7, min_lower_bound=0.35, short_window_days=3))
+    assert got == [("six_of_eight", "high_negative_share",
+                    "6 of 8 messages in the last 3 days negative (75%, lower bound 41%), threshold 70%, lower bound "
+                    "at least 35%, with at least 4 messages")]
 
 
 def test_a_user_several_rules_match_is_flagged_once_under_the_first(tmp_path):
@@ -86,14 +96,17 @@ def test_a_user_several_rules_match_is_flagged_once_under_the_first(tmp_path):
 def test_descriptions_fill_in_the_settings_of_the_run():
     assert rules.describe(Settings()) == [{
         "name": "high_negative_share",
-        "description": "At least 5 messages in the last 7 days, with a negative share of at least 0.6."}]
-    [custom] = rules.describe(Settings(min_messages=3, min_ratio=0.75, short_window_days=2))
-    assert custom["description"] == "At least 3 messages in the last 2 days, with a negative share of at least 0.75."
+        "description": "At least 5 messages in the last 7 days, with a negative share of at least 0.25, and of at "
+                       "least 0.15 even at the low end of its confidence interval (the Wilson lower bound)."}]
+    [custom] = rules.describe(Settings(min_messages=3, min_ratio=0.75, min_lower_bound=0.5, short_window_days=2))
+    assert custom["description"] == ("At least 3 messages in the last 2 days, with a negative share of at least "
+                                     "0.75, and of at least 0.5 even at the low end of its confidence interval (the "
+                                     "Wilson lower bound).")
 
 
 def test_escalation_alone_flags_nobody(tmp_path):
-    # Baseline 0 of 10, short window 2 of 5 (40%): a rise of 0.4 >= 0.3 marks the user escalating, but 40% is
-    # below the 60% the only rule needs.
+    # Baseline 0 of 10, short window 2 of 5 (40%): a rise of 0.4 >= 0.3 marks the user escalating, but the lower
+    # bound of 2 of 5 (0.1176) is below the 0.15 the only rule needs.
     base = [(f"b{i}", "rising", AS_OF - timedelta(days=10, hours=i), GOOD) for i in range(10)]
     db = write_archive(tmp_path / "a.duckdb", base + msgs("rising", 2, 3))
     scan(db, Settings(), as_of=AS_OF, classifier=KeywordClassifier(), progress=False)

@@ -163,7 +163,7 @@ def test_run_records_completed_status_and_config(archive):
     status, config, model = con.execute(
         "SELECT status, config, model_id FROM screener_runs WHERE run_id = ?", [result.run_id]).fetchone()
     con.close()
-    assert status == "completed" and '"min_ratio": 0.6' in config and model == KeywordClassifier().model_id
+    assert status == "completed" and '"min_ratio": 0.25' in config and model == KeywordClassifier().model_id
 
 
 class WindowRecorder(KeywordClassifier):

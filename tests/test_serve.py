@@ -152,7 +152,7 @@ def test_pages_and_the_snooze_field_only_counts_for_a_snooze(client, db):
     assert con.execute("SELECT action, snooze_until FROM screener_decisions").fetchall() == [("contacted", None)]
     con.close()
     page = client.get("/?page=2").text
-    assert "Page 2 of 2: 3 flagged users, 2 a page." in " ".join(page.split())
+    assert "Page 2 of 2: 4 flagged users, 2 a page." in " ".join(page.split())
 
 
 def test_a_short_token_from_the_environment_is_refused(monkeypatch):

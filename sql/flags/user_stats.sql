@@ -42,12 +42,13 @@ stats AS (
         CASE WHEN w.n_long > 0 THEN w.neg_long / w.n_long END AS ratio_long,
         list_sum(w.last_labels) / len(w.last_labels) AS ratio_last,
         CASE WHEN w.baseline_n >= $baseline_min_messages THEN w.baseline_neg / w.baseline_n END AS baseline_ratio,
-        -- Wilson score interval, lower end: p + z^2/2n - z*sqrt(p(1-p)/n + z^2/4n^2), over 1 + z^2/n.
-        CASE WHEN w.n_short > 0 THEN
+        -- Wilson score interval, lower end: p + z^2/2n - z*sqrt(p(1-p)/n + z^2/4n^2), over 1 + z^2/n. It is 0 when
+        -- no message is negative; rounding can leave it a hair below, which a lower-bound bar of 0 must not see.
+        CASE WHEN w.n_short > 0 THEN greatest(0.0,
             (w.neg_short / w.n_short + $z * $z / (2 * w.n_short)
              - $z * sqrt((w.neg_short / w.n_short) * (1 - w.neg_short / w.n_short) / w.n_short
                          + $z * $z / (4 * w.n_short * w.n_short)))
-            / (1 + $z * $z / w.n_short)
+            / (1 + $z * $z / w.n_short))
         ELSE 0 END AS wilson_lower
     FROM windows w
 )
