@@ -97,14 +97,19 @@ def archives(texts: Texts) -> tuple[pa.Table, list[dict]]:
 
 def scanned(work: Path, table: pa.Table) -> tuple[Path, int, dict]:
     """The results database of ``table`` scanned with the default model: reused when it already holds a completed
-    run over the same archive, else written afresh. Returns its path, the run id and what the scan cost."""
-    from screener.classifiers.registry import load_classifier
+    run of the same model over the same archive, else written afresh. Returns its path, the run id and what the
+    scan cost."""
+    from screener.classifiers import hf
+    from screener.classifiers.registry import load_classifier, read_manifest, resolve_model_dir
 
     work.mkdir(parents=True, exist_ok=True)
     archive, db = work / "archive.parquet", work / "results.duckdb"
+    folder = resolve_model_dir("default")
+    current = hf.manifest_model_id(folder, read_manifest(folder))
     if archive.exists() and db.exists() and pq.read_table(archive).equals(table):
         with runs.open_run(db) as run:
-            return db, run.run_id, {"reused": True}
+            if aggregate.run_record(run.store, run.run_id)["model_id"] == current:
+                return db, run.run_id, {"reused": True}
     for stale in (db, db.with_name(db.name + ".wal")):
         stale.unlink(missing_ok=True)
     pq.write_table(table, archive, compression="zstd")
