@@ -24,7 +24,7 @@ NUMBER_FIELDS = [f.name for f in NUMERIC]
 # Settings that also have a command-line flag, with the flag.
 FLAGS = {"negative_threshold": "--threshold", "short_window_days": "--short-window",
          "long_window_days": "--long-window", "last_n": "--last-n", "min_ratio": "--min-ratio",
-         "min_messages": "--min-messages", "batch_size": "--batch-size"}
+         "min_lower_bound": "--min-lower-bound", "min_messages": "--min-messages", "batch_size": "--batch-size"}
 HOSTILE_FLOATS = [math.nan, math.inf, -math.inf, 0.0, -0.0, -1.0, 1e308, -1e308, 5e-324]
 HOSTILE_INTS = [0, -1, 2**31, 2**63 - 1, 2**63, -(2**63), 10**30, 99999999999]
 UNITS = ["B", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB", "PB", "nan", ""]

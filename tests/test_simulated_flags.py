@@ -23,9 +23,9 @@ from training.distinct import DistinctTexts
 from training.simulate import Population, Texts, build, truth_path, write
 
 SMS = SHARED / "data" / "sms" / "SMSSpamCollection.tsv"
-# 1,200 users over eight days (the flag window and the day before it), 240 of them distressed: enough that a few
-# users more or less, which one draw of 60 distressed users can differ by, do not decide the test.
-POPULATION = Population(ordinary=960, distressed=240, days=8)
+# 2,400 users over eight days (the flag window and the day before it), 480 of them distressed: enough that the few
+# users more or less that one draw differs by do not decide the test.
+POPULATION = Population(ordinary=1920, distressed=480, days=8)
 
 
 def flags_against_truth(tmp_path: Path, seed: int, population: Population, texts: Texts) -> dict:
