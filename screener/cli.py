@@ -120,7 +120,7 @@ def settings_options(func):
         click.option("--last-n", type=int, help="Also report the ratio over each user's last N messages [20]."),
         click.option("--min-ratio", type=float, help="Flag when the short-window ratio is at least this [0.25],"),
         click.option("--min-lower-bound", type=float,
-                     help="... its Wilson lower bound (confidence_z) is at least this [0.15],"),
+                     help="... its Wilson lower bound (confidence_z) is at least this [0.125],"),
         click.option("--min-messages", type=int, help="... and the user has at least this many messages in it [5]."),
     ]
     for option in reversed(options):

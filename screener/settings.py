@@ -80,7 +80,7 @@ class Settings:
     # min_ratio, and a Wilson lower bound of that share (at confidence_z) of at least min_lower_bound. Chosen on
     # simulated archives by benchmarks/flag_thresholds.py.
     min_ratio: float = _ranged(0.25, 0.0, 1.0)
-    min_lower_bound: float = _ranged(0.15, 0.0, 1.0)
+    min_lower_bound: float = _ranged(0.125, 0.0, 1.0)
     min_messages: int = _ranged(5, 1, 10**9)
     # 10 is a confidence of 1 - 1e-23: beyond it the Wilson bound no longer changes in double precision.
     confidence_z: float = _ranged(1.96, 0.0, 10.0, low_open=True)

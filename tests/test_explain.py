@@ -50,7 +50,7 @@ def receipt(db: Path, user: str, run_id: int | None = None) -> dict:
 
 
 REASON = ("6 of 8 messages in the last 7 days negative (75%, lower bound 41%), threshold 25%, lower bound at least "
-          "15%, with at least 5 messages")
+          "12.5%, with at least 5 messages")
 # Wilson lower bound of 6 of 8 at z = 1.96: (0.75 + 0.2401 - 1.96 * sqrt(0.0234375 + 0.0150063)) / 1.4802.
 WILSON_6_OF_8 = 0.40927
 
@@ -61,7 +61,7 @@ def test_a_flagged_user_gets_rule_reason_model_settings_windows_messages_and_a_m
     assert (r["stored"]["rule"], r["stored"]["reason"]) == ("high_negative_share", REASON)
     assert r["stored"]["wilson_lower"] == pytest.approx(WILSON_6_OF_8, abs=1e-5)
     assert r["run"]["model_id"] == KeywordClassifier().model_id and r["run"]["as_of"] == AS_OF.isoformat()
-    assert (r["settings"]["min_ratio"], r["settings"]["min_lower_bound"]) == (0.25, 0.15)
+    assert (r["settings"]["min_ratio"], r["settings"]["min_lower_bound"]) == (0.25, 0.125)
     assert r["settings"]["short_window_days"] == 7
     w = r["windows"]
     assert (w["short"]["start"], w["short"]["end"]) == ("2026-02-22T12:00:00+00:00", "2026-03-01T12:00:00+00:00")
@@ -73,7 +73,7 @@ def test_a_flagged_user_gets_rule_reason_model_settings_windows_messages_and_a_m
     assert (w["last_n"]["n"], w["last_n"]["negative"]) == (11, 7)
     assert r["rules"] == [{"name": "high_negative_share", "matched": True, "reason": REASON, "description":
                            "At least 5 messages in the last 7 days, with a negative share of at least 0.25, and of "
-                           "at least 0.15 even at the low end of its confidence interval (the Wilson lower bound)."}]
+                           "at least 0.125 even at the low end of its confidence interval (the Wilson lower bound)."}]
     by_id = {m["message_id"]: m for m in r["messages"]}
     assert len(by_id) == 11
     assert by_id["six_of_eight-0"]["windows"] == ["short", "long", "last_n"]
@@ -121,8 +121,8 @@ def test_a_changed_score_shows_as_a_difference_from_the_stored_flag(db):
 
 
 def test_scores_that_no_longer_reach_the_rule_show_the_flag_itself_differs(db):
-    # 3 of 8 left: a share of 37.5%, but a lower bound of 0.137, below 0.15.
-    tamper(db, "six_of_eight-0", "six_of_eight-1", "six_of_eight-2")
+    # 2 of 8 left: a share of 25%, but a lower bound of 0.071, below 0.125.
+    tamper(db, "six_of_eight-0", "six_of_eight-1", "six_of_eight-2", "six_of_eight-3")
     r = receipt(db, "six_of_eight")
     assert r["differences"] == [{"field": "flagged", "stored": True, "recomputed": False}]
 

@@ -186,10 +186,10 @@ def test_a_scan_after_the_upgrade_adds_a_run_and_flags_with_rule_and_reason(v1):
     assert table_rows(v1, "screener_flags WHERE run_id = 2", "rank, user_id, rule, reason") == [
         (1, "user-002", "high_negative_share",
          "6 of 6 messages in the last 7 days negative (100%, lower bound 61%), threshold 25%, lower bound at least "
-         "15%, with at least 5 messages"),
+         "12.5%, with at least 5 messages"),
         (2, "user-023", "high_negative_share",
          "9 of 10 messages in the last 7 days negative (90%, lower bound 60%), threshold 25%, lower bound at least "
-         "15%, with at least 5 messages"),
+         "12.5%, with at least 5 messages"),
     ]
 
 

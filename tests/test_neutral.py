@@ -88,7 +88,7 @@ def test_neutral_messages_count_in_the_share_and_never_as_negative(tmp_path):
     # Wilson lower bound of 4 of 6 at z = 1.96: (p + z²/2n - z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n).
     assert flag["wilson_lower"] == pytest.approx(0.29999, abs=1e-5)
     assert flag["reason"] == ("4 of 6 messages in the last 7 days negative (67%, lower bound 30%), threshold 25%, "
-                              "lower bound at least 15%, with at least 5 messages")
+                              "lower bound at least 12.5%, with at least 5 messages")
 
 
 def user_stats(db, settings: Settings, model_id: str) -> dict[str, tuple]:

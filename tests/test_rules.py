@@ -59,10 +59,10 @@ def test_high_negative_share_needs_the_minimum_count_share_and_lower_bound_and_s
     assert got == [
         ("three_of_five", "high_negative_share",
          "3 of 5 messages in the last 7 days negative (60%, lower bound 23%), threshold 25%, lower bound at least "
-         "15%, with at least 5 messages"),
+         "12.5%, with at least 5 messages"),
         ("four_of_ten", "high_negative_share",
          "4 of 10 messages in the last 7 days negative (40%, lower bound 17%), threshold 25%, lower bound at least "
-         "15%, with at least 5 messages"),
+         "12.5%, with at least 5 messages"),
     ]
 
 
@@ -97,7 +97,7 @@ def test_descriptions_fill_in_the_settings_of_the_run():
     assert rules.describe(Settings()) == [{
         "name": "high_negative_share",
         "description": "At least 5 messages in the last 7 days, with a negative share of at least 0.25, and of at "
-                       "least 0.15 even at the low end of its confidence interval (the Wilson lower bound)."}]
+                       "least 0.125 even at the low end of its confidence interval (the Wilson lower bound)."}]
     [custom] = rules.describe(Settings(min_messages=3, min_ratio=0.75, min_lower_bound=0.5, short_window_days=2))
     assert custom["description"] == ("At least 3 messages in the last 2 days, with a negative share of at least "
                                      "0.75, and of at least 0.5 even at the low end of its confidence interval (the "

@@ -8,7 +8,7 @@ def test_defaults_are_the_documented_flag_rule(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     s = load_settings()
     assert (s.min_ratio, s.min_lower_bound, s.min_messages, s.confidence_z, s.short_window_days,
-            s.long_window_days) == (0.25, 0.15, 5, 1.96, 7, 30)
+            s.long_window_days) == (0.25, 0.125, 5, 1.96, 7, 30)
 
 
 def test_flag_rule_settings_come_from_the_toml_file_into_the_rule_parameters(tmp_path):
@@ -20,7 +20,7 @@ def test_flag_rule_settings_come_from_the_toml_file_into_the_rule_parameters(tmp
     params = rules.rule_params("high_negative_share", load_settings(path))
     assert FLAG_RULES["high_negative_share"] == ("min_messages", "min_ratio", "min_lower_bound", "short_window_days")
     assert params == {"rule": "high_negative_share", "priority": 0, "min_messages": 2, "min_ratio": 0.8,
-                      "min_lower_bound": 0.15, "short_window_days": 3}
+                      "min_lower_bound": 0.125, "short_window_days": 3}
 
 
 def test_toml_overrides_defaults_and_flags_override_toml(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ INSERT INTO screener_rule_hits (rule, priority, user_id, reason)
 SELECT
     $rule, $priority, user_id,
     printf('%d of %d messages in the last %d days negative (%.0f%%, lower bound %.0f%%), '
-           || 'threshold %.0f%%, lower bound at least %.0f%%, with at least %d messages',
+           || 'threshold %g%%, lower bound at least %g%%, with at least %d messages',
            neg_short, n_short, $short_window_days, 100 * ratio_short, 100 * wilson_lower, 100 * $min_ratio,
            100 * $min_lower_bound, $min_messages)
 FROM screener_user_stats
