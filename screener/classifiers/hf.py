@@ -213,6 +213,7 @@ class HFSequenceClassifier(ClassifierBase):
 
     sizes_own_batches = False
     min_window_rows = 0
+    backend = "torch"
 
     def __init__(self, model, tokenizer, *, name: str, model_id: str, device: str, max_length: int,
                  max_chars: int, labels: tuple[str, ...] = BINARY_LABELS, bf16: bool = False,
@@ -337,7 +338,7 @@ def manifest_model_id(folder: Path, manifest: dict) -> str:
     return compute_model_id(*locate(folder, manifest), read_settings(folder, manifest))
 
 
-def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassifier:
+def load(folder: Path, manifest: dict, device: str = "auto", threads: int = 0) -> HFSequenceClassifier:
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
@@ -350,7 +351,7 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if device == "cpu":
-        use_all_cores()
+        use_all_cores(threads)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
         with quiet_transformers():
