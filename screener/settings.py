@@ -19,8 +19,8 @@ from typing import Any
 from screener.errors import ConfigError
 
 CONFIG_FILE = "screener.toml"
-# How a model runs (see screener.classifiers.registry): auto picks ONNX Runtime for an encoder on the CPU where it is
-# installed, torch otherwise.
+# How a model runs (see screener.classifiers.registry): auto picks ONNX Runtime for an encoder on a CPU without bf16
+# matrix units where it is installed, torch otherwise.
 BACKENDS = ("auto", "torch", "onnx", "onnx-fp32", "onnx-int8")
 NOTIFY_TIMEOUT_RANGE = (1.0, 3600.0)
 

@@ -227,6 +227,17 @@ def test_auto_runs_onnx_on_the_cpu_and_torch_without_onnxruntime(folder, monkeyp
         load_classifier(str(folder), device="cpu", backend="onnx")
 
 
+def test_auto_keeps_torch_on_a_cpu_with_bf16_matrix_units_unless_the_model_opts_out(folder, monkeypatch):
+    manifest = json.loads((folder / "screener_model.json").read_text())
+    assert manifest["cpu_bf16"] is False
+    monkeypatch.setattr(onnx, "cpuinfo_bf16", lambda: True)
+    assert isinstance(load_classifier(str(folder), device="cpu", backend="auto"), onnx.OnnxClassifier)
+    assert onnx.select("auto", "cpu", {**manifest, "cpu_bf16": True}) is None
+    assert onnx.select("onnx", "cpu", {**manifest, "cpu_bf16": True}) == "fp32"
+    monkeypatch.setattr(onnx, "cpuinfo_bf16", lambda: False)
+    assert onnx.select("auto", "cpu", {**manifest, "cpu_bf16": True}) == "fp32"
+
+
 def test_auto_falls_back_to_torch_where_the_export_cannot_be_written(folder, tmp_path, monkeypatch, caplog):
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache should be")

@@ -32,6 +32,19 @@ def resolve_cpu_or_cuda(device: str) -> str:
     return resolve_device(device)
 
 
+def cpuinfo_bf16() -> bool:
+    """``native_cpu_bf16`` read from /proc/cpuinfo's flags, without torch (False where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_tile", "amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def native_cpu_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively; where it only emulates bf16, fp32 is faster."""
     import torch

@@ -49,7 +49,7 @@ import numpy as np
 
 from screener.classifiers import bases, hf, identity
 from screener.classifiers.base import ClassifierBase
-from screener.classifiers.device import cpu_threads, resolve_cpu_or_cuda
+from screener.classifiers.device import cpu_threads, cpuinfo_bf16, resolve_cpu_or_cuda
 from screener.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -101,12 +101,16 @@ def manifest_precision(manifest: dict) -> str:
 def select(backend: str, device: str, manifest: dict) -> str | None:
     """The precision to run the ONNX backend with, or None where the torch path runs instead.
 
-    ``auto`` takes ONNX Runtime where it is installed and the model runs on the CPU; ``onnx``, ``onnx-fp32`` and
-    ``onnx-int8`` insist, and say why they cannot run."""
+    ``auto`` takes ONNX Runtime where it is installed and the model runs on the CPU, except on a CPU with bf16
+    matrix units (AMX, AVX512-BF16), where torch's bf16 weights (``hf``'s ``cpu_bf16``) outrun an fp32 session;
+    ``onnx``, ``onnx-fp32`` and ``onnx-int8`` insist, and say why they cannot run."""
     if backend == "auto":
         if not available() or resolve_cpu_or_cuda(device) != "cpu":
             return None
-        return backend_precision(backend, manifest)
+        precision = backend_precision(backend, manifest)
+        if precision == FP32 and manifest.get("cpu_bf16", True) and cpuinfo_bf16():
+            return None
+        return precision
     if not available():
         raise ModelError(f"--backend {backend} needs ONNX Runtime, which is not installed here: "
                          "pip install onnxruntime onnx onnxscript, or use --backend torch")

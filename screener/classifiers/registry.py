@@ -5,8 +5,9 @@ it. Shipped models live in ``screener/models/<name>/``; ``default`` is the CPU m
 
 A backend chooses how a model runs (``settings.BACKENDS``): ``torch`` everywhere; ``onnx`` (at the model's own
 precision), ``onnx-fp32`` or ``onnx-int8``, ONNX Runtime on the CPU, for the kinds in ``CPU_BACKENDS``; ``auto``
-takes ONNX Runtime where it is installed and the model runs on the CPU, and torch otherwise (and where the ONNX
-export cannot be built, with a warning).
+takes ONNX Runtime where it is installed and the model runs on a CPU without bf16 matrix units, and torch otherwise
+(and where the ONNX export cannot be built, with a warning). The Python API's default is torch; ``screener scan``'s
+(the ``backend`` setting) is auto.
 """
 
 from __future__ import annotations
