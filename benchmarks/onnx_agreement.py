@@ -68,7 +68,7 @@ def demo_flags(model: str, backend: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def measure(model: str) -> dict:
+def measure(model: str, backends=BACKENDS, demo: bool = True) -> dict:
     from screener.batching import predict_proba
     from screener.classifiers.registry import load_classifier
     from training.evaluate import read_data, score
@@ -77,7 +77,7 @@ def measure(model: str) -> dict:
             if path.exists()}
     out: dict = {"model": model, "sets": {name: len(rows.texts) for name, rows in data.items()}, "backends": {}}
     reference: dict = {}
-    for backend in BACKENDS:
+    for backend in backends:
         start = time.perf_counter()
         clf = load_classifier(model, device="cpu", backend=backend)
         entry: dict = {"model_id": clf.model_id, "load_s": round(time.perf_counter() - start, 2)}
@@ -99,11 +99,12 @@ def measure(model: str) -> dict:
                                              for key in ("accuracy", "macro_f1") if key in result}
             entry[name] = result
         clf.close()
-        entry["demo_flags"] = demo_flags(model, backend)
+        if demo:
+            entry["demo_flags"] = demo_flags(model, backend)
         if backend != "torch":
             torch_entry = out["backends"]["torch"]
-            entry["same_demo_flags"] = entry["demo_flags"] == torch_entry["demo_flags"]
-            entry["ships"] = bool(entry["same_demo_flags"] and all(
+            entry["same_demo_flags"] = entry.get("demo_flags") == torch_entry.get("demo_flags") if demo else None
+            entry["ships"] = bool(entry["same_demo_flags"] is not False and all(
                 entry[name]["same_label"] >= MIN_AGREEMENT
                 and min(entry[name]["points_vs_torch"].values()) >= -MAX_DROP_POINTS for name in data))
         out["backends"][backend] = entry
@@ -115,10 +116,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="default,accurate")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="torch first: the others are compared with it")
+    parser.add_argument("--no-demo", action="store_true", help="skip the demo scans (slow for a large model)")
     args = parser.parse_args()
     out = {"command": " ".join(sys.argv), "criteria": {"min_same_label": MIN_AGREEMENT,
                                                        "max_drop_points": MAX_DROP_POINTS},
-           "models": [measure(m) for m in args.models.split(",")]}
+           "models": [measure(m, tuple(args.backends.split(",")), not args.no_demo)
+                      for m in args.models.split(",")]}
     if args.out:
         args.out.write_text(json.dumps(out, indent=2) + "\n")
 
