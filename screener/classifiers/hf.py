@@ -23,6 +23,8 @@ A model folder holds ``screener_model.json`` with ``"kind": "hf-seqcls"`` and:
   cast to bf16 once at load, which is faster than fp32 and than bf16 autocast (that re-casts the weights at every
   call); P(negative) moves by bf16 rounding only and SST-2 dev accuracy is unchanged. It is left out of
   ``model_id`` like the device is: it changes rounding, not the model.
+- ``onnx_precision`` (default fp32): the precision the ONNX Runtime backend runs the model at on the CPU
+  (``screener.classifiers.onnx``), which keeps the model's id: fp32, or int8 where it was checked to agree.
 
 Truncation keeps the head and the tail of a long text, because a message's sentiment sits in its opening and in
 its closing words more often than in its middle. It runs in two stages so that a 1 MB message costs no more than
