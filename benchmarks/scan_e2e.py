@@ -14,6 +14,20 @@ What it measures, all in one run on this machine:
 
 For the load figures of a 10M-message archive: ``--parts memory,aggregation --messages 1000000 --big 10000000``.
 
+The CPU backends, torch against ONNX Runtime, in one run (``--parts backends``; ``--cpu-model`` names the model):
+5. `screener scan` of the same N-message archive (a fresh copy each time) with ``--backend torch``, ``onnx-fp32``
+   and ``onnx-int8``, alternating for ``--rounds`` rounds, each a subprocess: messages/s end to end and that
+   child's own peak RSS; beside each, the classifier alone over the same texts (batches as the scan makes them, no
+   DuckDB), in this process. The ONNX exports are built before any timing (a one-time cost, reported apart).
+   Ratios are against torch in the same round; the summary holds their medians.
+6. (``--parts backends_memory``) memory flatness of the ONNX default: `screener scan --backend onnx` of N and of
+   BIG messages, peak RSS BIG/N.
+
+    .venv/bin/python benchmarks/scan_e2e.py --parts backends --messages 20000 --rounds 2 \
+        --out benchmarks/results/scan_e2e_onnx.json
+    .venv/bin/python benchmarks/scan_e2e.py --parts backends,backends_memory --messages 100000 --big 1000000 \
+        --rounds 2 --out benchmarks/results/scan_e2e_onnx.json
+
 On a GPU (``--parts gpu --model MODEL --device cuda:0``; ``--device cuda`` uses every visible GPU): the scan of an
 N-message archive in this process with the model loaded beforehand, beside the same classifier alone over the same
 texts in calls of the scan's window size, both after a warm-up on other texts. The ratio is what reading,
@@ -26,6 +40,8 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,17 +112,117 @@ def timed_scan(db: Path, model: str) -> dict:
             "peak_rss_mb": round(max(peak, before) / 1024, 1)}
 
 
-def classifier_alone(texts: list[str]) -> dict:
-    from screener.batching import predict_negative
+def classifier_alone(texts: list[str], model: str = "default", backend: str = "torch", clf=None) -> dict:
+    """The classifier over ``texts`` in windows of 4096 and batches of 64, as the scan calls it, without DuckDB."""
+    from screener.batching import predict_proba
     from screener.classifiers.registry import load_classifier
 
-    clf = load_classifier("default", device="cpu")
-    predict_negative(clf, texts[:256], 64)
+    clf = clf or load_classifier(model, device="cpu", backend=backend)
+    predict_proba(clf, texts[:256], 64)
     start = time.perf_counter()
     for i in range(0, len(texts), 4096):
-        predict_negative(clf, texts[i:i + 4096], 64)
+        predict_proba(clf, texts[i:i + 4096], 64)
     seconds = time.perf_counter() - start
     return {"messages": len(texts), "seconds": round(seconds, 2), "msgs_per_s": round(len(texts) / seconds, 1)}
+
+
+def scan_child(db: Path, model: str, backend: str) -> dict:
+    """`screener scan` as a subprocess: messages/s end to end and the child's own peak RSS (os.wait4 reaps it
+    with its resource usage, which RUSAGE_CHILDREN would mix with earlier children's)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "screener.cli", "-q", "scan", str(db), "--model", model,
+                                 "--backend", backend, "--as-of", AS_OF.isoformat(), "--json", "--no-progress"],
+                                stdout=out, stderr=err, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(err.read())
+        summary = json.loads(out.read())
+    return {"backend": backend, "messages": summary["messages_scored"], "wall_s": round(wall, 2),
+            "scan_s": summary["seconds"], "msgs_per_s": round(summary["messages_scored"] / wall, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+CPU_BACKENDS = ("torch", "onnx-fp32", "onnx-int8")
+
+
+def sample_texts(texts: list[str], n: int) -> list[str]:
+    return [texts[i] for i in np.random.default_rng(8).integers(0, len(texts), min(n, 20_000))]
+
+
+def child_json(args: list[str]) -> dict:
+    """This script run as a child with ``args``: its one line of JSON. Every timed run is a fresh process, and this
+    one stays small, because a child forked from a large process starts with that process's peak RSS."""
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def alone_child(model: str, backend: str, n: int) -> None:
+    """(As a child) load the classifier, then time it alone over the benchmark's sample texts."""
+    from screener.classifiers.registry import load_classifier
+
+    start = time.perf_counter()
+    clf = load_classifier(model, device="cpu", backend=backend)
+    load_s = time.perf_counter() - start
+    result = classifier_alone(sample_texts(message_texts(), n), clf=clf)
+    print(json.dumps({**result, "load_s": round(load_s, 2), "model_id": clf.model_id,
+                      "backend": getattr(clf, "backend", backend)}))
+
+
+def backends(tmp: Path, texts: list[str], n: int, model: str, rounds: int) -> dict:
+    """Torch and the ONNX backends on one archive, alternating; ratios against torch within each round."""
+    archive = tmp / "backends.duckdb"
+    build_archive(archive, n, max(n // 20, 1), texts, seed=7)
+    # The ONNX exports are built once, before any timing; a scan's first run pays this once per model.
+    exports = {backend: child_json(["--alone-child", backend, "--cpu-model", model, "--messages", "256"])["load_s"]
+               for backend in CPU_BACKENDS[1:]}
+    runs = []
+    for r in range(rounds):
+        order = CPU_BACKENDS if r % 2 == 0 else CPU_BACKENDS[::-1]
+        row: dict = {"round": r + 1, "order": list(order)}
+        for backend in order:
+            copy = tmp / f"scan-{backend}-{r}.duckdb"
+            shutil.copyfile(archive, copy)
+            row[backend] = {"scan": scan_child(copy, model, backend),
+                            "classifier_alone": child_json(["--alone-child", backend, "--cpu-model", model,
+                                                            "--messages", str(n)])}
+            copy.unlink()
+        for backend in CPU_BACKENDS[1:]:
+            row[f"{backend}_over_torch"] = {
+                "scan": round(row[backend]["scan"]["msgs_per_s"] / row["torch"]["scan"]["msgs_per_s"], 3),
+                "classifier_alone": round(row[backend]["classifier_alone"]["msgs_per_s"]
+                                          / row["torch"]["classifier_alone"]["msgs_per_s"], 3)}
+        runs.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    summary = {f"{backend}_over_torch_median": {
+        kind: round(statistics.median(row[f"{backend}_over_torch"][kind] for row in runs), 3)
+        for kind in ("scan", "classifier_alone")} for backend in CPU_BACKENDS[1:]}
+    for backend in CPU_BACKENDS:
+        summary[f"{backend}_scan_msgs_per_s_median"] = statistics.median(row[backend]["scan"]["msgs_per_s"]
+                                                                         for row in runs)
+        summary[f"{backend}_classifier_alone_msgs_per_s_median"] = statistics.median(
+            row[backend]["classifier_alone"]["msgs_per_s"] for row in runs)
+        summary[f"{backend}_peak_rss_mb_max"] = max(row[backend]["scan"]["peak_rss_mb"] for row in runs)
+    return {"model": model, "messages": n, "rounds": runs, "export_load_s": exports,
+            "model_ids": {b: runs[0][b]["classifier_alone"]["model_id"] for b in CPU_BACKENDS}, "summary": summary}
+
+
+def backends_memory(tmp: Path, texts: list[str], n: int, big: int, model: str) -> dict:
+    """Peak RSS of the ONNX default's scan on N and on BIG messages."""
+    small_db, big_db = tmp / "onnx_small.duckdb", tmp / "onnx_big.duckdb"
+    build_archive(small_db, n, max(n // 20, 1), texts, seed=9)
+    build_archive(big_db, big, max(big // 20, 1), texts, seed=10)
+    small = scan_child(small_db, model, "onnx")
+    large = scan_child(big_db, model, "onnx")
+    return {"model": model, "small": small, "big": large,
+            "rss_ratio_big_over_small": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3)}
 
 
 def gpu_scan(db: Path, texts: list[str], n: int, n_users: int, model: str, device: str) -> dict:
@@ -191,10 +307,17 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--parts", default="memory,aggregation,default",
-                        help="comma-separated subset of memory, aggregation, default, default_big, gpu")
+                        help="comma-separated subset of memory, aggregation, default, default_big, gpu, "
+                             "backends, backends_memory")
     parser.add_argument("--model", default="smollm2-sst2", help="the model of --parts gpu")
     parser.add_argument("--device", default="cuda:0", help="the device of --parts gpu")
+    parser.add_argument("--cpu-model", default="default", help="the model of --parts backends, backends_memory")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of --parts backends")
+    parser.add_argument("--alone-child", metavar="BACKEND", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.alone_child:
+        alone_child(args.cpu_model, args.alone_child, args.messages)
+        return
     parts = set(args.parts.split(","))
 
     texts = message_texts()
@@ -238,6 +361,10 @@ def main() -> None:
             if "default_scan" in out:
                 out["default_rss_ratio_big_over_small"] = round(out["default_scan_big"]["peak_rss_mb"]
                                                                 / out["default_scan"]["peak_rss_mb"], 3)
+        if "backends" in parts:
+            out["backends"] = backends(tmp, texts, args.messages, args.cpu_model, args.rounds)
+        if "backends_memory" in parts:
+            out["backends_memory"] = backends_memory(tmp, texts, args.messages, args.big, args.cpu_model)
         if "gpu" in parts:
             out["gpu_scan"] = gpu_scan(tmp / "gpu.duckdb", texts, args.messages, max(args.messages // 20, 1),
                                        args.model, args.device)

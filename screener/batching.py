@@ -33,10 +33,11 @@ def token_budget_batches(lengths: Sequence[int], budget: int, max_rows: int) -> 
 
 
 def predict_proba(clf: Classifier, texts: Sequence[str], max_rows: int,
-                  token_budget: int | None = None) -> np.ndarray:
+                  token_budget: int | None = None, lengths: Sequence[int] | None = None) -> np.ndarray:
     """Class probabilities of ``texts``, shape ``(len(texts), len(clf.labels))``, in input order. A classifier that
     sizes its own batches gets them all in one call; any other gets token-budget batches of at most ``max_rows``
-    texts, under ``token_budget`` padded tokens (default: the classifier's own budget)."""
+    texts, under ``token_budget`` padded tokens (default: the classifier's own budget). ``lengths`` are the texts'
+    ``clf.token_lengths`` where the caller computed them already (on another thread, say)."""
     out = np.empty((len(texts), len(clf.labels)), dtype=np.float32)
     if not texts:
         return out
@@ -44,6 +45,8 @@ def predict_proba(clf: Classifier, texts: Sequence[str], max_rows: int,
         out[:] = clf.predict_proba(texts)
         return out
     budget = clf.token_budget if token_budget is None else token_budget
-    for idx in token_budget_batches(clf.token_lengths(texts), budget, max_rows):
+    if lengths is None:
+        lengths = clf.token_lengths(texts)
+    for idx in token_budget_batches(lengths, budget, max_rows):
         out[idx] = clf.predict_proba([texts[i] for i in idx])
     return out

@@ -30,6 +30,7 @@ import click
 from screener import __version__
 from screener.errors import ScreenerError
 from screener.report import FORMATS
+from screener.settings import BACKENDS
 from screener.states import ACTIONS
 from screener.text import VisibleFormatter, visible, visible_lines
 
@@ -166,6 +167,12 @@ def main(verbose: int, quiet: bool) -> None:
                    "then only read, never written (default: ARCHIVE itself).")
 @click.option("--model", help="Shipped model name or model folder [default].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run the model [auto].")
+@click.option("--backend", type=click.Choice(BACKENDS),
+              help="How the model runs on the CPU: ONNX Runtime (onnx: the model's shipped precision; onnx-fp32, "
+                   "onnx-int8) or torch; auto takes ONNX Runtime for an encoder model on the CPU where it is "
+                   "installed [auto].")
+@click.option("--model-threads", type=click.IntRange(0, 1024),
+              help="The model's threads on the CPU; 0: one per core this process may use [0].")
 @click.option("--batch-size", type=int,
               help="Most messages per model batch; a batch also stays within the model's token budget [64].")
 @click.option("--rescore", is_flag=True, help="Score every message again with this model (needed after a model change).")

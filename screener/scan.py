@@ -4,6 +4,7 @@ together or not at all, and the next run reads only messages without a score for
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +43,9 @@ def scan(
     with Store(db, settings) as store:
         runs.prepare(store, src)
         with _classifier(classifier, settings) as clf:
-            run = runs.begin(store, settings, src, clf.name, clf.model_id, as_of, rescore, started)
+            # The run records the backend that scored (auto resolved), beside the model id both backends share.
+            recorded = dataclasses.replace(settings, backend=getattr(clf, "backend", settings.backend))
+            run = runs.begin(store, recorded, src, clf.name, clf.model_id, as_of, rescore, started)
             with runs.guard(store, run):
                 scored = _score_pending(store, clf, run.run_id, settings, progress)
                 return runs.complete(store, run, scored)
@@ -55,7 +58,8 @@ def _classifier(given: Classifier | None, settings: Settings) -> Iterator[Classi
         return
     from screener.classifiers.registry import load_classifier
 
-    clf = load_classifier(settings.model, device=settings.device)
+    clf = load_classifier(settings.model, device=settings.device, backend=settings.backend,
+                          threads=settings.model_threads)
     try:
         yield clf
     finally:
@@ -64,8 +68,9 @@ def _classifier(given: Classifier | None, settings: Settings) -> Iterator[Classi
 
 def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Settings, progress: bool) -> int:
     """Score every pending message, one window at a time, three stages overlapped: while the classifier scores
-    window k, a thread reads window k+1 and another commits window k-1, so a GPU never waits for DuckDB. Commits
-    stay in window order, one at a time, each window all or nothing."""
+    window k, a thread reads and tokenizes window k+1 and another commits window k-1, so a GPU never waits for
+    DuckDB and a CPU model never waits for its tokenizer. Commits stay in window order, one at a time, each window
+    all or nothing."""
     total = int(store.scalar("pending_count", {"model_id": clf.model_id}))
     bar = Progress(total, bar=progress)
     reader_con = store.reader_cursor()
@@ -76,7 +81,7 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
         reader = reader_con.sql(
             queries.load("pending_messages"), params={"model_id": clf.model_id}
         ).to_arrow_reader(window)
-        windows = whole_windows(reader, window)
+        windows = (_prepared(clf, w) for w in whole_windows(reader, window))
         with ThreadPoolExecutor(max_workers=1) as read_pool, ThreadPoolExecutor(max_workers=1) as write_pool:
             next_batch = read_pool.submit(next, windows, None)
             committing = None
@@ -128,16 +133,34 @@ def _committed(committing: Future, bar: Progress) -> int:
     return scored
 
 
-def _score_window(clf: Classifier, run_id: int, window: pa.Table, settings: Settings) -> tuple[pa.Table, pa.Table]:
-    """The scores and skipped rows of one window, as tables ready to insert."""
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A window as read: its message ids and texts, which of them are not blank, and their token lengths (None
+    for a classifier that sizes its own batches)."""
+
+    ids: list
+    texts: list
+    keep: list[int]
+    lengths: list[int] | None
+
+
+def _prepared(clf: Classifier, window: pa.Table) -> Window:
     ids = window.column("message_id").to_pylist()
     texts = window.column("text").to_pylist()
-    blank = [runs.is_blank(t) for t in texts]
-    keep = [i for i, b in enumerate(blank) if not b]
-    proba = batching.predict_proba(clf, [texts[i] for i in keep], settings.batch_size)
+    keep = [i for i, t in enumerate(texts) if not runs.is_blank(t)]
+    lengths = None if clf.sizes_own_batches else clf.token_lengths([texts[i] for i in keep])
+    return Window(ids, texts, keep, lengths)
+
+
+def _score_window(clf: Classifier, run_id: int, window: Window, settings: Settings) -> tuple[pa.Table, pa.Table]:
+    """The scores and skipped rows of one window, as tables ready to insert."""
+    ids, keep = window.ids, window.keep
+    proba = batching.predict_proba(clf, [window.texts[i] for i in keep], settings.batch_size,
+                                   lengths=window.lengths)
     scores = runs.scores_table([ids[i] for i in keep], clf.model_id, run_id, proba, clf.labels,
                                settings.negative_threshold)
-    skipped = runs.skipped_table([ids[i] for i, b in enumerate(blank) if b], clf.model_id, run_id)
+    kept = set(keep)
+    skipped = runs.skipped_table([m for i, m in enumerate(ids) if i not in kept], clf.model_id, run_id)
     return scores, skipped
 
 

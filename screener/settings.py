@@ -19,6 +19,9 @@ from typing import Any
 from screener.errors import ConfigError
 
 CONFIG_FILE = "screener.toml"
+# How a model runs (see screener.classifiers.registry): auto picks ONNX Runtime for an encoder on a CPU without bf16
+# matrix units where it is installed, torch otherwise.
+BACKENDS = ("auto", "torch", "onnx", "onnx-fp32", "onnx-int8")
 NOTIFY_TIMEOUT_RANGE = (1.0, 3600.0)
 
 
@@ -68,6 +71,9 @@ class Settings:
     # Scoring.
     model: str = "default"
     device: str = "auto"
+    backend: str = "auto"
+    # Intra-op threads of the model on the CPU (ONNX Runtime or torch).
+    model_threads: int = _ranged(0, 0, 1024, note="0: one per core this process may use")
     batch_size: int = _ranged(64, 1, 65_536)
     # Rows read, length-sorted and committed together; bounds memory and the work a kill can lose.
     window_rows: int = _ranged(4096, 1, 2**20)
@@ -128,6 +134,8 @@ class Settings:
                 problems.append(str(exc))
             if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d{1,3}", self.device):
                 problems.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            if self.backend not in BACKENDS:
+                problems.append(f"backend must be one of {', '.join(BACKENDS)}, got {_shown(self.backend)}")
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
 

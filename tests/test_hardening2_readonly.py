@@ -94,7 +94,7 @@ def test_the_archive_is_written_to_never_schema_qualified_table_in_the_archive(t
     con.close()
     before = archive.read_bytes()
     monkeypatch.setattr("screener.classifiers.registry.load_classifier",
-                        lambda name, device="auto": KeywordClassifier())
+                        lambda name, device="auto", **_: KeywordClassifier())
     result = CliRunner().invoke(main, ["-q", "scan", str(archive), "--db", str(tmp_path / "r.duckdb"), "--table",
                                        "sales.chat", "--as-of", AS_OF.isoformat(), "--no-progress", "--json"])
     assert result.exit_code == 0, result.output

@@ -81,7 +81,7 @@ def template(tmp_path_factory) -> Path:
 def keyword_models():
     """The CLI's model loader gives the keyword double, so that each example costs a scan, not a model load."""
     mp = pytest.MonkeyPatch()
-    mp.setattr("screener.classifiers.registry.load_classifier", lambda name, device="auto": KeywordClassifier())
+    mp.setattr("screener.classifiers.registry.load_classifier", lambda name, device="auto", **_: KeywordClassifier())
     yield
     mp.undo()
 

@@ -35,7 +35,7 @@ class Slow(KeywordClassifier):
         time.sleep(0.02)
         return super().predict_proba(texts)
 
-registry.load_classifier = lambda name, device="auto": Slow()
+registry.load_classifier = lambda name, device="auto", **_: Slow()
 from screener.cli import main
 main(prog_name="screener")
 """

@@ -90,7 +90,7 @@ def test_skip_accounting_the_report_states_the_arithmetic(tmp_path):
 def test_skip_accounting_scan_summary_json_through_the_cli(tmp_path, monkeypatch):
     db = write_archive(tmp_path / "a.duckdb", ROWS)
     monkeypatch.setattr("screener.classifiers.registry.load_classifier",
-                        lambda name, device="auto": KeywordClassifier())
+                        lambda name, device="auto", **_: KeywordClassifier())
     result = CliRunner().invoke(main, ["-q", "scan", str(db), "--as-of", AS_OF.isoformat(), "--no-progress",
                                        "--json"])
     assert result.exit_code == 0, result.output

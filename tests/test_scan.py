@@ -244,7 +244,7 @@ def test_a_loaded_classifier_is_closed_and_a_passed_one_is_left_open(archive, mo
     from screener.classifiers import registry
 
     loaded = KeywordClassifier()
-    monkeypatch.setattr(registry, "load_classifier", lambda name, device: loaded)
+    monkeypatch.setattr(registry, "load_classifier", lambda name, device, **_: loaded)
     scan(archive, Settings(), as_of=AS_OF, progress=False)
     assert loaded.closed == 1
     passed = KeywordClassifier()
@@ -256,7 +256,7 @@ def test_a_loaded_classifier_is_closed_when_the_scan_fails(archive, monkeypatch)
     from screener.classifiers import registry
 
     loaded = WindowRecorder(fail_on=1)
-    monkeypatch.setattr(registry, "load_classifier", lambda name, device: loaded)
+    monkeypatch.setattr(registry, "load_classifier", lambda name, device, **_: loaded)
     with pytest.raises(RuntimeError, match="scoring failed"):
         scan(archive, Settings(), as_of=AS_OF, progress=False)
     assert loaded.closed == 1

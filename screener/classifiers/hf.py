@@ -23,6 +23,8 @@ A model folder holds ``screener_model.json`` with ``"kind": "hf-seqcls"`` and:
   cast to bf16 once at load, which is faster than fp32 and than bf16 autocast (that re-casts the weights at every
   call); P(negative) moves by bf16 rounding only and SST-2 dev accuracy is unchanged. It is left out of
   ``model_id`` like the device is: it changes rounding, not the model.
+- ``onnx_precision`` (default fp32): the precision the ONNX Runtime backend runs the model at on the CPU
+  (``screener.classifiers.onnx``), which keeps the model's id: fp32, or int8 where it was checked to agree.
 
 Truncation keeps the head and the tail of a long text, because a message's sentiment sits in its opening and in
 its closing words more often than in its middle. It runs in two stages so that a 1 MB message costs no more than
@@ -213,6 +215,7 @@ class HFSequenceClassifier(ClassifierBase):
 
     sizes_own_batches = False
     min_window_rows = 0
+    backend = "torch"
 
     def __init__(self, model, tokenizer, *, name: str, model_id: str, device: str, max_length: int,
                  max_chars: int, labels: tuple[str, ...] = BINARY_LABELS, bf16: bool = False,
@@ -337,7 +340,7 @@ def manifest_model_id(folder: Path, manifest: dict) -> str:
     return compute_model_id(*locate(folder, manifest), read_settings(folder, manifest))
 
 
-def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassifier:
+def load(folder: Path, manifest: dict, device: str = "auto", threads: int = 0) -> HFSequenceClassifier:
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
@@ -350,7 +353,7 @@ def load(folder: Path, manifest: dict, device: str = "auto") -> HFSequenceClassi
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if device == "cpu":
-        use_all_cores()
+        use_all_cores(threads)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
         with quiet_transformers():

@@ -2,16 +2,25 @@
 
 A model folder holds ``screener_model.json`` with at least ``{"kind": ...}``; the kind names the module that loads
 it. Shipped models live in ``screener/models/<name>/``; ``default`` is the CPU model ``screener scan`` uses.
+
+A backend chooses how a model runs (``settings.BACKENDS``): ``torch`` everywhere; ``onnx`` (at the model's own
+precision), ``onnx-fp32`` or ``onnx-int8``, ONNX Runtime on the CPU, for the kinds in ``CPU_BACKENDS``; ``auto``
+takes ONNX Runtime where it is installed and the model runs on a CPU without bf16 matrix units, and torch otherwise
+(and where the ONNX export cannot be built, with a warning). The Python API's default is torch; ``screener scan``'s
+(the ``backend`` setting) is auto.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 
 from screener.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "screener_model.json"
 DEFAULT_MODEL = "default"
@@ -22,6 +31,13 @@ LOADERS = {
     "hf-seqcls": "screener.classifiers.hf",
     "llm-labeltoken": "screener.classifiers.gpu.loader",
 }
+# kind -> module of its ONNX Runtime backend, with ``select(backend, device, manifest) -> precision | None`` (None:
+# run torch) and ``load(folder, manifest, device, precision, threads) -> Classifier``
+CPU_BACKENDS = {
+    "hf-seqcls": "screener.classifiers.onnx",
+}
+# Kinds whose torch loader takes ``threads`` (intra-op threads on the CPU; 0: one per core).
+THREADED = {"hf-seqcls"}
 
 
 def shipped_models_dir() -> Path:
@@ -66,8 +82,26 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def load_classifier(name_or_path: str = DEFAULT_MODEL, device: str = "auto"):
+def load_classifier(name_or_path: str = DEFAULT_MODEL, device: str = "auto", backend: str = "torch",
+                    threads: int = 0):
     folder = resolve_model_dir(name_or_path)
     manifest = read_manifest(folder)
-    module = importlib.import_module(LOADERS[manifest["kind"]])
+    kind = manifest["kind"]
+    if backend != "torch":
+        if kind in CPU_BACKENDS:
+            runtime = importlib.import_module(CPU_BACKENDS[kind])
+            precision = runtime.select(backend, device, manifest)
+            if precision is not None:
+                try:
+                    return runtime.load(folder, manifest, device="cpu", precision=precision, threads=threads)
+                except ModelError as exc:
+                    if backend != "auto":
+                        raise
+                    log.warning("ONNX Runtime cannot run %s, scoring with torch instead: %s", folder, exc)
+        elif backend != "auto":
+            raise ModelError(f"--backend {backend} runs {sorted(CPU_BACKENDS)} models; {folder} is a {kind!r} model: "
+                             "use --backend torch or auto")
+    module = importlib.import_module(LOADERS[kind])
+    if kind in THREADED:
+        return module.load(folder, manifest, device=device, threads=threads)
     return module.load(folder, manifest, device=device)
