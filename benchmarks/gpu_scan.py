@@ -19,9 +19,10 @@ model, and writes one JSON record per (model, method):
   ``engine_fused`` (bf16 with the fused attention over the cached prefix, rotary and SiLU * up kernels:
   ``fused_attention``, ``fused_rotary``, ``fused_mlp``) and ``engine_fused_graphs`` (those on CUDA graphs). Without CUDA
   they are recorded as skipped; one that fails is recorded with its traceback and the others still run.
-- ``--accuracy-model DIR`` (a model folder; the shipped smollm2-sst2 with its base) scores SST-2 dev with the
-  engine in fp32, bf16, and bf16 with float8 (eager and on graphs): accuracy and the decisions' agreement with
-  fp32's, under ``fp8_accuracy``.
+- ``--accuracy-model DIR`` (a model folder with its base: smollm2-sst2, qwen-3way) scores SST-2 dev, the
+  hand-labelled development messages and SMS ham with the engine in fp32, bf16, and bf16 with each fast path
+  (fused kernels, CUDA graphs, float8, and their pairs): each path's figures (accuracy, macro-F1, the share of ham
+  called negative) and its decisions' agreement with fp32's, under ``path_accuracy``.
 
 Models: Llama-3.1-8B shapes with random bf16 weights (config and tokenizer from ../shared/models); Qwen2.5-1.5B
 shapes with random bf16 weights (``--qwen-config``: a folder with config.json and the tokenizer files), scored with
@@ -379,26 +380,64 @@ def profile_engine(engine: LabelTokenEngine, texts, device: str, path: Path, tim
             "forward_prebuilt_msgs_per_s": round(len(texts) / gpu, 1), "batches": len(batches)}
 
 
-ACCURACY_ENGINES = (("fp32", "float32", {}), ("bf16", "bfloat16", {}), ("bf16+fp8", "bfloat16", {"fp8": True}),
-                    ("bf16+fp8+graphs", "bfloat16", {"fp8": True, "cuda_graphs": True}))
+ACCURACY_ENGINES = (("fp32", "float32", "engine"), ("bf16", "bfloat16", "engine"),
+                    ("bf16+fused", "bfloat16", "engine_fused"), ("bf16+graphs", "bfloat16", "engine_graphs"),
+                    ("bf16+fused+graphs", "bfloat16", "engine_fused_graphs"), ("bf16+fp8", "bfloat16", "engine_fp8"),
+                    ("bf16+fp8+graphs", "bfloat16", "engine_fp8_graphs"))
 
 
-def fp8_accuracy(args, device: str) -> dict:
-    """SST-2 dev scored by a model folder's engine in fp32, bf16 and bf16 with float8 projections (eagerly and on
-    CUDA graphs): accuracy, and decisions and probabilities against fp32's."""
+def accuracy_sets(args) -> list[tuple[str, list[str], np.ndarray | None, tuple[str, ...]]]:
+    """(name, texts, gold labels or None, the gold label names): SST-2 dev (negative, positive), the hand-labelled
+    development messages (three-way) when the tree has them, and SMS ham (no gold: the share called negative)."""
+    def rows(path: Path) -> list[list[str]]:
+        return [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[1:] if line]
+
+    limit = args.accuracy_n or None
+    sst2 = rows(Path(args.data_dir) / "sst2" / "dev.tsv")[:limit]
+    sets = [("sst2_dev", ["\t".join(r[:-1]) for r in sst2],
+             np.array(["positive" if r[-1] == "1" else "negative" for r in sst2]), ("negative", "positive"))]
+    messages = ROOT / "training" / "labels" / "messages_dev.tsv"
+    if messages.is_file():
+        dev = rows(messages)[:limit]
+        sets.append(("messages_dev", [r[3] for r in dev], np.array([r[2] for r in dev]), THREE_WAY_LABELS))
+    sms = Path(args.data_dir) / "sms" / "SMSSpamCollection.tsv"
+    if sms.is_file():
+        sets.append(("sms_ham", [r[1] for r in rows(sms) if r[0] == "ham"][:limit], None, ()))
+    return sets
+
+
+def set_figures(labels: tuple[str, ...], probs: np.ndarray, gold: np.ndarray | None, gold_names) -> dict:
+    """What the product counts: a message is negative when the model's most likely class is negative."""
+    predicted = np.array(labels)[probs.argmax(axis=1)]
+    negative = predicted == "negative"
+    if gold is None:
+        return {"called_negative": round(float(negative.mean()), 4)}
+    if tuple(gold_names) == ("negative", "positive"):
+        return {"accuracy": round(float((negative == (gold == "negative")).mean()), 4)}
+    if len(labels) == 2:  # a binary model on three-way gold: negative against the rest
+        return {"negative_vs_rest_accuracy": round(float((negative == (gold == "negative")).mean()), 4)}
+    f1s = []
+    for name in gold_names:
+        tp = float(((predicted == name) & (gold == name)).sum())
+        fp, fn = float(((predicted == name) & (gold != name)).sum()), float(((predicted != name) & (gold == name)).sum())
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return {"accuracy": round(float((predicted == gold).mean()), 4), "macro_f1": round(float(np.mean(f1s)), 4)}
+
+
+def fast_path_accuracy(args, device: str) -> dict:
+    """A model folder's judgement under every engine path: fp32, bf16, and bf16 with the fused kernels, CUDA
+    graphs and float8 projections, on SST-2 dev, the development messages and SMS ham; each path's figures, and
+    its decisions (the most likely class) and probabilities against fp32's."""
     from screener.classifiers.llm import load_model_and_tokenizer
     from screener.classifiers.registry import read_manifest
     from screener.prompt import DEFAULT_MAX_TEXT_TOKENS, INSTRUCTION
 
     folder = Path(args.accuracy_model)
     manifest = read_manifest(folder)
-    lines = (Path(args.data_dir) / "sst2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    lines = lines[: args.accuracy_n] if args.accuracy_n else lines
-    texts = [line.rsplit("\t", 1)[0] for line in lines]
-    labels = np.array([int(line.rsplit("\t", 1)[1]) for line in lines])  # 1 is positive
+    sets = accuracy_sets(args)
     runs, probs, loaded = [], {}, {}
-    for label, dtype, options in ACCURACY_ENGINES:
-        if options and not device.startswith("cuda"):
+    for label, dtype, variant in ACCURACY_ENGINES:
+        if VARIANTS[variant] and not device.startswith("cuda"):
             runs.append({"engine": label, "skipped": "no CUDA"})
             continue
         start = time.perf_counter()
@@ -408,28 +447,33 @@ def fp8_accuracy(args, device: str) -> dict:
                 empty_cache(device)
                 loaded[dtype] = load_model_and_tokenizer(folder, manifest, device, getattr(torch, dtype))
             model, tokenizer, label_ids = loaded[dtype]
-            # 872 sentences: a producer process would cost more to start than it saves.
+            # A few thousand texts: a producer process would cost more to start than it saves.
             engine = LabelTokenEngine(model, tokenizer, label_ids, manifest.get("instruction", INSTRUCTION),
                                       name=folder.name, model_id="bench", labels=manifest.get("label_words", LABEL_WORDS),
                                       max_text_tokens=int(manifest.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)),
-                                      producer="thread", **options)
-            p = engine.predict_negative(texts)
+                                      producer="thread", **VARIANTS[variant])
+            labels = tuple(engine.labels)
+            got = {name: engine.predict_proba(texts) for name, texts, _, _ in sets}
             engine.close()
             del engine
         except Exception as exc:  # a failing engine must not cost the others' numbers
             runs.append({"engine": label, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
             log(f"accuracy {label} failed: {runs[-1]['error']}")
             continue
-        probs[label] = p
-        run = {"engine": label, "accuracy": round(float(((p < 0.5) == (labels == 1)).mean()), 4),
-               "seconds": round(time.perf_counter() - start, 1)}
-        if label != "fp32" and "fp32" in probs:
-            diff = np.abs(p - probs["fp32"])
-            run.update({"vs_fp32_max_abs": round(float(diff.max()), 4), "vs_fp32_mean_abs": round(float(diff.mean()), 5),
-                        "decision_agreement_with_fp32": round(float(((p < 0.5) == (probs["fp32"] < 0.5)).mean()), 4)})
+        probs[label] = got
+        run = {"engine": label, "seconds": round(time.perf_counter() - start, 1)}
+        for name, _, gold, gold_names in sets:
+            figures = set_figures(labels, got[name], gold, gold_names)
+            if label != "fp32" and "fp32" in probs:
+                ref = probs["fp32"][name]
+                figures.update({"vs_fp32_max_abs": round(float(np.abs(got[name] - ref).max()), 4),
+                                "decision_agreement_with_fp32":
+                                    round(float((got[name].argmax(1) == ref.argmax(1)).mean()), 4)})
+            run[name] = figures
         runs.append(run)
         log(json.dumps(run))
-    return {"model_dir": folder.name, "data": "sst2/dev.tsv", "n": len(texts), "runs": runs}
+    return {"model_dir": folder.name, "labels": list(manifest.get("label_words", LABEL_WORDS)),
+            "sets": {name: len(texts) for name, texts, _, _ in sets}, "runs": runs}
 
 
 def summary(results: dict) -> str:
@@ -447,11 +491,14 @@ def summary(results: dict) -> str:
             notes.append(f"graphs={graphs['graphs']} replays={graphs['replays']} disabled={graphs['disabled']}")
         lines.append(f"{r['model']:40} {r['method']:18} {r['msgs_per_s']:>9} {r['peak_share']:>6} "
                      f"{r.get('vs_engine', ''):>7} {r.get('vs_hf_padded', ''):>7}  {' '.join(notes)}")
-    for acc in results.get("fp8_accuracy", []):
+    for acc in results.get("path_accuracy", []):
         for run in acc["runs"]:
-            figures = " ".join(f"{k}={run[k]}" for k in ("accuracy", "decision_agreement_with_fp32", "vs_fp32_max_abs",
-                                                          "skipped", "error") if k in run)
-            lines.append(f"{acc['model_dir'] + ' SST-2 dev (' + str(acc['n']) + ')':40} {run['engine']:18} {figures}")
+            if "skipped" in run or "error" in run:
+                lines.append(f"{acc['model_dir']:40} {run['engine']:18} {run.get('skipped') or run['error']}")
+                continue
+            for name in acc["sets"]:
+                figures = " ".join(f"{k}={v}" for k, v in run[name].items())
+                lines.append(f"{acc['model_dir'] + ' ' + name:40} {run['engine']:18} {figures}")
     return "\n".join(lines)
 
 
@@ -548,7 +595,7 @@ def default_gguf() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["llama8b", "smollm2"], choices=list(MODEL_NAMES))
+    parser.add_argument("--models", nargs="*", default=["llama8b", "smollm2"], choices=list(MODEL_NAMES))
     parser.add_argument("--data-dir", default=str(SHARED / "data"))
     parser.add_argument("--llama-config", default=str(SHARED / "models" / "llama-3.1-8b-config"))
     parser.add_argument("--llama-tokenizer", default=str(SHARED / "models" / "llama-3.1-tokenizer"))
@@ -588,7 +635,7 @@ def main() -> None:
         args.padded_n, args.fp32_n = min(args.padded_n, 128), min(args.fp32_n, 128)
         args.accuracy_n = min(args.accuracy_n or 32, 32)
     texts = load_messages(Path(args.data_dir), args.n)
-    results = {"runs": [], "checks": [], "fp8_accuracy": []}
+    results = {"runs": [], "checks": [], "path_accuracy": []}
     out = Path(args.out)
     command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     if args.merge and out.is_file():
@@ -597,7 +644,7 @@ def main() -> None:
         results["runs"] = [r for r in old["runs"] if r["model"] not in mine]
         results["checks"] = [c for c in old.get("checks", []) if c["model"] not in mine]
         mine = Path(args.accuracy_model).name if args.accuracy_model else None
-        results["fp8_accuracy"] = [a for a in old.get("fp8_accuracy", []) if a["model_dir"] != mine]
+        results["path_accuracy"] = [a for a in old.get("path_accuracy", []) if a["model_dir"] != mine]
         command = old["command"] + " && " + command
     results.update({"command": command, "torch": torch.__version__})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -636,7 +683,7 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.empty_cache()
     if args.accuracy_model:
-        results["fp8_accuracy"].append(fp8_accuracy(args, device))
+        results["path_accuracy"].append(fast_path_accuracy(args, device))
         save()
         log(f"wrote {out}")
     print(summary(results), flush=True)

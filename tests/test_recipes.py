@@ -225,7 +225,7 @@ def test_the_three_way_teacher_recipe_trains_on_messages_and_a_share_of_sst2_one
     r = load_recipe("qwen-3way")
     assert r["label_words"] == ["negative", "neutral", "positive"] and r["objective"] == "label-token"
     assert (r["messages"], r["messages_repeat"], r["sst2_fraction"], r["exclude"]) == \
-        ("training/labels/messages_train.tsv", 4, 0.25, "training/labels/messages_dev.tsv")
+        ("training/labels/messages_train.tsv", 5, 0.75, "training/labels/messages_dev.tsv")
     assert (r["epochs"], r["batch_size"], r["max_steps"]) == (1.0, 64, 0)
     assert "neutral" in r["instruction"] and "negative" in r["instruction"] and "positive" in r["instruction"]
     assert load_recipe("full")["label_words"] == ["negative", "positive"] and load_recipe("full")["messages"] == ""

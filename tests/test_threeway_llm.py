@@ -144,9 +144,9 @@ def test_the_qwen_recipe_runs_from_the_command_line_on_messages_and_sst2(tmp_pat
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    # half of the 12 SST-2 rows, then the 9 messages four times less the one the dev file holds
-    assert summary["train_rows"] == 6 + 4 * 8
-    assert summary["class_counts"]["neutral"] == 4 * 2
+    # half of the 12 SST-2 rows, then the 9 messages five times less the one the dev file holds
+    assert summary["train_rows"] == 6 + 5 * 8
+    assert summary["class_counts"]["neutral"] == 5 * 2
     assert summary["steps"] == 2 and summary["examples_seen"] == 8
     assert summary["backend"] in ("unsloth", "peft")
     manifest = json.loads((out / "screener_model.json").read_text())
