@@ -7,8 +7,8 @@ Exit codes (for cron):
      is the archive, the results database, another data file or not a regular file
   3  input problem: archive unreadable, damaged or truncated, wrong table, columns, types or values
   4  another process holds the results database (a scan is already running)
-  5  model not found or not loadable (missing or truncated files, max_length too long), or a model change that
-     needs --rescore
+  5  model not found or not loadable (missing or truncated files, max_length too long, --gpu-fp8 on a GPU without
+     float8 units), or a model change that needs --rescore
   6  results database has an unknown or newer schema version
   7  writing results failed (disk full, I/O error, read-only folder); earlier results are intact
   8  the archive is stale: its newest message is older than freshness_error_hours (results are stored)
