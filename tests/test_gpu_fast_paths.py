@@ -132,7 +132,7 @@ def test_on_the_cpu_an_llm_scan_ignores_the_flags_with_one_warning_and_keeps_its
     assert recorded_paths(fast_db) == {"gpu_fp8": False, "gpu_cuda_graphs": False, "gpu_fused": False}
 
 
-def test_the_registry_hands_an_llm_model_its_paths_and_warns_on_the_cpu(tiny_llm, caplog):
+def test_the_registry_warns_once_when_an_llm_model_runs_on_the_cpu(tiny_llm, caplog):
     from screener.classifiers.llm import LabelTokenClassifier
     from screener.classifiers.registry import load_classifier
 
