@@ -7,8 +7,8 @@ Exit codes (for cron):
      is the archive, the results database, another data file or not a regular file
   3  input problem: archive unreadable, damaged or truncated, wrong table, columns, types or values
   4  another process holds the results database (a scan is already running)
-  5  model not found or not loadable (missing or truncated files, max_length too long), or a model change that
-     needs --rescore
+  5  model not found or not loadable (missing or truncated files, max_length too long, --gpu-fp8 on a GPU without
+     float8 units), or a model change that needs --rescore
   6  results database has an unknown or newer schema version
   7  writing results failed (disk full, I/O error, read-only folder); earlier results are intact
   8  the archive is stale: its newest message is older than freshness_error_hours (results are stored)
@@ -129,6 +129,25 @@ def settings_options(func):
     return func
 
 
+def gpu_engine_options(func):
+    """The GPU engine's fast paths (settings gpu_fp8, gpu_cuda_graphs, gpu_fused); unset ones keep screener.toml's
+    values."""
+    options = [
+        click.option("--gpu-fp8/--no-gpu-fp8", "gpu_fp8", default=None,
+                     help="GPU engine: float8 projections, on a GPU of compute capability 8.9 or later; its scores "
+                          "carry a model id of their own, so switching needs --rescore [off]."),
+        click.option("--gpu-cuda-graphs/--no-gpu-cuda-graphs", "gpu_cuda_graphs", default=None,
+                     help="GPU engine: replay the forward as CUDA graphs over bucketed batch shapes [off]."),
+        click.option("--gpu-fused/--no-gpu-fused", "gpu_fused", default=None,
+                     help="GPU engine: fused Triton kernels for prefix attention, rotary and SiLU x up [off]. The "
+                          "--gpu-* options apply to LLM label-token models on CUDA and are ignored, with a warning, "
+                          "elsewhere."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def build_settings(config_path, **kwargs):
     from screener.settings import load_settings
 
@@ -194,6 +213,7 @@ def main(verbose: int, quiet: bool) -> None:
                    "shell) with the run summary on stdin; its failure is logged and changes no exit code.")
 @click.option("--notify-timeout", "notify_timeout_seconds", type=click.FloatRange(1, 3600),
               help="Seconds the notify command may run before it is killed [60].")
+@gpu_engine_options
 @settings_options
 @as_of_option
 @translate_errors
@@ -212,6 +232,7 @@ def scan(archive, results_db, model, device, batch_size, rescore, report_path, a
       screener scan messages.duckdb --db results.duckdb
       screener scan messages.duckdb --as-of 2026-03-01T06:00:00Z --report report.html
       screener scan messages.duckdb --results-json run.json --notify-command 'notify-slack --channel support'
+      screener scan messages.duckdb --model qwen-3way --device cuda --gpu-cuda-graphs --gpu-fused
     """
     run = functools.partial(_scan, archive, results_db, model, device, batch_size, rescore, report_path, as_json,
                             no_progress, engine, ray_address, ray_workers, work_dir, config_path, as_of,

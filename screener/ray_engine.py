@@ -18,6 +18,8 @@ scored twice; the work folder of a completed run is removed.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import logging
 import sys
@@ -33,6 +35,7 @@ import pyarrow.fs as pafs
 
 from screener import batching, objstore, queries, runs
 from screener.classifiers.base import Classifier
+from screener.classifiers.gpu.fast_paths import FastPaths
 from screener.errors import ConfigError, ModelError, ScreenerError
 from screener.settings import Settings
 from screener.store import Store
@@ -67,10 +70,10 @@ class RayOptions:
                 raise ConfigError(f"ray option {name} must be at least 1, got {value}")
 
 
-def _default_loader(name_or_path: str, device: str) -> Classifier:
+def _default_loader(name_or_path: str, device: str, fast_paths: FastPaths = FastPaths()) -> Classifier:
     from screener.classifiers.registry import load_classifier
 
-    return load_classifier(name_or_path, device=device)
+    return load_classifier(name_or_path, device=device, fast_paths=fast_paths)
 
 
 def block_key(message_ids: list[str]) -> str:
@@ -124,9 +127,9 @@ class ScoreWorker:
         self.close()
 
 
-def _identify(loader: Loader | None, model: str, device: str) -> tuple[str, str]:
+def _identify(loader: Loader | None, model: str, device: str) -> tuple[str, str, FastPaths]:
     with closing((loader or _default_loader)(model, device)) as clf:
-        return clf.name, clf.model_id
+        return clf.name, clf.model_id, getattr(clf, "fast_paths", None) or FastPaths()
 
 
 def scan_ray(
@@ -140,7 +143,7 @@ def scan_ray(
     loader: Loader | None = None,
 ) -> runs.ScanResult:
     """Like :func:`screener.scan.scan`, with the scoring done by Ray. ``loader(model, device)`` builds the
-    classifier on each worker (default: the model registry)."""
+    classifier on each worker (default: the model registry, with the settings' GPU fast paths)."""
     try:
         import ray
         import ray.data
@@ -149,6 +152,7 @@ def scan_ray(
                           "--engine local") from exc
 
     started = time.monotonic()
+    loader = loader or functools.partial(_default_loader, fast_paths=FastPaths.of(settings))
     as_of = runs.utc(as_of or datetime.now(timezone.utc))
     src = runs.resolve_source(db, source, settings)
     runs.check_new_source(db, src, settings)
@@ -169,7 +173,7 @@ def scan_ray(
             # The driver needs the model id before any worker starts (it selects the pending messages), and the
             # model files need only be where the workers run, so a task on the cluster reads it.
             try:
-                model_name, model_id = ray.get(
+                model_name, model_id, ran = ray.get(
                     ray.remote(_identify).options(**actor_resources).remote(loader, settings.model, device))
             except ray.exceptions.RayTaskError as exc:
                 if isinstance(exc.cause, ScreenerError):
@@ -179,7 +183,9 @@ def scan_ray(
             runs.prepare(store, src)
             if rescore:
                 _remove(fs, model_dir)
-            run = runs.begin(store, settings, src, model_name, model_id, as_of, rescore, started)
+            # The run records the GPU engine's fast paths that ran, as the local engine does.
+            recorded = dataclasses.replace(settings, **ran.settings())
+            run = runs.begin(store, recorded, src, model_name, model_id, as_of, rescore, started)
             run_id = run.run_id
             run_dir = f"{model_dir}/run={run_id}"
             with runs.guard(store, run):

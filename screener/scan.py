@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from screener import batching, interrupts, queries, runs
 from screener.classifiers.base import Classifier
+from screener.classifiers.gpu.fast_paths import FastPaths
 from screener.progress import Progress
 from screener.settings import Settings
 from screener.store import Store
@@ -43,8 +44,11 @@ def scan(
     with Store(db, settings) as store:
         runs.prepare(store, src)
         with _classifier(classifier, settings) as clf:
-            # The run records the backend that scored (auto resolved), beside the model id both backends share.
-            recorded = dataclasses.replace(settings, backend=getattr(clf, "backend", settings.backend))
+            # The run records the backend that scored (auto resolved), beside the model id both backends share,
+            # and the GPU engine's fast paths that ran (none where they were ignored).
+            ran = getattr(clf, "fast_paths", None) or FastPaths()
+            recorded = dataclasses.replace(settings, backend=getattr(clf, "backend", settings.backend),
+                                           **ran.settings())
             run = runs.begin(store, recorded, src, clf.name, clf.model_id, as_of, rescore, started)
             with runs.guard(store, run):
                 scored = _score_pending(store, clf, run.run_id, settings, progress)
@@ -59,7 +63,7 @@ def _classifier(given: Classifier | None, settings: Settings) -> Iterator[Classi
     from screener.classifiers.registry import load_classifier
 
     clf = load_classifier(settings.model, device=settings.device, backend=settings.backend,
-                          threads=settings.model_threads)
+                          threads=settings.model_threads, fast_paths=FastPaths.of(settings))
     try:
         yield clf
     finally:

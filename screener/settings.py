@@ -74,6 +74,12 @@ class Settings:
     backend: str = "auto"
     # Intra-op threads of the model on the CPU (ONNX Runtime or torch).
     model_threads: int = _ranged(0, 0, 1024, note="0: one per core this process may use")
+    # The GPU engine's fast paths for llm-labeltoken models on CUDA (screener.classifiers.gpu.fast_paths): float8
+    # projections, whose scores carry a model id of their own; CUDA graphs over bucketed batch shapes; fused Triton
+    # kernels. Ignored, with a warning, for encoder models and on the CPU.
+    gpu_fp8: bool = False
+    gpu_cuda_graphs: bool = False
+    gpu_fused: bool = False
     batch_size: int = _ranged(64, 1, 65_536)
     # Rows read, length-sorted and committed together; bounds memory and the work a kill can lose.
     window_rows: int = _ranged(4096, 1, 2**20)
@@ -121,6 +127,10 @@ class Settings:
                 if not isinstance(value, str):
                     problems.append(f"{f.name} must be a string, got {_shown(value)}")
                     continue
+            elif f.type in ("bool", bool):
+                if not isinstance(value, bool):
+                    problems.append(f"{f.name} must be true or false, got {_shown(value)}")
+                continue
             elif isinstance(value, bool) or not isinstance(value, (int, float) if expected is float else int):
                 problems.append(f"{f.name} must be {expected.__name__}, got {_shown(value)}")
                 continue
@@ -202,9 +212,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(
-            f"{source}: {name} must be {expected.__name__}, found {type(value).__name__} {value!r}"
-        )
+        wanted = "true or false" if expected is bool else expected.__name__
+        raise ConfigError(f"{source}: {name} must be {wanted}, found {type(value).__name__} {value!r}")
     return value
 def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Settings:
     """Defaults, then the TOML file (``config_path``, else ``./screener.toml`` if present), then ``overrides``.

@@ -18,6 +18,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
+from screener.classifiers.gpu.fast_paths import FastPaths
 from screener.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ CPU_BACKENDS = {
 }
 # Kinds whose torch loader takes ``threads`` (intra-op threads on the CPU; 0: one per core).
 THREADED = {"hf-seqcls"}
+# Kinds whose loader takes the GPU engine's ``fast_paths`` (screener.classifiers.gpu.fast_paths).
+FAST_PATHS = {"llm-labeltoken"}
 
 
 def shipped_models_dir() -> Path:
@@ -83,10 +86,15 @@ def read_manifest(folder: Path) -> dict:
 
 
 def load_classifier(name_or_path: str = DEFAULT_MODEL, device: str = "auto", backend: str = "torch",
-                    threads: int = 0):
+                    threads: int = 0, fast_paths: FastPaths = FastPaths()):
+    """The classifier for a model name or folder; ``fast_paths`` are the GPU engine's (``FAST_PATHS`` kinds on
+    CUDA; elsewhere ignored with a warning)."""
     folder = resolve_model_dir(name_or_path)
     manifest = read_manifest(folder)
     kind = manifest["kind"]
+    if kind not in FAST_PATHS:
+        fast_paths = fast_paths.ignored(f"they speed up {', '.join(sorted(FAST_PATHS))} models on CUDA, and "
+                                        f"{folder} is a {kind!r} model")
     if backend != "torch":
         if kind in CPU_BACKENDS:
             runtime = importlib.import_module(CPU_BACKENDS[kind])
@@ -104,4 +112,6 @@ def load_classifier(name_or_path: str = DEFAULT_MODEL, device: str = "auto", bac
     module = importlib.import_module(LOADERS[kind])
     if kind in THREADED:
         return module.load(folder, manifest, device=device, threads=threads)
+    if kind in FAST_PATHS:
+        return module.load(folder, manifest, device=device, fast_paths=fast_paths)
     return module.load(folder, manifest, device=device)

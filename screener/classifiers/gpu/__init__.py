@@ -19,6 +19,8 @@ position of the Alpaca prompt, never ``generate()``), but spends the GPU only on
 - ``fused_attention``, ``fused_rotary`` and ``fused_mlp`` (off by default) run attention over the cached prefix
   without copying it into every row, the rotary embedding of q and k, and SiLU(gate) * up as one Triton kernel
   each (``fused``, its kernels in ``fused_kernels``).
+- ``fast_paths``: these options as a scan chooses them (the settings ``gpu_fp8``, ``gpu_cuda_graphs``,
+  ``gpu_fused``), and what happens where they cannot apply.
 - On CUDA a producer process tokenizes and packs the next batches while the GPU runs the current one
   (``producer``): in a thread of the engine's own process the tokenizer would hold the GIL that the thread
   launching kernels needs.

@@ -13,9 +13,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from screener.classifiers import identity
 from screener.errors import ModelError
 
 FP8_MAX = 448.0  # the largest float8 e4m3 value
+MIN_CAPABILITY = (8, 9)
+# What float8 computes, in the id of its scores: change it when the float8 arithmetic changes.
+SCHEME = "e4m3; weights scaled per output row, activations per token"
 MIN_AMAX = 1e-12  # a row of zeros gets this scale instead of zero
 
 
@@ -70,16 +74,35 @@ def to_fp8(weight) -> FP8Weight:
     return FP8Weight(qt=(w / scale).to(torch.float8_e4m3fn).t(), scale=scale.t().contiguous())
 
 
-def check_supported(device, weights) -> None:
-    """Refuse a GPU without float8 matrix units and projection sizes ``torch._scaled_mm`` cannot take."""
+def scored_model_id(model_id: str) -> str:
+    """The id of scores made with float8 projections from a model whose scores carry ``model_id``: float8's
+    rounding changes some labels, so they are another model's, never mixed with the bf16 scores."""
+    return identity.model_id(identity.LLM_LABELTOKEN_ENGINE, {"model": model_id, "fp8": SCHEME})
+
+
+def check_device(device) -> None:
+    """Refuse a GPU without float8 matrix units (compute capability below 8.9), before any weights load."""
     import torch
 
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
-        raise ModelError(f"fp8 needs a GPU of compute capability 8.9 or later (Ada, Hopper), found "
-                         f"{torch.cuda.get_device_name(device)}: leave fp8 off")
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    capability = torch.cuda.get_device_capability(device)
+    if capability < MIN_CAPABILITY:
+        raise ModelError(
+            f"fp8 needs a GPU with float8 matrix units, compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} "
+            f"or later (Ada, Hopper or newer), but {device} is {torch.cuda.get_device_name(device)} (compute "
+            f"capability {capability[0]}.{capability[1]}): turn fp8 off (--no-gpu-fp8, or gpu_fp8 = false in "
+            "screener.toml) on this machine")
+
+
+def check_supported(device, weights) -> None:
+    """Refuse a GPU without float8 matrix units and projection sizes ``torch._scaled_mm`` cannot take."""
+    check_device(device)
     if any(d % 16 for w in weights for d in w.shape):
         raise ModelError(f"fp8 needs projection sizes that are multiples of 16, found "
-                         f"{[tuple(w.shape) for w in weights]}: leave fp8 off")
+                         f"{[tuple(w.shape) for w in weights]}: turn fp8 off (--no-gpu-fp8, or gpu_fp8 = false) "
+                         "for this model")
 
 
 # ---- the activation quantizers --------------------------------------------------------------------------------

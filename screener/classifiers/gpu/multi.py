@@ -32,7 +32,8 @@ def worker_main(build: Callable[[str], object], device: str, conn) -> None:
         engine = build(device)
         conn.send(("ready", {"model_id": engine.model_id, "name": engine.name, "labels": tuple(engine.labels),
                              "min_window_rows": int(engine.min_window_rows),
-                             "token_budget": int(engine.token_budget)}))
+                             "token_budget": int(engine.token_budget),
+                             "fast_paths": getattr(engine, "fast_paths", None)}))
     except BaseException as exc:  # reported to the parent, which raises a ModelError
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -116,6 +117,7 @@ class MultiGPUEngine(ClassifierBase):
         first = replies[0][1]
         self.model_id, self.name, self.labels = first["model_id"], first["name"], first["labels"]
         self.token_budget = first["token_budget"]
+        self.fast_paths = first["fast_paths"]
         self.devices = list(devices)
         self.min_window_rows = first["min_window_rows"] * len(self._workers)
 

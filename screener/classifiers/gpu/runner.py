@@ -19,6 +19,8 @@ from screener.classifiers import identity
 from screener.classifiers.base import ClassifierBase
 from screener.classifiers.gpu import fp8, fused
 from screener.classifiers.gpu.buckets import Buckets, width_ladder
+from screener.classifiers.gpu.fast_paths import FastPaths
+from screener.classifiers.gpu.fp8 import scored_model_id as fp8_model_id
 from screener.classifiers.gpu.packing import pack_chunk
 from screener.classifiers.gpu.producer import ProducerProcess
 from screener.classifiers.gpu.prompt_tokens import PromptTokenizer
@@ -102,7 +104,8 @@ class LabelTokenEngine(ClassifierBase):
     CUDA only, eager elsewhere); ``fp8=True`` runs the projections in float8 (``fp8``). ``fused_attention``,
     ``fused_rotary`` and ``fused_mlp`` run those parts of the bf16 forward as single kernels (``fused``): attention
     over the cached prefix without copying it into every row, the rotary embedding of q and k in place, and SiLU(gate)
-    * up (left to float8's own kernel when ``fp8`` is on).
+    * up (left to float8's own kernel when ``fp8`` is on). With ``fp8`` the scores carry a model id of their own,
+    derived from ``model_id``; the other options compute the same probabilities to rounding and keep it.
     """
 
     sizes_own_batches = True
@@ -155,7 +158,8 @@ class LabelTokenEngine(ClassifierBase):
             model_id = identity.model_id(identity.LLM_LABELTOKEN_ENGINE, {
                 "weights": identity.fingerprint(model), "prompt": list(prompt_prefix_and_suffix(instruction)),
                 "label_ids": list(self.label_ids)})
-        self.model_id = model_id
+        # Float8 rounding changes some labels: its scores are another model's (fp8.scored_model_id).
+        self.model_id = fp8_model_id(model_id) if fp8 else model_id
 
         self.n_heads = config.num_attention_heads
         self.n_kv = config.num_key_value_heads
@@ -203,6 +207,12 @@ class LabelTokenEngine(ClassifierBase):
             raise ModelError(f"producer must be 'thread' or 'process', got {self.producer!r}")
         if self.producer == "process":
             self._packer = ProducerProcess(self.prompts, self.prefix_ids)
+
+    @property
+    def fast_paths(self) -> FastPaths:
+        """The fast paths this engine runs (CUDA graphs only on CUDA)."""
+        return FastPaths(fp8=self.fp8, cuda_graphs=self.cuda_graphs,
+                         fused=self.fused_attention and self.fused_rotary and self.fused_mlp)
 
     def _take_layer(self, layer) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
