@@ -140,7 +140,7 @@ def scan_child(db: Path, model: str, backend: str) -> dict:
         out.seek(0)
         err.seek(0)
         if proc.returncode != 0:
-            raise SystemExit(err.read())
+            raise SystemExit(f"scan --backend {backend} exited with {proc.returncode}: {err.read()}")
         summary = json.loads(out.read())
     return {"backend": backend, "messages": summary["messages_scored"], "wall_s": round(wall, 2),
             "scan_s": summary["seconds"], "msgs_per_s": round(summary["messages_scored"] / wall, 1),
@@ -160,7 +160,7 @@ def child_json(args: list[str]) -> dict:
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
-        raise SystemExit(proc.stderr)
+        raise SystemExit(f"{' '.join(args)} exited with {proc.returncode}: {proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
