@@ -45,6 +45,7 @@ import shutil
 import threading
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
@@ -381,7 +382,12 @@ class OnnxClassifier(ClassifierBase):
 
     ``token_lengths`` keeps the token ids it computes for the window it was last called with (and the one before),
     so ``predict_proba`` over that window's batches tokenizes nothing again: a scan that computes a window's
-    lengths on its reading thread has its tokenization overlapped with inference."""
+    lengths on its reading thread has its tokenization overlapped with inference.
+
+    Each batch is cut into up to ``threads`` parts of consecutive texts (batches come sorted by length, so a part
+    pads to its own longest text), run at once on a pool of ``threads`` threads against a session of one intra-op
+    thread: the cores then never wait for one another inside an operator, which one session with several intra-op
+    threads does at every one of its operators, and a core another process takes only delays its own part."""
 
     sizes_own_batches = False
     min_window_rows = 0
@@ -404,6 +410,7 @@ class OnnxClassifier(ClassifierBase):
         self.token_budget = batch_size * max_length
         self._lock = threading.Lock()
         self._encoded: list[dict[str, list[int]]] = []
+        self._pool: ThreadPoolExecutor | None = None
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return hf.encode_texts(self.tokenizer, texts, self.max_length, self.max_chars)
@@ -432,20 +439,48 @@ class OnnxClassifier(ClassifierBase):
                 found[i] = ids
         return found  # type: ignore[return-value]
 
+    def _run(self, rows: list[list[int]]) -> np.ndarray:
+        input_ids, mask = pad_arrays(rows, self.pad_id)
+        return self.session.run([OUTPUT], {"input_ids": input_ids, "attention_mask": mask})[0]
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         from screener.batching import token_budget_batches
 
         encoded = self._ids(texts)
         out = np.empty((len(encoded), len(self.labels)), dtype=np.float32)
         lengths = [len(ids) for ids in encoded]
-        for idx in token_budget_batches(lengths, self.token_budget, self.batch_size):
-            input_ids, mask = pad_arrays([encoded[i] for i in idx], self.pad_id)
-            out[idx] = self.session.run([OUTPUT], {"input_ids": input_ids, "attention_mask": mask})[0]
+        parts = [part for idx in token_budget_batches(lengths, self.token_budget, self.batch_size)
+                 for part in split_batch(idx, lengths, self.threads)]
+        rows = [[encoded[i] for i in idx] for idx in parts]
+        if self.threads > 1 and len(parts) > 1:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="onnx")
+                pool = self._pool
+            results = pool.map(self._run, rows)
+        else:
+            results = map(self._run, rows)
+        for idx, proba in zip(parts, results):
+            out[idx] = proba
         return out
 
     def close(self) -> None:
         with self._lock:
             self._encoded = []
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def split_batch(idx: np.ndarray, lengths: Sequence[int], parts: int) -> list[np.ndarray]:
+    """``idx`` (a batch, shortest text first) cut into at most ``parts`` runs of consecutive texts with about the
+    same number of tokens each."""
+    parts = max(1, min(parts, len(idx)))
+    if parts == 1:
+        return [idx]
+    tokens = np.cumsum(np.maximum(np.asarray(lengths, dtype=np.int64)[idx], 1))
+    cuts = {int(np.searchsorted(tokens, tokens[-1] * k / parts)) + 1 for k in range(1, parts)}
+    return np.split(idx, sorted(c for c in cuts if 0 < c < len(idx)))
 
 
 # ONNX Runtime's CPU kernels keep no state per input shape, so a batch pads to its longest text and no further.
@@ -463,7 +498,9 @@ def pad_arrays(ids: Sequence[Sequence[int]], pad_id: int, multiple: int = PAD_MU
     return input_ids, mask
 
 
-def session(path: Path, threads: int):
+def session(path: Path, threads: int = 1):
+    """A CPU session of ``threads`` intra-op threads, which do not spin between operators (on a box shared with
+    other work, or with this scan's reading and writing threads, a spinning thread takes a core from them)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -472,6 +509,7 @@ def session(path: Path, threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf types
@@ -500,7 +538,7 @@ def load(folder: Path, manifest: dict, device: str = "cpu", precision: str | Non
         raise ModelError(f"cannot read {entry_folder / TOKENIZER_FILE}: {exc}. Remove {entry_folder} to build it "
                          "again") from exc
     log.info("scoring with ONNX Runtime (%s, %d threads) from %s", precision, threads, entry_folder)
-    return OnnxClassifier(session(entry_folder / MODEL_FILE, threads), tokenizer,
+    return OnnxClassifier(session(entry_folder / MODEL_FILE), tokenizer,
                           name=str(manifest.get("name") or folder.name),
                           model_id=scored_model_id(model_id, precision, manifest), precision=precision,
                           max_length=int(text["max_length"]), max_chars=int(text["max_chars"]),
