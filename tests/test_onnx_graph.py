@@ -150,3 +150,28 @@ def test_scores_come_back_in_input_order_whatever_the_sorting_and_the_threads(tm
     clf.close()
     np.testing.assert_allclose(clf.predict_proba(texts), alone[order], atol=1e-6)
     clf.close()
+
+
+def test_a_scan_hands_the_classifier_whole_windows_it_tokenized_on_the_reading_thread(tmp_path):
+    import threading
+
+    import duckdb
+
+    from screener.scan import scan
+    from screener.settings import Settings
+    from test_onnx_backend import make_archive
+
+    model = build_model(tmp_path / "m", seed=12)
+    clf = load_classifier(str(model), device="cpu", backend="onnx")
+    on_main, calls = [], []
+    encode, predict = clf.encode, clf.predict_proba
+    clf.encode = lambda texts: on_main.append(threading.current_thread() is threading.main_thread()) or encode(texts)
+    clf.predict_proba = lambda texts: calls.append(len(texts)) or predict(texts)
+    db = make_archive(tmp_path / "a.duckdb")
+    con = duckdb.connect(str(db), read_only=True)
+    texts = [row[0] for row in con.execute("SELECT text FROM messages").fetchall()]
+    con.close()
+    scan(db, Settings(window_rows=50), classifier=clf, progress=False)
+    assert len(texts) == 120 and len(calls) == 3  # windows of 50, 50 and 20 messages
+    assert sum(calls) == sum(1 for t in texts if t.strip())
+    assert on_main and not any(on_main)

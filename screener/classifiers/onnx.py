@@ -384,12 +384,16 @@ class OnnxClassifier(ClassifierBase):
     so ``predict_proba`` over that window's batches tokenizes nothing again: a scan that computes a window's
     lengths on its reading thread has its tokenization overlapped with inference.
 
-    Each batch is cut into up to ``threads`` parts of consecutive texts (batches come sorted by length, so a part
-    pads to its own longest text), run at once on a pool of ``threads`` threads against a session of one intra-op
-    thread: the cores then never wait for one another inside an operator, which one session with several intra-op
-    threads does at every one of its operators, and a core another process takes only delays its own part."""
+    It sorts and packs a call's texts itself (``screener.batching.token_budget_batches``, at most ``batch_size``
+    texts and ``token_budget`` padded tokens a batch), so the scan hands it a whole window at once (after
+    ``token_lengths`` on its reading thread). Each batch is cut into up to ``threads`` parts of consecutive texts
+    (a part pads to its own longest text), and all the parts of a call run on a pool of ``threads`` threads
+    against a session of one intra-op thread: no core waits for another inside an operator, as the threads of one
+    multi-threaded session do at each of its operators, nor at the end of a batch, and a core that another
+    process takes delays only the part it was running."""
 
-    sizes_own_batches = False
+    sizes_own_batches = True
+    tokenizes_ahead = True
     min_window_rows = 0
 
     def __init__(self, session, tokenizer: RawTokenizer, *, name: str, model_id: str, precision: str,
