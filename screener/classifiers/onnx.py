@@ -320,7 +320,7 @@ def check_graph(path: Path, clf) -> None:
         raise GraphMismatch(f"probabilities differ by {diff:.2g} on a probe batch, more than {CHECK_TOLERANCE:g}")
 
 
-# The ops a GELU is written with where no fusion made it one Gelu node: x * 0.5 * (1 + erf(x / sqrt(2))), or tanh's form.
+# The ops of a GELU that no fusion made one Gelu node: x * 0.5 * (1 + erf(x / sqrt(2))), or its tanh form.
 GELU_OPS = ("Gelu", "FastGelu", "BiasGelu")
 GELU_PARTS = ("Mul", "Add", "Div", "Pow", "Erf", "Tanh")
 
