@@ -23,10 +23,10 @@ The CPU backends, torch against ONNX Runtime, in one run (``--parts backends``; 
 6. (``--parts backends_memory``) memory flatness of the ONNX default: `screener scan --backend onnx` of N and of
    BIG messages, peak RSS BIG/N.
 
-    .venv/bin/python benchmarks/scan_e2e.py --parts backends --messages 20000 --rounds 2 \
+    .venv/bin/python benchmarks/scan_e2e.py --parts backends --messages 20000 --rounds 1 \
         --out benchmarks/results/scan_e2e_onnx.json
-    .venv/bin/python benchmarks/scan_e2e.py --parts backends,backends_memory --messages 100000 --big 1000000 \
-        --rounds 2 --out benchmarks/results/scan_e2e_onnx.json
+    .venv/bin/python benchmarks/scan_e2e.py --parts backends_memory --messages 100000 --big 1000000 \
+        --out benchmarks/results/scan_e2e_onnx_memory.json
 
 On a GPU (``--parts gpu --model MODEL --device cuda:0``; ``--device cuda`` uses every visible GPU): the scan of an
 N-message archive in this process with the model loaded beforehand, beside the same classifier alone over the same

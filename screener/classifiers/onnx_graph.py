@@ -6,7 +6,7 @@ Both forms take ``input_ids`` and ``attention_mask`` (right-padded) and return t
   the encoder written out layer by layer from the model's own modules, so that the last layer computes its
   attention query, attention output and feed-forward block for the first token only. The head reads the first
   token's output and nothing else, and the other tokens' keys and values in the last layer come from the layer
-  before it, so this is the same function with a sixth of a six-layer model's matrix products left out.
+  before it, so this is the same function without most of the last layer's matrix products.
 - ``transformers``: the model's own forward, for every other architecture.
 
 ``optimize`` then fuses what ONNX Runtime's transformer optimizer finds in the exported graph (residual additions
