@@ -18,15 +18,15 @@ The CPU backends, torch against ONNX Runtime, in one run (``--parts backends``; 
 5. `screener scan` of the same N-message archive (a fresh copy each time) with ``--backend torch``, ``onnx-fp32``
    and ``onnx-int8``, alternating for ``--rounds`` rounds, each a subprocess: messages/s end to end and that
    child's own peak RSS; beside each, the classifier alone over the same texts (batches as the scan makes them, no
-   DuckDB), in this process. The ONNX exports are built before any timing (a one-time cost, reported apart).
+   DuckDB), in a child of its own. Every timing carries the 1-minute load average before and after it. The ONNX exports are built before any timing (a one-time cost, reported apart).
    Ratios are against torch in the same round; the summary holds their medians.
 6. (``--parts backends_memory``) memory flatness of the ONNX default: `screener scan --backend onnx` of N and of
    BIG messages, peak RSS BIG/N.
 
-    .venv/bin/python benchmarks/scan_e2e.py --parts backends --messages 20000 --rounds 2 \
+    .venv/bin/python benchmarks/scan_e2e.py --parts backends --messages 20000 --rounds 1 \
         --out benchmarks/results/scan_e2e_onnx.json
-    .venv/bin/python benchmarks/scan_e2e.py --parts backends,backends_memory --messages 100000 --big 1000000 \
-        --rounds 2 --out benchmarks/results/scan_e2e_onnx.json
+    .venv/bin/python benchmarks/scan_e2e.py --parts backends_memory --messages 100000 --big 1000000 \
+        --out benchmarks/results/scan_e2e_onnx_memory.json
 
 On a GPU (``--parts gpu --model MODEL --device cuda:0``; ``--device cuda`` uses every visible GPU): the scan of an
 N-message archive in this process with the model loaded beforehand, beside the same classifier alone over the same
@@ -130,6 +130,7 @@ def scan_child(db: Path, model: str, backend: str) -> dict:
     """`screener scan` as a subprocess: messages/s end to end and the child's own peak RSS (os.wait4 reaps it
     with its resource usage, which RUSAGE_CHILDREN would mix with earlier children's)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        load_before = load_average()
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "screener.cli", "-q", "scan", str(db), "--model", model,
                                  "--backend", backend, "--as-of", AS_OF.isoformat(), "--json", "--no-progress"],
@@ -144,7 +145,13 @@ def scan_child(db: Path, model: str, backend: str) -> dict:
         summary = json.loads(out.read())
     return {"backend": backend, "messages": summary["messages_scored"], "wall_s": round(wall, 2),
             "scan_s": summary["seconds"], "msgs_per_s": round(summary["messages_scored"] / wall, 1),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "load_average": [load_before, load_average()]}
+
+
+def load_average() -> float:
+    """The 1-minute load average (this benchmark's own threads included): the machine is shared, so every timing
+    carries the load it ran under."""
+    return round(os.getloadavg()[0], 2)
 
 
 CPU_BACKENDS = ("torch", "onnx-fp32", "onnx-int8")
@@ -171,13 +178,16 @@ def alone_child(model: str, backend: str, n: int) -> None:
     start = time.perf_counter()
     clf = load_classifier(model, device="cpu", backend=backend)
     load_s = time.perf_counter() - start
+    load_before = load_average()
     result = classifier_alone(sample_texts(message_texts(), n), clf=clf)
     print(json.dumps({**result, "load_s": round(load_s, 2), "model_id": clf.model_id,
-                      "backend": getattr(clf, "backend", backend)}))
+                      "backend": getattr(clf, "backend", backend),
+                      "load_average": [load_before, load_average()]}))
 
 
 def backends(tmp: Path, texts: list[str], n: int, model: str, rounds: int) -> dict:
     """Torch and the ONNX backends on one archive, alternating; ratios against torch within each round."""
+    start_load = load_average()
     archive = tmp / "backends.duckdb"
     build_archive(archive, n, max(n // 20, 1), texts, seed=7)
     # The ONNX exports are built once, before any timing; a scan's first run pays this once per model.
@@ -210,7 +220,8 @@ def backends(tmp: Path, texts: list[str], n: int, model: str, rounds: int) -> di
         summary[f"{backend}_classifier_alone_msgs_per_s_median"] = statistics.median(
             row[backend]["classifier_alone"]["msgs_per_s"] for row in runs)
         summary[f"{backend}_peak_rss_mb_max"] = max(row[backend]["scan"]["peak_rss_mb"] for row in runs)
-    return {"model": model, "messages": n, "rounds": runs, "export_load_s": exports,
+    return {"model": model, "messages": n, "load_average_at_start": start_load, "rounds": runs,
+            "export_load_s": exports,
             "model_ids": {b: runs[0][b]["classifier_alone"]["model_id"] for b in CPU_BACKENDS}, "summary": summary}
 
 

@@ -140,7 +140,7 @@ def _committed(committing: Future, bar: Progress) -> int:
 @dataclasses.dataclass(frozen=True)
 class Window:
     """A window as read: its message ids and texts, which of them are not blank, and their token lengths (None
-    for a classifier that sizes its own batches)."""
+    for a classifier that sizes its own batches, unless it tokenizes ahead)."""
 
     ids: list
     texts: list
@@ -152,7 +152,8 @@ def _prepared(clf: Classifier, window: pa.Table) -> Window:
     ids = window.column("message_id").to_pylist()
     texts = window.column("text").to_pylist()
     keep = [i for i, t in enumerate(texts) if not runs.is_blank(t)]
-    lengths = None if clf.sizes_own_batches else clf.token_lengths([texts[i] for i in keep])
+    wanted = clf.tokenizes_ahead or not clf.sizes_own_batches
+    lengths = clf.token_lengths([texts[i] for i in keep]) if wanted else None
     return Window(ids, texts, keep, lengths)
 
 

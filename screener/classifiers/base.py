@@ -24,8 +24,11 @@ class Classifier(Protocol):
     A model that knows only two classes scores ``negative`` against the rest.
 
     Batching hints:
-    ``sizes_own_batches`` is true when the classifier sorts, packs and sizes batches itself (the GPU engine): the
-    scan then hands it a whole window in one call instead of token-budget batches.
+    ``sizes_own_batches`` is true when the classifier sorts, packs and sizes batches itself (the GPU engine, the
+    ONNX Runtime backend): the scan then hands it a whole window in one call instead of token-budget batches.
+    ``tokenizes_ahead`` is true when the scan should still call ``token_lengths`` on each window on its reading
+    thread for a classifier that sizes its own batches: it keeps the token ids, so its tokenizing overlaps the
+    scoring of the window before.
     ``min_window_rows`` is the fewest rows per call that keep it busy (0: no minimum).
     ``token_budget`` is the padded tokens per batch the scan packs for it when it does not size its own batches.
     """
@@ -34,6 +37,7 @@ class Classifier(Protocol):
     name: str
     labels: tuple[str, ...]
     sizes_own_batches: bool
+    tokenizes_ahead: bool
     min_window_rows: int
     token_budget: int
 
@@ -65,6 +69,7 @@ class ClassifierBase:
     name: str
     labels: tuple[str, ...] = BINARY_LABELS
     sizes_own_batches: bool = False
+    tokenizes_ahead: bool = False
     min_window_rows: int = 0
     token_budget: int = 8192
 

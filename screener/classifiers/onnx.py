@@ -1,14 +1,18 @@
 """Encoder classifiers (``hf-seqcls``) run by ONNX Runtime on the CPU, from an export built once and cached.
 
 The merged model (base weights with the LoRA adapter folded in, and the head) is exported to ONNX with the softmax
-inside the graph, so a session returns the class probabilities the torch path returns. The export and its tokenizer
+inside the graph, so a session returns the class probabilities the torch path returns. The graph is the one
+``screener.classifiers.onnx_graph`` writes (a BERT's last layer for the first token only, since the head reads
+nothing else) with ONNX Runtime's transformer fusions, and before it is cached its probabilities on a probe batch
+are checked against the torch model's: a graph that misses (by more than ``CHECK_TOLERANCE``) is replaced by the
+model's own forward, checked the same way. Batches pad to their longest text only. The export and its tokenizer
 are cached in ``$SCREENER_CACHE/onnx/<entry>/`` (default ``~/.cache/screener``, where split bases are joined):
 
 - ``model.onnx``: the graph and its weights, in one file;
 - ``tokenizer.json``: the fast tokenizer the torch path uses, serialized, so a load from the cache needs neither
   torch nor transformers;
 - ``entry.json``: what the entry was built from (model id, precision, export options, library versions), the text
-  preparation settings and the sha256 of ``model.onnx``.
+  preparation settings, the graph's form and fused operators, and the sha256 of ``model.onnx``.
 
 The entry's name holds the model id, the precision and a hash of everything else the export depends on (its own
 scheme, the opset, the quantization options, and the versions of torch, transformers, onnx, onnxscript and
@@ -41,6 +45,7 @@ import shutil
 import threading
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
@@ -59,7 +64,7 @@ INT8 = "int8"
 PRECISIONS = (FP32, INT8)
 # Bump when the export or the quantization changes in a way that changes an entry's file: old entries are then
 # never read.
-EXPORT_SCHEME = "onnx-export-v1"
+EXPORT_SCHEME = "onnx-export-v2"
 OPSET = 18
 QUANTIZATION = {"method": "dynamic", "weight_type": "QInt8", "per_channel": True, "reduce_range": False,
                 "op_types": ["MatMul"], "fp32": "gelu-output"}
@@ -124,7 +129,8 @@ def scored_model_id(model_id: str, precision: str, manifest: dict) -> str:
     """The id the scores carry: the model's own for fp32 and for a declared int8, another for an undeclared int8."""
     if precision == FP32 or manifest_precision(manifest) == precision:
         return model_id
-    return identity.model_id(identity.HF_SEQCLS, {"model": model_id, "onnx_quantization": QUANTIZATION})
+    return identity.model_id(identity.HF_SEQCLS, {"model": model_id, "onnx_quantization": QUANTIZATION,
+                                                  "graph": EXPORT_SCHEME})
 
 
 def versions() -> dict[str, str | None]:
@@ -234,62 +240,108 @@ def cached_entry(folder: Path, manifest: dict, model_id: str, precision: str) ->
 
 
 def export_fp32(folder: Path, manifest: dict, tmp: Path) -> dict:
-    """Export the merged fp32 model with its softmax, and the tokenizer, into ``tmp``; returns the entry's fields."""
-    import torch
+    """Export the merged fp32 model with its softmax (``onnx_graph``), fused and checked against torch, and the
+    tokenizer, into ``tmp``; returns the entry's fields."""
+    from screener.classifiers import onnx_graph
 
     clf = hf.load(folder, {**manifest, "cpu_bf16": False}, device="cpu")
-    wrapped = probabilities_module(clf.model).eval()
+    module, form = onnx_graph.graph_module(clf.model)
+    try:
+        fused = export_checked(module, clf, tmp / MODEL_FILE)
+    except (GraphMismatch, ModelError) as exc:
+        if form == onnx_graph.TRANSFORMERS:
+            if isinstance(exc, ModelError):
+                raise
+            raise ModelError(f"the ONNX export of {folder} does not compute what torch computes ({exc}). Use "
+                             "--backend torch") from exc
+        log.warning("the %s graph of %s cannot be used (%s): exporting the model's own forward instead", form,
+                    folder, exc)
+        form = onnx_graph.TRANSFORMERS
+        fused = export_checked(onnx_graph.probabilities_module(clf.model).eval(), clf, tmp / MODEL_FILE)
+    clf.tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_FILE))
+    return {"text": {"max_length": clf.max_length, "max_chars": clf.max_chars, "pad_id": clf.pad_id,
+                     "labels": list(clf.labels)},
+            "graph": {"form": form, "fused": fused}}
+
+
+class GraphMismatch(Exception):
+    """An exported graph whose probabilities differ from the torch model's by more than ``CHECK_TOLERANCE``."""
+
+
+# fp32 graphs agree with torch to a few 1e-6 (the order of float additions differs); a wrong graph misses by far more.
+CHECK_TOLERANCE = 1e-4
+
+
+def export_checked(module, clf, path: Path) -> list[str]:
+    """Export ``module`` to ``path``, fuse it and check it against the torch model; returns the fused operators."""
+    import torch
+
+    from screener.classifiers import onnx_graph
+
     example = torch.full(EXAMPLE_SHAPE, clf.pad_id, dtype=torch.long)
     mask = torch.ones(EXAMPLE_SHAPE, dtype=torch.long)
     rows = torch.export.Dim("rows")
     tokens = torch.export.Dim("tokens", max=clf.max_length)
     shapes = {"input_ids": {0: rows, 1: tokens}, "attention_mask": {0: rows, 1: tokens}}
+    config = clf.model.config
     try:
         with warnings.catch_warnings(), hf.quiet_transformers():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(wrapped, (example, mask), input_names=list(INPUTS), output_names=[OUTPUT],
+            program = torch.onnx.export(module, (example, mask), input_names=list(INPUTS), output_names=[OUTPUT],
                                         dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, verbose=False,
                                         external_data=False)
-            program.save(str(tmp / MODEL_FILE), external_data=False)
-    except Exception as exc:  # the exporter raises many types of its own
-        raise ModelError(f"cannot export {folder} to ONNX: {type(exc).__name__}: {exc}. Use --backend torch") from exc
-    clf.tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_FILE))
-    return {"text": {"max_length": clf.max_length, "max_chars": clf.max_chars, "pad_id": clf.pad_id,
-                     "labels": list(clf.labels)}}
+            program.save(str(path), external_data=False)
+        fused = onnx_graph.optimize(path, config.num_attention_heads, config.hidden_size)
+    except Exception as exc:  # the exporter and the optimizer raise many types of their own
+        raise ModelError(f"cannot export {clf.name} to ONNX: {type(exc).__name__}: {exc}. Use --backend torch") from exc
+    check_graph(path, clf)
+    return fused
 
 
-def probabilities_module(model):
-    """The model with the softmax of its logits as its one output, in fp32 as the torch path computes it."""
+def probe_batch(clf, rows: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of a fixed random batch, right-padded: a full-length row, a one-token row and lengths between."""
+    rng = np.random.default_rng(0)
+    vocab = int(clf.model.config.vocab_size)
+    lengths = sorted({clf.max_length, 1, 2, *rng.integers(3, clf.max_length + 1, rows - 3).tolist()}, reverse=True)
+    return pad_arrays([rng.integers(0, vocab, n).tolist() for n in lengths], clf.pad_id)
+
+
+def check_graph(path: Path, clf) -> None:
+    """Raise GraphMismatch unless the graph at ``path`` gives the torch model's probabilities on ``probe_batch``."""
     import torch
 
-    class _Probabilities(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
+    input_ids, mask = probe_batch(clf)
+    with torch.inference_mode():
+        logits = clf.model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)).logits
+        want = torch.softmax(logits.float(), dim=-1).numpy()
+    got = session(path, 1).run([OUTPUT], {"input_ids": input_ids, "attention_mask": mask})[0]
+    diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+    if not diff <= CHECK_TOLERANCE:
+        raise GraphMismatch(f"probabilities differ by {diff:.2g} on a probe batch, more than {CHECK_TOLERANCE:g}")
 
-        def forward(self, input_ids, attention_mask):
-            logits = self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
-            return torch.softmax(logits.float(), dim=-1)
 
-    return _Probabilities(model)
+# The ops of a GELU that no fusion made one Gelu node: x * 0.5 * (1 + erf(x / sqrt(2))), or its tanh form.
+GELU_OPS = ("Gelu", "FastGelu", "BiasGelu")
+GELU_PARTS = ("Mul", "Add", "Div", "Pow", "Erf", "Tanh")
 
 
 def fp32_matmuls(model) -> list[str]:
     """The matrix products of the graph that stay fp32 under int8: those whose input is a GELU's output (the
-    feed-forward down projections), found by the GELU op or its erf or tanh form a few nodes upstream."""
+    feed-forward down projections): a Gelu node, or the elementwise ops of its erf or tanh form."""
     producers = {out: node for node in model.graph.node for out in node.output}
     initializers = {init.name for init in model.graph.initializer}
 
-    def near_gelu(name: str, depth: int) -> bool:
+    def gelu_output(name: str, depth: int) -> bool:
         node = producers.get(name)
         if node is None or depth == 0:
             return False
-        if node.op_type in ("Gelu", "FastGelu", "BiasGelu", "Erf", "Tanh"):
+        if node.op_type in GELU_OPS or node.op_type in ("Erf", "Tanh"):
             return True
-        return any(near_gelu(inp, depth - 1) for inp in node.input if inp not in initializers)
+        return node.op_type in GELU_PARTS and any(gelu_output(inp, depth - 1) for inp in node.input
+                                                  if inp not in initializers)
 
     return [node.name for node in model.graph.node if node.op_type == "MatMul"
-            and any(near_gelu(inp, 4) for inp in node.input if inp not in initializers)]
+            and any(gelu_output(inp, 4) for inp in node.input if inp not in initializers)]
 
 
 def quantize(source: Path, target: Path) -> None:
@@ -330,9 +382,18 @@ class OnnxClassifier(ClassifierBase):
 
     ``token_lengths`` keeps the token ids it computes for the window it was last called with (and the one before),
     so ``predict_proba`` over that window's batches tokenizes nothing again: a scan that computes a window's
-    lengths on its reading thread has its tokenization overlapped with inference."""
+    lengths on its reading thread has its tokenization overlapped with inference.
 
-    sizes_own_batches = False
+    It sorts and packs a call's texts itself (``screener.batching.token_budget_batches``, at most ``batch_size``
+    texts and ``token_budget`` padded tokens a batch), so the scan hands it a whole window at once (after
+    ``token_lengths`` on its reading thread). Each batch is cut into up to ``threads`` parts of consecutive texts
+    (a part pads to its own longest text), and all the parts of a call run on a pool of ``threads`` threads
+    against a session of one intra-op thread: no core waits for another inside an operator, as the threads of one
+    multi-threaded session do at each of its operators, nor at the end of a batch, and a core that another
+    process takes delays only the part it was running."""
+
+    sizes_own_batches = True
+    tokenizes_ahead = True
     min_window_rows = 0
 
     def __init__(self, session, tokenizer: RawTokenizer, *, name: str, model_id: str, precision: str,
@@ -353,6 +414,7 @@ class OnnxClassifier(ClassifierBase):
         self.token_budget = batch_size * max_length
         self._lock = threading.Lock()
         self._encoded: list[dict[str, list[int]]] = []
+        self._pool: ThreadPoolExecutor | None = None
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return hf.encode_texts(self.tokenizer, texts, self.max_length, self.max_chars)
@@ -381,23 +443,55 @@ class OnnxClassifier(ClassifierBase):
                 found[i] = ids
         return found  # type: ignore[return-value]
 
+    def _run(self, rows: list[list[int]]) -> np.ndarray:
+        input_ids, mask = pad_arrays(rows, self.pad_id)
+        return self.session.run([OUTPUT], {"input_ids": input_ids, "attention_mask": mask})[0]
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         from screener.batching import token_budget_batches
 
         encoded = self._ids(texts)
         out = np.empty((len(encoded), len(self.labels)), dtype=np.float32)
         lengths = [len(ids) for ids in encoded]
-        for idx in token_budget_batches(lengths, self.token_budget, self.batch_size):
-            input_ids, mask = pad_arrays([encoded[i] for i in idx], self.pad_id)
-            out[idx] = self.session.run([OUTPUT], {"input_ids": input_ids, "attention_mask": mask})[0]
+        parts = [part for idx in token_budget_batches(lengths, self.token_budget, self.batch_size)
+                 for part in split_batch(idx, lengths, self.threads)]
+        rows = [[encoded[i] for i in idx] for idx in parts]
+        if self.threads > 1 and len(parts) > 1:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="onnx")
+                pool = self._pool
+            results = pool.map(self._run, rows)
+        else:
+            results = map(self._run, rows)
+        for idx, proba in zip(parts, results):
+            out[idx] = proba
         return out
 
     def close(self) -> None:
         with self._lock:
             self._encoded = []
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
-def pad_arrays(ids: Sequence[Sequence[int]], pad_id: int, multiple: int = hf.PAD_MULTIPLE):
+def split_batch(idx: np.ndarray, lengths: Sequence[int], parts: int) -> list[np.ndarray]:
+    """``idx`` (a batch, shortest text first) cut into at most ``parts`` runs of consecutive texts with about the
+    same number of tokens each."""
+    parts = max(1, min(parts, len(idx)))
+    if parts == 1:
+        return [idx]
+    tokens = np.cumsum(np.maximum(np.asarray(lengths, dtype=np.int64)[idx], 1))
+    cuts = {int(np.searchsorted(tokens, tokens[-1] * k / parts)) + 1 for k in range(1, parts)}
+    return np.split(idx, sorted(c for c in cuts if 0 < c < len(idx)))
+
+
+# ONNX Runtime's CPU kernels keep no state per input shape, so a batch pads to its longest text and no further.
+PAD_MULTIPLE = 1
+
+
+def pad_arrays(ids: Sequence[Sequence[int]], pad_id: int, multiple: int = PAD_MULTIPLE):
     """``hf.pad_batch`` as int64 numpy arrays, the inputs an ONNX Runtime session takes."""
     width = -(-max(len(x) for x in ids) // multiple) * multiple
     input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
@@ -408,7 +502,9 @@ def pad_arrays(ids: Sequence[Sequence[int]], pad_id: int, multiple: int = hf.PAD
     return input_ids, mask
 
 
-def session(path: Path, threads: int):
+def session(path: Path, threads: int = 1):
+    """A CPU session of ``threads`` intra-op threads, which do not spin between operators (on a box shared with
+    other work, or with this scan's reading and writing threads, a spinning thread takes a core from them)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -417,6 +513,7 @@ def session(path: Path, threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf types
@@ -445,7 +542,7 @@ def load(folder: Path, manifest: dict, device: str = "cpu", precision: str | Non
         raise ModelError(f"cannot read {entry_folder / TOKENIZER_FILE}: {exc}. Remove {entry_folder} to build it "
                          "again") from exc
     log.info("scoring with ONNX Runtime (%s, %d threads) from %s", precision, threads, entry_folder)
-    return OnnxClassifier(session(entry_folder / MODEL_FILE, threads), tokenizer,
+    return OnnxClassifier(session(entry_folder / MODEL_FILE), tokenizer,
                           name=str(manifest.get("name") or folder.name),
                           model_id=scored_model_id(model_id, precision, manifest), precision=precision,
                           max_length=int(text["max_length"]), max_chars=int(text["max_chars"]),
