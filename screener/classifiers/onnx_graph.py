@@ -82,7 +82,8 @@ def first_token_module(model):
             query = split(self_attention.query(queries))
             key = split(self_attention.key(states))
             value = split(self_attention.value(states))
-            weights = torch.matmul(query, key.transpose(2, 3)) * self_attention.scaling + additive_mask
+            scaling = getattr(self_attention, "scaling", self.head_size ** -0.5)
+            weights = torch.matmul(query, key.transpose(2, 3)) * scaling + additive_mask
             context = torch.matmul(torch.softmax(weights, dim=-1), value)
             context = context.transpose(1, 2).reshape(rows, -1, self.heads * self.head_size)
             output = layer.attention.output
