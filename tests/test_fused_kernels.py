@@ -80,13 +80,9 @@ def cases(device: str, dtype):
     return out
 
 
-INTERPRETED = textwrap.dedent("""
-    import sys
-    import torch
+# Each kernel wrapper counted, so a child can tell the kernels ran rather than a fallback.
+COUNT_KERNEL_CALLS = textwrap.dedent("""
     from screener.classifiers.gpu import fused_kernels
-
-    sys.path.insert(0, "tests")
-    from test_fused_kernels import cases
 
     calls = []
     for name in ("prefix_attention", "rotate", "silu_mul"):
@@ -94,6 +90,15 @@ INTERPRETED = textwrap.dedent("""
             calls.append(_name)
             return _kernel(*args)
         setattr(fused_kernels, name, counted)
+""")
+
+INTERPRETED = COUNT_KERNEL_CALLS + textwrap.dedent("""
+    import sys
+    import torch
+
+    sys.path.insert(0, "tests")
+    from test_fused_kernels import cases
+
     for name, got, ref in cases("cpu", torch.float32):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5, msg=name)
     assert sorted(set(calls)) == ["prefix_attention", "rotate", "silu_mul"], calls
@@ -141,20 +146,13 @@ def engines(fused_options: dict):
     return out
 
 
-ENGINES = textwrap.dedent("""
+ENGINES = COUNT_KERNEL_CALLS + textwrap.dedent("""
     import sys
     import numpy as np
-    from screener.classifiers.gpu import fused_kernels
 
     sys.path.insert(0, "tests")
     from test_fused_kernels import FUSED, engines
 
-    calls = []
-    for name in ("prefix_attention", "rotate", "silu_mul"):
-        def counted(*args, _kernel=getattr(fused_kernels, name), _name=name):
-            calls.append(_name)
-            return _kernel(*args)
-        setattr(fused_kernels, name, counted)
     got = engines(FUSED)
     assert sorted(set(calls)) == ["prefix_attention", "rotate", "silu_mul"], calls
     np.save(sys.argv[1], np.concatenate([p.ravel() for p in got]))
