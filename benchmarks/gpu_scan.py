@@ -66,7 +66,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from screener.classifiers.base import THREE_WAY_LABELS  # noqa: E402
+from screener.classifiers.base import BINARY_LABELS, THREE_WAY_LABELS  # noqa: E402
 from screener.classifiers.gpu.multi import MultiGPUEngine  # noqa: E402
 from screener.classifiers.gpu.runner import LabelTokenEngine  # noqa: E402
 from screener.prompt import LABEL_WORDS, alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
@@ -395,7 +395,7 @@ def accuracy_sets(args) -> list[tuple[str, list[str], np.ndarray | None, tuple[s
     limit = args.accuracy_n or None
     sst2 = rows(Path(args.data_dir) / "sst2" / "dev.tsv")[:limit]
     sets = [("sst2_dev", ["\t".join(r[:-1]) for r in sst2],
-             np.array(["positive" if r[-1] == "1" else "negative" for r in sst2]), ("negative", "positive"))]
+             np.array(["positive" if r[-1] == "1" else "negative" for r in sst2]), BINARY_LABELS)]
     messages = ROOT / "training" / "labels" / "messages_dev.tsv"
     if messages.is_file():
         dev = rows(messages)[:limit]
@@ -407,21 +407,16 @@ def accuracy_sets(args) -> list[tuple[str, list[str], np.ndarray | None, tuple[s
 
 
 def set_figures(labels: tuple[str, ...], probs: np.ndarray, gold: np.ndarray | None, gold_names) -> dict:
-    """What the product counts: a message is negative when the model's most likely class is negative."""
-    predicted = np.array(labels)[probs.argmax(axis=1)]
-    negative = predicted == "negative"
+    """The figures ``screener eval`` gives (training.evaluate.score): a message is negative when the model's most
+    likely class is negative."""
+    from training.evaluate import score
+
     if gold is None:
-        return {"called_negative": round(float(negative.mean()), 4)}
-    if tuple(gold_names) == ("negative", "positive"):
-        return {"accuracy": round(float((negative == (gold == "negative")).mean()), 4)}
-    if len(labels) == 2:  # a binary model on three-way gold: negative against the rest
-        return {"negative_vs_rest_accuracy": round(float((negative == (gold == "negative")).mean()), 4)}
-    f1s = []
-    for name in gold_names:
-        tp = float(((predicted == name) & (gold == name)).sum())
-        fp, fn = float(((predicted == name) & (gold != name)).sum()), float(((predicted != name) & (gold == name)).sum())
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return {"accuracy": round(float((predicted == gold).mean()), 4), "macro_f1": round(float(np.mean(f1s)), 4)}
+        return {"called_negative": round(score(probs, labels, None)["called_negative"], 4)}
+    if tuple(gold_names) == BINARY_LABELS:
+        return {"accuracy": round(score(probs, labels, (gold == "positive").astype(int))["accuracy"], 4)}
+    figures = score(probs, labels, [THREE_WAY_LABELS.index(g) for g in gold], THREE_WAY_LABELS)
+    return {"accuracy": round(figures["accuracy"], 4), "macro_f1": round(figures["macro_f1"], 4)}
 
 
 def fast_path_accuracy(args, device: str) -> dict:
