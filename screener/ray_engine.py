@@ -33,7 +33,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from screener import batching, objstore, queries, runs
+from screener import batching, objstore, runs
 from screener.classifiers.base import Classifier
 from screener.classifiers.gpu.fast_paths import FastPaths
 from screener.errors import ConfigError, ModelError, ScreenerError
@@ -240,8 +240,7 @@ def _export_pending(store: Store, fs, pending_dir: str, model_id: str, rows_per_
     """Write the messages to score as Parquet files of at most ``rows_per_file`` rows, one Ray task each, leaving
     out those in ``done``; return the files and the ids of blank messages, which are recorded as skipped, as the
     local engine does."""
-    reader = store.con.sql(queries.load("pending_messages"),
-                           params={"model_id": model_id}).to_arrow_reader(rows_per_file)
+    reader = store.pending_messages(model_id, rows_per_file)
     files: list[str] = []
     skipped: list[str] = []
     for batch in reader:

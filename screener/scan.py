@@ -8,14 +8,14 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 
-from screener import batching, interrupts, queries, runs
+from screener import batching, interrupts, runs
 from screener.classifiers.base import Classifier
 from screener.classifiers.gpu.fast_paths import FastPaths
 from screener.progress import Progress
@@ -43,7 +43,8 @@ def scan(
     runs.check_new_source(db, src, settings)
     with Store(db, settings) as store:
         runs.prepare(store, src)
-        with _classifier(classifier, settings) as clf:
+        with ExitStack() as model:
+            clf = model.enter_context(_classifier(classifier, settings))
             # The run records the backend that scored (auto resolved), beside the model id both backends share,
             # and the GPU engine's fast paths that ran (none where they were ignored).
             ran = getattr(clf, "fast_paths", None) or FastPaths()
@@ -52,6 +53,9 @@ def scan(
             run = runs.begin(store, recorded, src, clf.name, clf.model_id, as_of, rescore, started)
             with runs.guard(store, run):
                 scored = _score_pending(store, clf, run.run_id, settings, progress)
+                # The model's memory goes back before the windows and flags are aggregated, so the scan's peak
+                # is the larger of the two phases, not their sum.
+                model.close()
                 return runs.complete(store, run, scored)
 
 
@@ -75,16 +79,14 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
     window k, a thread reads and tokenizes window k+1 and another commits window k-1, so a GPU never waits for
     DuckDB and a CPU model never waits for its tokenizer. Commits stay in window order, one at a time, each window
     all or nothing."""
-    total = int(store.scalar("pending_count", {"model_id": clf.model_id}))
-    bar = Progress(total, bar=progress)
-    reader_con = store.reader_cursor()
     # A classifier that batches by itself on a GPU keeps the GPU busy only with calls of many messages.
     window = max(settings.window_rows, clf.min_window_rows)
     scored = 0
+    reader_con = store.reader_cursor()
+    bar = None
     try:
-        reader = reader_con.sql(
-            queries.load("pending_messages"), params={"model_id": clf.model_id}
-        ).to_arrow_reader(window)
+        bar = Progress(store.pending_count(clf.model_id, con=reader_con), bar=progress)
+        reader = store.pending_messages(clf.model_id, window, con=reader_con)
         windows = (_prepared(clf, w) for w in whole_windows(reader, window))
         with ThreadPoolExecutor(max_workers=1) as read_pool, ThreadPoolExecutor(max_workers=1) as write_pool:
             next_batch = read_pool.submit(next, windows, None)
@@ -108,7 +110,8 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
                 if not next_batch.cancelled():
                     next_batch.exception()
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         reader_con.close()
     return scored
 

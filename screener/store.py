@@ -240,7 +240,8 @@ class Store:
                    "sent_at": allowed_columns, "text": allowed_columns}
         idents = dict(table=qualified, message_id=s.id_column, user_id=s.user_column, sent_at=s.time_column,
                       text=s.text_column)
-        con.execute(queries.with_identifiers("source_view", allowed, **idents))
+        con.execute(queries.with_identifiers("source_rows_view", allowed, **idents))
+        con.execute(queries.load("source_view"))
         self.source = source
         self._source_sql_idents = (allowed, idents)
 
@@ -331,6 +332,34 @@ class Store:
         cur.execute(queries.load("session_setup"))
         self.attach_source(self.source, con=cur)
         return cur
+
+    def pending_messages(self, model_id: str, rows: int, con=None):
+        """The messages without a score or skip record for ``model_id`` (``message_id``, ``text``), as a record
+        batch reader of ``rows`` rows a batch, on ``con`` (default: this store's connection)."""
+        con = con or self.con
+        self._candidates(con)
+        return con.sql(queries.load("pending_messages"), params={"model_id": model_id}).to_arrow_reader(rows)
+
+    def pending_count(self, model_id: str, con=None) -> int:
+        """How many messages :meth:`pending_messages` streams."""
+        con = con or self.con
+        self._candidates(con)
+        [(count,)] = self.run("pending_count", {"model_id": model_id}, con).fetchall()
+        return int(count)
+
+    def _candidates(self, con) -> None:
+        """Put ``screener_source_candidates`` on ``con``: the source view's rows, streamable. Only the ids that occur
+        more than once need the source view's window, so their hashes are found here, 8 bytes a row; a window over
+        the whole archive would hold every row's text until the last one is read."""
+        import numpy as np
+        import pyarrow as pa
+
+        chunks = [batch.column(0).to_numpy() for batch in
+                  con.sql(queries.load("source_id_hashes")).to_arrow_reader(1 << 17)]
+        hashes = np.sort(np.concatenate(chunks)) if chunks else np.empty(0, dtype=np.uint64)
+        repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        con.register("screener_duplicate_ids", pa.table({"h": pa.array(repeated, type=pa.uint64())}))
+        con.execute(queries.load("source_candidates_view"))
 
 
 def json_dumps(value: Any) -> str:

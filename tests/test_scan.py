@@ -37,6 +37,26 @@ def test_second_scan_scores_nothing_and_added_messages_alone_are_scored_next(arc
     assert third.users == 13 and third.users_flagged == first.users_flagged + 1
 
 
+def test_pending_messages_stream_the_earliest_copy_of_each_id_and_every_unique_row(tmp_path):
+    t = AS_OF - timedelta(hours=3)
+    rows = [("a", "u1", t, "only copy"),
+            ("b", "u1", t + timedelta(hours=1), "later copy of b"), ("b", "u1", t, "earliest copy of b"),
+            ("c", "u2", t, "zz same time"), ("c", "u2", t, "aa same time, first by text"),
+            ("d", "u2", None, "no time"), ("d", "u2", t, "timed copy of d")]
+    db = write_archive(tmp_path / "a.duckdb", rows)
+    from screener.runs import resolve_source
+    from screener.store import Store
+
+    with Store(db, Settings()) as store:
+        store.ensure_schema()
+        store.attach_source(resolve_source(db, None, Settings()))
+        streamed = sorted(r for b in store.pending_messages("m", 2) for r in zip(*b.to_pydict().values()))
+        assert streamed == [("a", "only copy"), ("b", "earliest copy of b"), ("c", "aa same time, first by text"),
+                            ("d", "timed copy of d")]
+        assert store.pending_count("m") == 4
+        assert sorted(store.con.execute("SELECT message_id, text FROM screener_source").fetchall()) == streamed
+
+
 def test_window_rows_smaller_than_archive_commits_in_several_windows(archive):
     result = run(archive, settings=Settings(window_rows=16, batch_size=5))
     assert result.messages_scored == 120 and score_counts(archive) == (120, 120)

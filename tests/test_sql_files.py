@@ -106,11 +106,11 @@ def test_every_migration_applies_in_order_to_an_empty_database():
 def test_identifier_outside_allow_list_is_rejected_and_allowed_one_is_quoted():
     allowed = {"table": {"msgs"}, "message_id": {"id", "user"}, "user_id": {"id", "user"},
                "sent_at": {"t"}, "text": {"body"}}
-    sql = queries.with_identifiers("source_view", allowed, table="msgs", message_id="id", user_id="user",
+    sql = queries.with_identifiers("source_rows_view", allowed, table="msgs", message_id="id", user_id="user",
                                    sent_at="t", text="body")
     assert 'FROM "msgs"' in sql and 'CAST("user" AS VARCHAR)' in sql
     with pytest.raises(queries.UnknownIdentifier):
-        queries.with_identifiers("source_view", allowed, table='msgs"; DROP TABLE x; --', message_id="id",
+        queries.with_identifiers("source_rows_view", allowed, table='msgs"; DROP TABLE x; --', message_id="id",
                                  user_id="user", sent_at="t", text="body")
 
 

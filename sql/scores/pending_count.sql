@@ -1,7 +1,7 @@
 -- name: pending_count
--- Counts the messages a scan will read, for the progress bar's total and ETA.
+-- Counts the messages a scan will read (the rows pending_messages streams), for the progress bar's total and ETA.
 SELECT count(*)
-FROM screener_source s
+FROM screener_source_candidates s
 WHERE NOT EXISTS (
         SELECT 1 FROM screener_scores sc WHERE sc.model_id = $model_id AND sc.message_id = s.message_id)
   AND NOT EXISTS (
