@@ -106,6 +106,8 @@ class LabelTokenEngine(ClassifierBase):
     over the cached prefix without copying it into every row, the rotary embedding of q and k in place, and SiLU(gate)
     * up (left to float8's own kernel when ``fp8`` is on). With ``fp8`` the scores carry a model id of their own,
     derived from ``model_id``; the other options compute the same probabilities to rounding and keep it.
+    ``fold_residual`` (on by default; off only to measure it) adds each block's output projections into the
+    residual stream inside the matrix product.
     """
 
     sizes_own_batches = True
@@ -116,7 +118,7 @@ class LabelTokenEngine(ClassifierBase):
                  max_batch: int = 4096, max_padding: float = 0.1, chunk_size: int = 65536, prefetch: int = 4,
                  attention: Sequence[str] | str | None = None, producer: str | None = None, fp8: bool = False,
                  cuda_graphs: bool = False, fused_attention: bool = False, fused_rotary: bool = False,
-                 fused_mlp: bool = False, labels: Sequence[str] = LABEL_WORDS):
+                 fused_mlp: bool = False, fold_residual: bool = True, labels: Sequence[str] = LABEL_WORDS):
         import torch
 
         config = model.config
@@ -134,6 +136,7 @@ class LabelTokenEngine(ClassifierBase):
         self.max_text_tokens = max_text_tokens
         self.max_batch = max_batch
         self.max_padding = max_padding
+        self.fold_residual = fold_residual
         self.chunk_size = chunk_size
         self.prefetch = prefetch
         first = next(model.parameters())
@@ -421,8 +424,8 @@ class LabelTokenEngine(ClassifierBase):
             v = qkv[..., q_size + kv_size:].view(rows, width, self.n_kv, self.head_dim)
             pk, pv = prefix_kv if prefix_kv is not None else (None, None)
             o = fused.prefix_attention(qk, v, pk, pv, self.n_heads, self._scaling)
-            x = x + self._linear(o, layer.wo, layer.bo)
-            return x + self._mlp(self._norm(x, layer.ln2, layer.eps2), layer)
+            x = self._plus_linear(x, o, layer.wo, layer.bo)
+            return self._mlp(self._norm(x, layer.ln2, layer.eps2), layer, x)
         q = qk[:, :, : self.n_heads].view(rows, width, self.n_kv, groups, self.head_dim)
         q = q.permute(0, 2, 3, 1, 4).reshape(rows, self.n_kv, groups * width, self.head_dim)
         k = qk[:, :, self.n_heads:].transpose(1, 2)
@@ -433,8 +436,8 @@ class LabelTokenEngine(ClassifierBase):
             v = torch.cat((pv.expand(rows, -1, -1, -1), v), 2)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self._scaling)
         o = o.view(rows, self.n_kv, groups, width, self.head_dim).permute(0, 3, 1, 2, 4).reshape(rows, width, -1)
-        x = x + self._linear(o, layer.wo, layer.bo)
-        return x + self._mlp(self._norm(x, layer.ln2, layer.eps2), layer)
+        x = self._plus_linear(x, o, layer.wo, layer.bo)
+        return self._mlp(self._norm(x, layer.ln2, layer.eps2), layer, x)
 
     def _norm(self, x, weight, eps: float):
         """RMSNorm of x; with float8 already in the float8 form the projection after it takes (one pass)."""
@@ -444,14 +447,25 @@ class LabelTokenEngine(ClassifierBase):
             return fp8.rms_norm_quantize(x, weight, eps)
         return F.rms_norm(x, (self.hidden,), weight, eps)
 
-    def _mlp(self, h, layer: _Layer):
+    def _mlp(self, h, layer: _Layer, residual):
+        """residual + the feed-forward block of h."""
         gate_up = self._linear(h, layer.wgu, layer.bgu)
         if self.fp8 and layer.silu:
-            return self._linear(fp8.silu_mul_quantize(gate_up), layer.wdown, layer.bdown)
+            return self._plus_linear(residual, fp8.silu_mul_quantize(gate_up), layer.wdown, layer.bdown)
         if self.fused_mlp and layer.silu:
-            return self._linear(fused.silu_mul(gate_up), layer.wdown, layer.bdown)
+            return self._plus_linear(residual, fused.silu_mul(gate_up), layer.wdown, layer.bdown)
         gate, up = gate_up.chunk(2, dim=-1)
-        return self._linear(layer.act(gate) * up, layer.wdown, layer.bdown)
+        return self._plus_linear(residual, layer.act(gate) * up, layer.wdown, layer.bdown)
+
+    def _plus_linear(self, residual, x, weight, bias):
+        """residual + x @ weight.T + bias. In bf16 without a bias, the product is accumulated into ``residual`` in
+        place (one matrix product with beta=1, which reads the residual in its epilogue) instead of a separate add
+        over the hidden states; ``residual`` is always a tensor this forward made and reads no more."""
+        if (not self.fold_residual or bias is not None or isinstance(weight, fp8.FP8Weight)
+                or not residual.is_contiguous()):
+            return residual + self._linear(x, weight, bias)
+        residual.view(-1, residual.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), weight.t())
+        return residual
 
     def _last_block(self, x, layer: _Layer, cos, sin, prefix_kv, last, shared: int):
         """The last decoder layer, evaluated at each row's last real position only: [rows, hidden]."""
@@ -475,8 +489,8 @@ class LabelTokenEngine(ClassifierBase):
         blocked = torch.arange(shared + width, device=x.device)[None, :] > (shared + last)[:, None]
         mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill_(blocked, float("-inf"))
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=self._scaling)
-        x_last = x_last + self._linear(o.reshape(rows, -1), layer.wo, layer.bo)
-        return x_last + self._mlp(self._norm(x_last, layer.ln2, layer.eps2), layer)
+        x_last = self._plus_linear(x_last, o.reshape(rows, -1), layer.wo, layer.bo)
+        return self._mlp(self._norm(x_last, layer.ln2, layer.eps2), layer, x_last)
 
     def _probabilities(self, ids, last, shared: int):
         """Class probabilities [rows, labels] float32 for right-padded ids whose prompts start with ``shared``
