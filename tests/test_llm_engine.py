@@ -28,7 +28,7 @@ from screener.classifiers.gpu.loader import load_engine  # noqa: E402
 from screener.classifiers.gpu.multi import MultiGPUEngine  # noqa: E402
 from screener.classifiers.gpu.packing import plan_batches  # noqa: E402
 from screener.classifiers.gpu.prompt_tokens import PromptTokenizer, shared_prefix_lengths  # noqa: E402
-from screener.classifiers.gpu.runner import LabelTokenEngine  # noqa: E402
+from screener.classifiers.gpu.runner import LabelTokenEngine, default_max_padding  # noqa: E402
 from screener.errors import ModelError  # noqa: E402
 from screener.prompt import alpaca_prompt, label_token_ids, prompt_prefix_and_suffix  # noqa: E402
 
@@ -142,6 +142,27 @@ def test_engine_equals_padded_forward_in_fp32():
     np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
     # The model's own forward still works after its projections became views into the fused weights.
     np.testing.assert_allclose(padded_forward(model, tokenizer, label_ids, TEXTS), expected, atol=1e-6, rtol=0)
+
+
+def test_folding_the_residual_into_the_products_changes_nothing_but_rounding():
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(0)
+    label_ids = label_token_ids(tokenizer)
+    folded = LabelTokenEngine(model, tokenizer, label_ids, name="tiny")
+    unfolded = LabelTokenEngine(model, tokenizer, label_ids, name="tiny", fold_residual=False)
+    twice = folded.predict_negative(TEXTS)
+    np.testing.assert_allclose(twice, unfolded.predict_negative(TEXTS), atol=1e-5)
+    # The fold writes into tensors of the forward only: the cached prefix is the same on a second call.
+    np.testing.assert_allclose(folded.predict_negative(TEXTS), twice, atol=1e-6)
+    assert folded.model_id == unfolded.model_id
+
+
+def test_batches_may_pad_less_on_models_as_wide_as_llama_8b():
+    assert (default_max_padding(4096), default_max_padding(1536), default_max_padding(576)) == (0.03, 0.1, 0.1)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(0)
+    assert LabelTokenEngine(model, tokenizer, label_token_ids(tokenizer)).max_padding == 0.1
+    assert LabelTokenEngine(model, tokenizer, label_token_ids(tokenizer), max_padding=0.5).max_padding == 0.5
 
 
 def test_engine_is_invariant_to_order_and_batch_size():
