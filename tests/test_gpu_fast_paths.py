@@ -233,3 +233,53 @@ def test_the_loader_builds_the_engine_with_the_paths_it_is_given(tiny_llm):
     assert isinstance(engine, LabelTokenEngine)
     assert (engine.fp8, engine.fused_attention, engine.fused_rotary, engine.fused_mlp) == (True,) * 4
     assert engine.fast_paths == FastPaths(fp8=True, fused=True) and engine.model_id == fp8.scored_model_id("m")
+
+
+# ---- on a CUDA GPU ---------------------------------------------------------------------------------------------
+
+
+def cuda_capability() -> tuple[int, int] | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+
+
+def triton_present() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
+def scores(db) -> dict[str, float]:
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute("SELECT message_id, p_negative FROM screener_scores").fetchall()
+    con.close()
+    return dict(rows)
+
+
+@pytest.mark.skipif(cuda_capability() is None or not triton_present(), reason="needs a CUDA GPU and Triton")
+@pytest.mark.parametrize("flags", [("--gpu-fused",), ("--gpu-cuda-graphs",), ("--gpu-cuda-graphs", "--gpu-fused"),
+                                   ("--gpu-fp8",), ("--gpu-fp8", "--gpu-cuda-graphs")])
+def test_on_cuda_each_path_runs_is_recorded_and_scores_like_the_plain_engine(tmp_path, tiny_llm, flags):
+    if "--gpu-fp8" in flags and cuda_capability() < (8, 9):
+        pytest.skip("float8 needs compute capability 8.9")
+    rows = generated_rows(n_users=4, per_user=40)
+    plain_db, fast_db = (write_archive(tmp_path / f"{name}.duckdb", rows) for name in ("plain", "fast"))
+    common = ("--model", tiny_llm, "--device", "cuda", "--as-of", AS_OF.isoformat(), "--no-progress", "--json")
+    plain = screener("scan", plain_db, *common, cwd=tmp_path)
+    fast = screener("scan", fast_db, *common, *flags, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert fast.returncode == 0, fast.stderr
+    assert ignored_lines(fast.stderr) == []
+    assert recorded_paths(fast_db) == {f"gpu_{f[6:].replace('-', '_')}": f in flags for f in
+                                       ("--gpu-fp8", "--gpu-cuda-graphs", "--gpu-fused")}
+    summary, fast_summary = json.loads(plain.stdout), json.loads(fast.stdout)
+    assert fast_summary["messages_scored"] == summary["messages_scored"] == len(rows)
+    assert (fast_summary["model_id"] == summary["model_id"]) == ("--gpu-fp8" not in flags)
+    expected, got = scores(plain_db), scores(fast_db)
+    assert got.keys() == expected.keys()
+    # bf16 paths agree with the plain bf16 engine to its rounding; float8 moves probabilities more.
+    tolerance = 0.15 if "--gpu-fp8" in flags else 0.03
+    assert max(abs(got[k] - expected[k]) for k in expected) < tolerance
