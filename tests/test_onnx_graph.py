@@ -14,6 +14,7 @@ import pytest
 from screener.batching import predict_proba
 from screener.classifiers import hf, onnx, onnx_graph
 from screener.classifiers.registry import load_classifier
+from screener.errors import ModelError
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -148,8 +149,9 @@ def test_scores_come_back_in_input_order_whatever_the_sorting_and_the_threads(tm
     np.testing.assert_allclose(clf.predict_proba(texts), alone[order], atol=1e-6)
     np.testing.assert_allclose(predict_proba(clf, texts, 5), alone[order], atol=1e-6)
     clf.close()
-    np.testing.assert_allclose(clf.predict_proba(texts), alone[order], atol=1e-6)
     clf.close()
+    with pytest.raises(ModelError, match="was closed: load it again"):
+        clf.predict_proba(texts)
 
 
 def test_a_scan_hands_the_classifier_whole_windows_it_tokenized_on_the_reading_thread(tmp_path):

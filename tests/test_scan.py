@@ -272,6 +272,25 @@ def test_a_loaded_classifier_is_closed_and_a_passed_one_is_left_open(archive, mo
     assert passed.closed == 0
 
 
+def test_a_loaded_classifier_is_closed_before_the_run_is_aggregated(archive, monkeypatch):
+    from screener import runs
+    from screener.classifiers import registry
+
+    loaded = KeywordClassifier()
+    monkeypatch.setattr(registry, "load_classifier", lambda name, device, **_: loaded)
+    complete = runs.complete
+    closed_then = []
+
+    def recording(*args, **kwargs):
+        closed_then.append(loaded.closed)
+        return complete(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "complete", recording)
+    result = scan(archive, Settings(), as_of=AS_OF, progress=False)
+    assert closed_then == [1] and loaded.closed == 1
+    assert result.messages_scored == 120 and result.users == 12
+
+
 def test_a_loaded_classifier_is_closed_when_the_scan_fails(archive, monkeypatch):
     from screener.classifiers import registry
 

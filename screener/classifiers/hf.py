@@ -241,6 +241,8 @@ class HFSequenceClassifier(ClassifierBase):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
+        if self.model is None:
+            raise ModelError(f"the classifier {self.name} was closed: load it again to score")
         encoded = encode_texts(self.tokenizer, texts, self.max_length, self.max_chars)
         out = np.empty((len(encoded), len(self.labels)), dtype=np.float32)
         # Sorting by length here as well keeps padding small for callers that did not sort.
@@ -252,6 +254,10 @@ class HFSequenceClassifier(ClassifierBase):
                                     attention_mask=mask.to(self.device)).logits
                 out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return out
+
+    def close(self) -> None:
+        """Let the model go: a scan aggregates after this, without the model's memory."""
+        self.model = None
 
 
 def read_labels(folder: Path, manifest: dict) -> tuple[str, ...] | None:

@@ -451,6 +451,8 @@ class OnnxClassifier(ClassifierBase):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         from screener.batching import token_budget_batches
 
+        if self.session is None:
+            raise ModelError(f"the classifier {self.name} was closed: load it again to score")
         encoded = self._ids(texts)
         out = np.empty((len(encoded), len(self.labels)), dtype=np.float32)
         lengths = [len(ids) for ids in encoded]
@@ -470,11 +472,13 @@ class OnnxClassifier(ClassifierBase):
         return out
 
     def close(self) -> None:
+        """Stop the threads and let the sessions go: a scan aggregates after this, without the model's memory."""
         with self._lock:
             self._encoded = []
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        self.session = None
 
 
 def split_batch(idx: np.ndarray, lengths: Sequence[int], parts: int) -> list[np.ndarray]:
