@@ -11,7 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 
@@ -131,7 +131,7 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
     return scored
 
 
-def whole_windows(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+def whole_windows(reader: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
     """The reader's rows in windows of exactly ``rows`` (the last one shorter): DuckDB's batch size is only an
     upper bound, and its parallel scan hands over partial batches, which would give a GPU small calls."""
     pending: list[pa.RecordBatch] = []

@@ -334,11 +334,12 @@ class Store:
         return cur
 
     def pending_messages(self, model_id: str, rows: int, con=None):
-        """The messages without a score or skip record for ``model_id`` (``message_id``, ``text``), as a record
-        batch reader of ``rows`` rows a batch, on ``con`` (default: this store's connection)."""
+        """The messages without a score or skip record for ``model_id`` (``message_id``, ``text``), as record
+        batches of at most ``rows`` rows, on ``con`` (default: this store's connection)."""
         con = con or self.con
         self._candidates(con)
-        return con.sql(queries.load("pending_messages"), params={"model_id": model_id}).to_arrow_reader(rows)
+        return _duckdb_errors(
+            con.sql(queries.load("pending_messages"), params={"model_id": model_id}).to_arrow_reader(rows))
 
     def pending_count(self, model_id: str, con=None) -> int:
         """How many messages :meth:`pending_messages` streams."""
@@ -360,6 +361,26 @@ class Store:
         repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
         con.register("screener_duplicate_ids", pa.table({"h": pa.array(repeated, type=pa.uint64())}))
         con.execute(queries.load("source_candidates_view"))
+
+
+# The DuckDB exception behind each error kind DuckDB names at the start of its message.
+_STREAMED_ERRORS = {"Data Corruption Error": duckdb.Error, "Out of Memory Error": duckdb.OutOfMemoryException,
+                    "Conversion Error": duckdb.ConversionException,
+                    "Invalid Input Error": duckdb.InvalidInputException, "IO Error": duckdb.IOException,
+                    "Serialization Error": duckdb.SerializationException}
+
+
+def _duckdb_errors(reader):
+    """The reader's batches. An error DuckDB meets while a stream is read (a damaged block, a value it cannot cast)
+    reaches Python through Arrow as an OSError carrying DuckDB's message; it comes back as the DuckDB exception it
+    was, so the scan reports it as it would a failed statement (exit codes in README)."""
+    try:
+        yield from reader
+    except OSError as exc:
+        error = _STREAMED_ERRORS.get(str(exc).partition(": ")[0])
+        if error is None:
+            raise
+        raise error(str(exc)) from exc
 
 
 def json_dumps(value: Any) -> str:
