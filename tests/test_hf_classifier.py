@@ -310,3 +310,13 @@ def test_bad_labels_are_a_model_error(three_way_folder, tmp_path, extra, message
     (folder / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=message):
         load_classifier(str(folder), device="cpu")
+
+
+def test_a_closed_torch_classifier_lets_its_model_go_and_scores_nothing_more(tiny_folder):
+    clf = load_classifier(str(tiny_folder), device="cpu", backend="torch")
+    assert clf.predict_proba(["good"]).shape == (1, 2)
+    clf.close()
+    clf.close()
+    assert clf.model is None
+    with pytest.raises(ModelError, match="was closed: load it again"):
+        clf.predict_proba(["good"])
