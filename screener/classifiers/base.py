@@ -54,8 +54,8 @@ class Classifier(Protocol):
         ...
 
     def close(self) -> None:
-        """Release processes, threads, device memory and the model's own memory; safe to call twice. A closed
-        classifier scores nothing more (a ModelError says so)."""
+        """Release processes, threads and device memory; safe to call twice. The encoder classifiers (torch and
+        ONNX) also let their model go, after which they score nothing more (a ModelError says so)."""
         ...
 
 
