@@ -218,7 +218,7 @@ def report_data(store: Store, run_id: int, generated_at: datetime | None = None,
 def _report_rows(store: Store, run_id: int, model_id: str, as_of: datetime, s: Settings) -> tuple[dict, ...]:
     """Daily series, evidence, earlier flags and decision history of the users in ``REPORT_USERS_VIEW``."""
     days = max(s.chart_days, s.long_window_days)
-    store.run_on_source("report_messages", {"model_id": model_id, "as_of": as_of})
+    store.run("report_messages", {"model_id": model_id, "as_of": as_of})
     try:
         daily_rows = _rows(store.run("daily_series", {"as_of": as_of, "days": days,
                                                       "threshold": s.negative_threshold}))

@@ -301,12 +301,6 @@ class Store:
         )
 
 
-    def run_on_source(self, name: str, params: dict | None = None):
-        """Run a statement that reads the archive's own table through the identifier slots of ``source_view``
-        (``{table}``, ``{message_id}``, ...), filled as :meth:`attach_source` checked them."""
-        allowed, idents = self._source_sql_idents
-        return self.con.execute(queries.with_identifiers(name, allowed, **idents), params or {})
-
     def _where(self, source: Source) -> str:
         if source.parquet:
             return f"Parquet {source.location!r}"

@@ -1,25 +1,17 @@
 -- name: report_messages
 -- The scored messages up to $as_of of the users the report shows (screener_report_users), read from the archive.
--- One row per message id as in screener_source (sql/source/source_view.sql: the same casts, the earliest copy kept),
--- but only the copies of message ids of which some copy belongs to one of those users are sorted out, so a page of
--- users does not deduplicate the whole archive. The daily series and the evidence read this table.
+-- One row per message id as in screener_source (sql/source/source_view.sql: the earliest copy kept), but only the
+-- copies of message ids of which some copy belongs to one of those users are sorted out, so a page of users does not
+-- deduplicate the whole archive. The daily series and the evidence read this table.
 CREATE OR REPLACE TEMP TABLE screener_report_messages AS
-WITH raw AS (
-    SELECT
-        CAST({message_id} AS VARCHAR) AS message_id,
-        CAST({user_id} AS VARCHAR) AS user_id,
-        CAST({sent_at} AS TIMESTAMPTZ) AS sent_at,
-        CAST({text} AS VARCHAR) AS text
-    FROM {table}
-),
-candidates AS (
+WITH candidates AS (
     SELECT DISTINCT message_id
-    FROM raw
-    WHERE message_id IS NOT NULL AND user_id IN (SELECT user_id FROM screener_report_users)
+    FROM screener_source_rows
+    WHERE user_id IN (SELECT user_id FROM screener_report_users)
 ),
 messages AS (
     SELECT r.message_id, r.user_id, r.sent_at, r.text
-    FROM raw r
+    FROM screener_source_rows r
     SEMI JOIN candidates c ON c.message_id = r.message_id
     QUALIFY row_number() OVER (PARTITION BY r.message_id ORDER BY r.sent_at NULLS LAST, r.text) = 1
 )
