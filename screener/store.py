@@ -327,13 +327,25 @@ class Store:
         self.attach_source(self.source, con=cur)
         return cur
 
+    def stream(self, name: str, rows: int, params: dict | None = None, con=None):
+        """The record batches of statement ``name`` on ``con`` (default: this store's connection), at most ``rows``
+        rows each. An error DuckDB meets while the stream is read (a damaged block, a value it cannot cast) reaches
+        Python through Arrow as an OSError carrying DuckDB's message; it comes back as the DuckDB exception it was,
+        so the scan reports it as it would a failed statement (exit codes in README)."""
+        try:
+            yield from (con or self.con).sql(queries.load(name), params=params).to_arrow_reader(rows)
+        except OSError as exc:
+            error = _STREAMED_ERRORS.get(str(exc).partition(": ")[0])
+            if error is None:
+                raise
+            raise error(str(exc)) from exc
+
     def pending_messages(self, model_id: str, rows: int, con=None):
         """The messages without a score or skip record for ``model_id`` (``message_id``, ``text``), as record
         batches of at most ``rows`` rows, on ``con`` (default: this store's connection)."""
         con = con or self.con
         self._candidates(con)
-        return _duckdb_errors(
-            con.sql(queries.load("pending_messages"), params={"model_id": model_id}).to_arrow_reader(rows))
+        return self.stream("pending_messages", rows, {"model_id": model_id}, con)
 
     def pending_count(self, model_id: str, con=None) -> int:
         """How many messages :meth:`pending_messages` streams."""
@@ -349,8 +361,7 @@ class Store:
         import numpy as np
         import pyarrow as pa
 
-        chunks = [batch.column(0).to_numpy() for batch in
-                  con.sql(queries.load("source_id_hashes")).to_arrow_reader(1 << 17)]
+        chunks = [batch.column(0).to_numpy() for batch in self.stream("source_id_hashes", 1 << 17, con=con)]
         hashes = np.sort(np.concatenate(chunks)) if chunks else np.empty(0, dtype=np.uint64)
         repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
         con.register("screener_duplicate_ids", pa.table({"h": pa.array(repeated, type=pa.uint64())}))
@@ -362,19 +373,6 @@ _STREAMED_ERRORS = {"Data Corruption Error": duckdb.Error, "Out of Memory Error"
                     "Conversion Error": duckdb.ConversionException,
                     "Invalid Input Error": duckdb.InvalidInputException, "IO Error": duckdb.IOException,
                     "Serialization Error": duckdb.SerializationException}
-
-
-def _duckdb_errors(reader):
-    """The reader's batches. An error DuckDB meets while a stream is read (a damaged block, a value it cannot cast)
-    reaches Python through Arrow as an OSError carrying DuckDB's message; it comes back as the DuckDB exception it
-    was, so the scan reports it as it would a failed statement (exit codes in README)."""
-    try:
-        yield from reader
-    except OSError as exc:
-        error = _STREAMED_ERRORS.get(str(exc).partition(": ")[0])
-        if error is None:
-            raise
-        raise error(str(exc)) from exc
 
 
 def json_dumps(value: Any) -> str:

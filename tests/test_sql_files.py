@@ -19,8 +19,8 @@ from screener.store import migrations
 
 ROOT = Path(__file__).resolve().parents[1]
 # Methods that take a statement name as their first argument: queries.load / description / with_identifiers and
-# Store.run / Store.scalar.
-NAME_TAKING = {"load", "description", "with_identifiers", "run", "scalar"}
+# Store.run / Store.scalar / Store.stream.
+NAME_TAKING = {"load", "description", "with_identifiers", "run", "scalar", "stream"}
 NAME = re.compile(r"^[a-z0-9_]+$")
 
 
