@@ -10,8 +10,10 @@ For each model and each backend (torch, onnx-fp32, onnx-int8), in one process:
    largest change of any class probability.
 2. The demo archive scanned with that backend: the flagged users, against torch's.
 
-A precision ships as a model's default CPU path (``onnx_precision`` in its manifest) where it keeps accuracy
-within 0.3 points on both sets, gives the same label on at least 99.5% of each set's texts and the same demo flags.
+A precision ships as a model's default CPU path (``onnx_precision`` in its manifest) where it loses at most 0.3
+points of accuracy and macro-F1 on both sets and gives the same demo flags. The share of texts with the same label
+is reported beside them; which int8 variant to try is chosen beforehand on training texts
+(``onnx_int8_variants.py``), so these development sets are only the check.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ SETS = {
     "sst2_dev": (ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv", "text", "label", None, None),
     "messages_dev": (ROOT / "training" / "labels" / "messages_dev.tsv", "text", "label", None, None),
 }
+# Chosen on training texts (onnx_int8_variants.py): the share of labels a variant must keep there.
 MIN_AGREEMENT = 0.995
 MAX_DROP_POINTS = 0.3
 
@@ -105,8 +108,7 @@ def measure(model: str, backends=BACKENDS, demo: bool = True) -> dict:
             torch_entry = out["backends"]["torch"]
             entry["same_demo_flags"] = entry.get("demo_flags") == torch_entry.get("demo_flags") if demo else None
             entry["ships"] = bool(entry["same_demo_flags"] is not False and all(
-                entry[name]["same_label"] >= MIN_AGREEMENT
-                and min(entry[name]["points_vs_torch"].values()) >= -MAX_DROP_POINTS for name in data))
+                min(entry[name]["points_vs_torch"].values()) >= -MAX_DROP_POINTS for name in data))
         out["backends"][backend] = entry
         print(json.dumps({model: {backend: entry}}, indent=1), flush=True)
     return out
@@ -119,8 +121,8 @@ def main() -> None:
     parser.add_argument("--backends", default=",".join(BACKENDS), help="torch first: the others are compared with it")
     parser.add_argument("--no-demo", action="store_true", help="skip the demo scans (slow for a large model)")
     args = parser.parse_args()
-    out = {"command": " ".join(sys.argv), "criteria": {"min_same_label": MIN_AGREEMENT,
-                                                       "max_drop_points": MAX_DROP_POINTS},
+    out = {"command": " ".join(sys.argv), "criteria": {"max_drop_points": MAX_DROP_POINTS,
+                                                       "same_demo_flags": True},
            "models": [measure(m, tuple(args.backends.split(",")), not args.no_demo)
                       for m in args.models.split(",")]}
     if args.out:

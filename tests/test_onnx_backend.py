@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from screener.classifiers import hf, onnx
+from screener.classifiers import hf, onnx, onnx_int8
 from screener.classifiers.registry import load_classifier
 from screener.errors import ConfigError, ModelError
 from screener.settings import Settings
@@ -154,7 +154,8 @@ def test_a_stale_cache_key_builds_a_new_export(tmp_path, exports, monkeypatch):
 
 def entry_of(model: Path, precision: str = "fp32") -> Path:
     manifest = json.loads((model / "screener_model.json").read_text())
-    return onnx.entry_dir(onnx.entry_record(hf.manifest_model_id(model, manifest), precision))
+    quantized = onnx.quantization(model, manifest) if precision == "int8" else None
+    return onnx.entry_dir(onnx.entry_record(hf.manifest_model_id(model, manifest), precision, quantized))
 
 
 def test_a_damaged_cached_export_is_rebuilt(tmp_path, exports):
@@ -209,7 +210,7 @@ def test_the_int8_export_keeps_the_gelu_projections_fp32(folder):
 
     load_classifier(str(folder), device="cpu", backend="onnx-int8")
     fp32_graph = onnx_lib.load(str(entry_of(folder) / "model.onnx"), load_external_data=False)
-    kept = onnx.fp32_matmuls(fp32_graph)
+    kept = onnx_int8.fp32_matmuls(fp32_graph)
     assert len(kept) == 2  # one feed-forward down projection per layer
     int8_graph = onnx_lib.load(str(entry_of(folder, "int8") / "model.onnx"), load_external_data=False)
     ops = [node.op_type for node in int8_graph.graph.node]

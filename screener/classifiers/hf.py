@@ -25,6 +25,9 @@ A model folder holds ``screener_model.json`` with ``"kind": "hf-seqcls"`` and:
   ``model_id`` like the device is: it changes rounding, not the model.
 - ``onnx_precision`` (default fp32): the precision the ONNX Runtime backend runs the model at on the CPU
   (``screener.classifiers.onnx``), which keeps the model's id: fp32, or int8 where it was checked to agree.
+- ``onnx_smoothing`` (a number in (0, 1]) and ``onnx_calibration`` (a texts file beside the manifest, one text a
+  line): the int8 form is smoothed first, with this alpha, over activation ranges measured on these texts
+  (``screener.classifiers.onnx_int8``). Both or neither.
 
 Truncation keeps the head and the tail of a long text, because a message's sentiment sits in its opening and in
 its closing words more often than in its middle. It runs in two stages so that a 1 MB message costs no more than

@@ -23,12 +23,11 @@ once, never leave a half-written entry. An entry whose ``model.onnx`` no longer 
 Precision:
 
 - ``fp32`` computes what torch computes, to float rounding: it keeps the model's id.
-- ``int8``: dynamic quantization (``onnxruntime.quantization.quantize_dynamic``) of the weight matrix products, int8
-  weights per output channel, activations quantized per call; the projections that read the feed-forward GELU's
-  output, whose outliers int8 handles worst, stay fp32. A model whose manifest says ``"onnx_precision": "int8"``
-  was checked to give the same labels as fp32 on the evaluation sets and the same demo flags (its model card has
-  the figures), and keeps its id; int8 asked of a model that does not declare it is another model, with an id of
-  its own (``screener scan --rescore`` is needed to switch an archive to it).
+- ``int8``: dynamic quantization of the weight matrix products, smoothed first where the manifest gives
+  ``onnx_smoothing`` and ``onnx_calibration`` (``screener.classifiers.onnx_int8``). A model whose manifest says
+  ``"onnx_precision": "int8"`` was checked to keep its accuracy on the evaluation sets and the same demo flags (its
+  model card has the figures), and keeps its id; int8 asked of a model that does not declare it is another model,
+  with an id of its own (``screener scan --rescore`` is needed to switch an archive to it).
 
 Threads: one intra-op thread per core this process may use (``os.sched_getaffinity``), or ``model_threads``; one
 inter-op thread. Where the CPU has more cores than the job should take (a cron box shared with other work), set
@@ -52,7 +51,7 @@ from typing import Sequence
 
 import numpy as np
 
-from screener.classifiers import bases, hf, identity
+from screener.classifiers import bases, hf, identity, onnx_int8
 from screener.classifiers.base import ClassifierBase
 from screener.classifiers.device import cpu_threads, cpuinfo_bf16, resolve_cpu_or_cuda
 from screener.errors import ModelError
@@ -66,8 +65,6 @@ PRECISIONS = (FP32, INT8)
 # never read.
 EXPORT_SCHEME = "onnx-export-v2"
 OPSET = 18
-QUANTIZATION = {"method": "dynamic", "weight_type": "QInt8", "per_channel": True, "reduce_range": False,
-                "op_types": ["MatMul"], "fp32": "gelu-output"}
 VERSIONED = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -125,12 +122,56 @@ def select(backend: str, device: str, manifest: dict) -> str | None:
     return backend_precision(backend, manifest)
 
 
-def scored_model_id(model_id: str, precision: str, manifest: dict) -> str:
+def scored_model_id(model_id: str, precision: str, manifest: dict, folder: Path | None = None) -> str:
     """The id the scores carry: the model's own for fp32 and for a declared int8, another for an undeclared int8."""
     if precision == FP32 or manifest_precision(manifest) == precision:
         return model_id
-    return identity.model_id(identity.HF_SEQCLS, {"model": model_id, "onnx_quantization": QUANTIZATION,
+    return identity.model_id(identity.HF_SEQCLS, {"model": model_id, "onnx_quantization": quantization(folder, manifest),
                                                   "graph": EXPORT_SCHEME})
+
+
+def smoothing(folder: Path | None, manifest: dict) -> tuple[float, Path] | None:
+    """(alpha, calibration texts file) where the manifest asks int8 to be smoothed, checked; else None."""
+    alpha, calibration = manifest.get("onnx_smoothing"), manifest.get("onnx_calibration")
+    if alpha is None and calibration is None:
+        return None
+    where = f"{folder}/screener_model.json" if folder is not None else "screener_model.json"
+    if (not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= 1
+            or not isinstance(calibration, str)):
+        raise ModelError(f"{where}: onnx_smoothing must be a number in (0, 1] and onnx_calibration the name of a "
+                         f"texts file beside it, found onnx_smoothing={alpha!r}, onnx_calibration={calibration!r}")
+    path = Path(folder or ".") / calibration
+    if not path.is_file():
+        raise ModelError(f"{where}: onnx_calibration names {path}, which does not exist: the calibration texts "
+                         "ship beside the manifest, one text a line")
+    return float(alpha), path
+
+
+def quantization(folder: Path | None, manifest: dict) -> dict:
+    """What the int8 form depends on besides the fp32 export: the recipe, and the smoothing with its texts."""
+    found = smoothing(folder, manifest)
+    if found is None:
+        return onnx_int8.RECIPE
+    alpha, path = found
+    return {**onnx_int8.RECIPE, "smoothing": {"alpha": alpha, "calibration_sha256": identity.file_sha256(path)}}
+
+
+def calibration_feeds(path: Path, tokenizer_file: Path, text: dict) -> list[dict]:
+    """The calibration texts as the scan batches them: tokenized as the entry does, sorted by length, padded per
+    batch of ``hf.BATCH_SIZE``."""
+    try:
+        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read the calibration texts {path}: {exc}") from exc
+    if not texts:
+        raise ModelError(f"the calibration texts {path} are empty: expected one text a line")
+    ids = sorted(hf.encode_texts(RawTokenizer(tokenizer_file), texts, int(text["max_length"]), int(text["max_chars"])),
+                 key=len)
+    feeds = []
+    for start in range(0, len(ids), hf.BATCH_SIZE):
+        input_ids, mask = pad_arrays(ids[start:start + hf.BATCH_SIZE], int(text["pad_id"]))
+        feeds.append({"input_ids": input_ids, "attention_mask": mask})
+    return feeds
 
 
 def versions() -> dict[str, str | None]:
@@ -143,12 +184,13 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def entry_record(model_id: str, precision: str) -> dict:
-    """Everything an entry's file depends on besides the model's content, which ``model_id`` stands for."""
+def entry_record(model_id: str, precision: str, quantized: dict | None = None) -> dict:
+    """Everything an entry's file depends on besides the model's content, which ``model_id`` stands for
+    (``quantized``: :func:`quantization`, for int8)."""
     record = {"model_id": model_id, "precision": precision, "scheme": EXPORT_SCHEME, "opset": OPSET,
               "versions": versions()}
     if precision == INT8:
-        record["quantization"] = QUANTIZATION
+        record["quantization"] = quantized or onnx_int8.RECIPE
     return record
 
 
@@ -209,7 +251,7 @@ def build_entry(record: dict, target: Path, export) -> None:
 
 def cached_entry(folder: Path, manifest: dict, model_id: str, precision: str) -> tuple[Path, dict]:
     """The cache entry of a model at a precision, built first where it is missing, stale or damaged."""
-    record = entry_record(model_id, precision)
+    record = entry_record(model_id, precision, quantization(folder, manifest) if precision == INT8 else None)
     target = entry_dir(record)
     entry = read_entry(target, record)
     if entry is not None:
@@ -220,8 +262,14 @@ def cached_entry(folder: Path, manifest: dict, model_id: str, precision: str) ->
 
         def export(tmp: Path) -> dict:
             shutil.copyfile(source / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
-            quantize(source / MODEL_FILE, tmp / MODEL_FILE)
             fields = json.loads((source / ENTRY_FILE).read_text(encoding="utf-8"))
+            found = smoothing(folder, manifest)
+            if found is None:
+                onnx_int8.quantize(source / MODEL_FILE, tmp / MODEL_FILE)
+            else:
+                alpha, path = found
+                onnx_int8.quantize(source / MODEL_FILE, tmp / MODEL_FILE, alpha,
+                                   calibration_feeds(path, source / TOKENIZER_FILE, fields["text"]))
             return {key: fields[key] for key in ("text", "graph")}
     else:
         log.info("exporting %s to ONNX once, into %s", folder, target)
@@ -319,48 +367,6 @@ def check_graph(path: Path, clf) -> None:
     diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
     if not diff <= CHECK_TOLERANCE:
         raise GraphMismatch(f"probabilities differ by {diff:.2g} on a probe batch, more than {CHECK_TOLERANCE:g}")
-
-
-GELU_OPS = ("Gelu", "FastGelu", "BiasGelu", "Erf", "Tanh")
-# The elementwise ops of a GELU that no fusion made one node: x * 0.5 * (1 + erf(x / sqrt(2))), or its tanh form.
-GELU_PARTS = ("Mul", "Add", "Div", "Pow")
-
-
-def fp32_matmuls(model) -> list[str]:
-    """The matrix products of the graph that stay fp32 under int8: those whose input is a GELU's output (the
-    feed-forward down projections): a Gelu node, or the elementwise ops of its erf or tanh form."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    initializers = {init.name for init in model.graph.initializer}
-
-    def gelu_output(name: str, depth: int) -> bool:
-        node = producers.get(name)
-        if node is None or depth == 0:
-            return False
-        if node.op_type in GELU_OPS:
-            return True
-        return node.op_type in GELU_PARTS and any(gelu_output(inp, depth - 1) for inp in node.input
-                                                  if inp not in initializers)
-
-    return [node.name for node in model.graph.node if node.op_type == "MatMul"
-            and any(gelu_output(inp, 4) for inp in node.input if inp not in initializers)]
-
-
-def quantize(source: Path, target: Path) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    keep = fp32_matmuls(onnx.load(str(source), load_external_data=False))
-    # The quantizer reports every tensor on the root logger at INFO.
-    previous = logging.root.manager.disable
-    logging.disable(logging.INFO)
-    try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
-                         per_channel=QUANTIZATION["per_channel"], reduce_range=QUANTIZATION["reduce_range"],
-                         op_types_to_quantize=QUANTIZATION["op_types"], nodes_to_exclude=keep)
-    except Exception as exc:  # onnxruntime.quantization raises plain exceptions of many types
-        raise ModelError(f"cannot quantize {source} to int8: {type(exc).__name__}: {exc}") from exc
-    finally:
-        logging.disable(previous)
 
 
 class RawTokenizer:
@@ -549,6 +555,6 @@ def load(folder: Path, manifest: dict, device: str = "cpu", precision: str | Non
     log.info("scoring with ONNX Runtime (%s, %d threads) from %s", precision, threads, entry_folder)
     return OnnxClassifier(session(entry_folder / MODEL_FILE), tokenizer,
                           name=str(manifest.get("name") or folder.name),
-                          model_id=scored_model_id(model_id, precision, manifest), precision=precision,
+                          model_id=scored_model_id(model_id, precision, manifest, folder), precision=precision,
                           max_length=int(text["max_length"]), max_chars=int(text["max_chars"]),
                           pad_id=int(text["pad_id"]), labels=tuple(text["labels"]), threads=threads)
