@@ -11,7 +11,9 @@ quantized per call) of the model's cached fp32 export, over a subset of its weig
 - the int8 recipe (every kind but ``ffn_down``, ``recipe``), and with 7-bit weights (``reduce_range``, which
   keeps AVX2's int8 dot products from saturating) or unsigned weights;
 - every weight product (``all``);
-- the recipe and every weight product after SmoothQuant at an alpha each (``smooth_a*``, ``smooth_all_a*``).
+- the recipe and every weight product after SmoothQuant at an alpha each (``smooth_a*``, ``smooth_all_a*``);
+- the recipe smoothed at alpha 0.85 with the down projections of some layers in int8 as well
+  (``smooth_a85_down<layers>``), smoothed at their own alpha (``..._a95``, ``..._a100``).
 
 Selection figures, to choose with: on fixed samples of SST-2 training sentences and training messages
 (``training/labels/messages_train.tsv``), none of them a calibration text, the share of texts whose stored label

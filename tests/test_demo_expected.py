@@ -5,11 +5,15 @@ flags are exactly the users the example archive made distressed.
 of ``RUN_KEYS``, every flag, each message's P(negative) to four places); any change to the scan, the model loading,
 the windows or the flag rule that moves a score or a flag shows up here. Where such a change is meant, write it
 again from the repository root with ``python tests/test_demo_expected.py`` and review the difference.
+
+The default runs at int8 on the CPU, whose activation scale is computed per batch part, and a batch is cut into one
+part per model thread: the scans here run on two threads (``OMP_NUM_THREADS``), whatever the machine's core count.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +30,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "demo_expected.json"
 EXPECTED = json.loads(FIXTURE.read_text())
 RUN_KEYS = ("as_of", "messages_scored", "messages_skipped", "messages_total", "model_id", "model_name", "rescored",
             "run_id", "skipped_by_reason", "users", "users_flagged")
+MODEL_THREADS = "2"
 FLAG_KEYS = ("rank", "user_id", "n_messages", "n_negative", "ratio", "wilson_lower", "ratio_long", "ratio_last_n",
              "baseline_ratio", "escalating", "first_flagged")
 
@@ -46,7 +51,15 @@ def demo_distressed() -> set[str]:
 def scan_demo(directory: Path) -> tuple[dict, list[dict], dict[str, float]]:
     """The demo's run summary, its flags and every message's P(negative), as the CLI gives them."""
     runner = CliRunner()
-    result = runner.invoke(main, ["demo", "--dir", str(directory), "--json"])
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = MODEL_THREADS
+    try:
+        result = runner.invoke(main, ["demo", "--dir", str(directory), "--json"])
+    finally:
+        if threads is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
     assert result.exit_code == 0, result.output
     flags = runner.invoke(main, ["flags", str(directory / "messages.duckdb"), "--json"])
     assert flags.exit_code == 0, flags.output
