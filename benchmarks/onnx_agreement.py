@@ -7,7 +7,8 @@ For each model and each backend (torch, onnx-fp32, onnx-int8), in one process:
 1. SST-2 dev (positive/negative) and training/labels/messages_dev.tsv (negative/neutral/positive), scored through
    ``screener.batching.predict_proba`` as the scan scores: accuracy and macro-F1 (``training.evaluate.score``), and
    against torch the share of texts with the same stored label (``runs.class_labels``, threshold 0.5) and the
-   largest change of any class probability.
+   largest change of any class probability; and the SMS Spam Collection's ham messages, unlabelled: the share
+   called negative.
 2. The demo archive scanned with that backend: the flagged users, against torch's.
 
 A precision ships as a model's default CPU path (``onnx_precision`` in its manifest) where it loses at most 0.3
@@ -78,7 +79,12 @@ def measure(model: str, backends=BACKENDS, demo: bool = True) -> dict:
 
     data = {name: read_data(str(path), text, label, pos, neg) for name, (path, text, label, pos, neg) in SETS.items()
             if path.exists()}
+    from training.data import SMS_FILE, read_sms
+
+    ham = read_sms(SMS_FILE, ham_only=True) if Path(SMS_FILE).exists() else []
     out: dict = {"model": model, "sets": {name: len(rows.texts) for name, rows in data.items()}, "backends": {}}
+    if ham:
+        out["sets"]["sms_ham"] = len(ham)
     reference: dict = {}
     for backend in backends:
         start = time.perf_counter()
@@ -101,6 +107,8 @@ def measure(model: str, backends=BACKENDS, demo: bool = True) -> dict:
                 result["points_vs_torch"] = {key: round(100 * (result[key] - ref_result[key]), 2)
                                              for key in ("accuracy", "macro_f1") if key in result}
             entry[name] = result
+        if ham:
+            entry["sms_ham"] = score(predict_proba(clf, ham, 64), tuple(clf.labels), None)
         clf.close()
         if demo:
             entry["demo_flags"] = demo_flags(model, backend)
