@@ -126,7 +126,8 @@ def scored_model_id(model_id: str, precision: str, manifest: dict, folder: Path 
     """The id the scores carry: the model's own for fp32 and for a declared int8, another for an undeclared int8."""
     if precision == FP32 or manifest_precision(manifest) == precision:
         return model_id
-    return identity.model_id(identity.HF_SEQCLS, {"model": model_id, "onnx_quantization": quantization(folder, manifest),
+    return identity.model_id(identity.HF_SEQCLS, {"model": model_id,
+                                                  "onnx_quantization": quantization(folder, manifest),
                                                   "graph": EXPORT_SCHEME})
 
 
