@@ -154,7 +154,7 @@ def test_a_stale_cache_key_builds_a_new_export(tmp_path, exports, monkeypatch):
 
 def entry_of(model: Path, precision: str = "fp32") -> Path:
     manifest = json.loads((model / "screener_model.json").read_text())
-    quantized = onnx.quantization(model, manifest) if precision == "int8" else None
+    quantized = onnx.quantization(onnx.smoothing(model, manifest)) if precision == "int8" else None
     return onnx.entry_dir(onnx.entry_record(hf.manifest_model_id(model, manifest), precision, quantized))
 
 

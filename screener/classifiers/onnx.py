@@ -122,35 +122,35 @@ def select(backend: str, device: str, manifest: dict) -> str | None:
     return backend_precision(backend, manifest)
 
 
-def scored_model_id(model_id: str, precision: str, manifest: dict, folder: Path | None = None) -> str:
+def scored_model_id(model_id: str, precision: str, manifest: dict, folder: Path) -> str:
     """The id the scores carry: the model's own for fp32 and for a declared int8, another for an undeclared int8."""
     if precision == FP32 or manifest_precision(manifest) == precision:
         return model_id
     return identity.model_id(identity.HF_SEQCLS, {"model": model_id,
-                                                  "onnx_quantization": quantization(folder, manifest),
+                                                  "onnx_quantization": quantization(smoothing(folder, manifest)),
                                                   "graph": EXPORT_SCHEME})
 
 
-def smoothing(folder: Path | None, manifest: dict) -> tuple[float, Path] | None:
+def smoothing(folder: Path, manifest: dict) -> tuple[float, Path] | None:
     """(alpha, calibration texts file) where the manifest asks int8 to be smoothed, checked; else None."""
     alpha, calibration = manifest.get("onnx_smoothing"), manifest.get("onnx_calibration")
     if alpha is None and calibration is None:
         return None
-    where = f"{folder}/screener_model.json" if folder is not None else "screener_model.json"
+    where = f"{folder}/screener_model.json"
     if (not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= 1
             or not isinstance(calibration, str)):
         raise ModelError(f"{where}: onnx_smoothing must be a number in (0, 1] and onnx_calibration the name of a "
                          f"texts file beside it, found onnx_smoothing={alpha!r}, onnx_calibration={calibration!r}")
-    path = Path(folder or ".") / calibration
+    path = Path(folder) / calibration
     if not path.is_file():
         raise ModelError(f"{where}: onnx_calibration names {path}, which does not exist: the calibration texts "
                          "ship beside the manifest, one text a line")
     return float(alpha), path
 
 
-def quantization(folder: Path | None, manifest: dict) -> dict:
-    """What the int8 form depends on besides the fp32 export: the recipe, and the smoothing with its texts."""
-    found = smoothing(folder, manifest)
+def quantization(found: tuple[float, Path] | None) -> dict:
+    """What the int8 form depends on besides the fp32 export: the recipe, and the smoothing (:func:`smoothing`'s
+    answer) with its texts."""
     if found is None:
         return onnx_int8.RECIPE
     alpha, path = found
@@ -187,11 +187,13 @@ def versions() -> dict[str, str | None]:
 
 def entry_record(model_id: str, precision: str, quantized: dict | None = None) -> dict:
     """Everything an entry's file depends on besides the model's content, which ``model_id`` stands for
-    (``quantized``: :func:`quantization`, for int8)."""
+    (``quantized``: :func:`quantization`, which int8 needs)."""
     record = {"model_id": model_id, "precision": precision, "scheme": EXPORT_SCHEME, "opset": OPSET,
               "versions": versions()}
     if precision == INT8:
-        record["quantization"] = quantized or onnx_int8.RECIPE
+        if quantized is None:
+            raise ValueError("an int8 entry's record needs its quantization")
+        record["quantization"] = quantized
     return record
 
 
@@ -252,7 +254,8 @@ def build_entry(record: dict, target: Path, export) -> None:
 
 def cached_entry(folder: Path, manifest: dict, model_id: str, precision: str) -> tuple[Path, dict]:
     """The cache entry of a model at a precision, built first where it is missing, stale or damaged."""
-    record = entry_record(model_id, precision, quantization(folder, manifest) if precision == INT8 else None)
+    found = smoothing(folder, manifest) if precision == INT8 else None
+    record = entry_record(model_id, precision, quantization(found) if precision == INT8 else None)
     target = entry_dir(record)
     entry = read_entry(target, record)
     if entry is not None:
@@ -264,7 +267,6 @@ def cached_entry(folder: Path, manifest: dict, model_id: str, precision: str) ->
         def export(tmp: Path) -> dict:
             shutil.copyfile(source / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
             fields = json.loads((source / ENTRY_FILE).read_text(encoding="utf-8"))
-            found = smoothing(folder, manifest)
             if found is None:
                 onnx_int8.quantize(source / MODEL_FILE, tmp / MODEL_FILE)
             else:
