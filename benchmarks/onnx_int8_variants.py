@@ -74,7 +74,8 @@ def selection_sets(calibration: set[str]) -> dict:
     out = {}
     for name, rows in (("sst2_train", data.load_sst2("train", ROOT.parent / "shared" / "data" / "sst2")),
                        ("messages_train", data.load_three_way(ROOT / "training" / "labels" / "messages_train.tsv"))):
-        keep = [i for i, text in enumerate(rows.texts) if text not in calibration]
+        # The calibration file holds each text with its whitespace collapsed (training/calibration.py).
+        keep = [i for i, text in enumerate(rows.texts) if " ".join(text.split()) not in calibration]
         out[name] = rows.take(sorted(int(keep[i]) for i in rng.choice(len(keep), SELECTION_SIZES[name],
                                                                        replace=False)))
     return out
