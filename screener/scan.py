@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -101,7 +102,10 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
     bar = None
     try:
         bar = Progress(store.pending_count(clf.model_id, con=reader_con), bar=progress)
-        reader = store.pending_messages(clf.model_id, window, con=reader_con)
+        # DuckDB is called from the reading and the committing threads; the lock keeps a read from meeting the
+        # moment the committing thread lowers the memory limit (Store.release_cached_blocks).
+        duckdb_calls = threading.Lock()
+        reader = _locked(store.pending_messages(clf.model_id, window, con=reader_con), duckdb_calls)
         windows = (_prepared(clf, w) for w in whole_windows(reader, window))
         with ThreadPoolExecutor(max_workers=1) as read_pool, ThreadPoolExecutor(max_workers=1) as write_pool:
             next_batch = read_pool.submit(next, windows, None)
@@ -113,7 +117,7 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
                     tables = _score_window(clf, run_id, batch, settings)
                     if committing is not None:
                         scored += _committed(committing, bar)
-                    committing = write_pool.submit(_commit, store, tables)
+                    committing = write_pool.submit(_commit, store, tables, duckdb_calls)
                 if committing is not None:
                     scored += _committed(committing, bar)
                     committing = None
@@ -187,8 +191,21 @@ def _score_window(clf: Classifier, run_id: int, window: Window, settings: Settin
     return scores, skipped
 
 
-def _commit(store: Store, tables: tuple[pa.Table, pa.Table]) -> tuple[int, int]:
-    """Commit one window; returns (scored, rows of the window)."""
+def _locked(reader: Iterable[pa.RecordBatch], lock: threading.Lock) -> Iterator[pa.RecordBatch]:
+    batches = iter(reader)
+    while True:
+        with lock:
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def _commit(store: Store, tables: tuple[pa.Table, pa.Table], duckdb_calls: threading.Lock) -> tuple[int, int]:
+    """Commit one window, then let DuckDB drop the table blocks it caches, so the scan's memory does not grow with
+    the scores it writes; returns (scored, rows of the window)."""
     scores, skipped = tables
     runs.commit_window(store, scores, skipped)
+    with duckdb_calls:
+        store.release_cached_blocks()
     return scores.num_rows, scores.num_rows + skipped.num_rows

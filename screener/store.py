@@ -21,13 +21,18 @@ import duckdb
 
 from screener import dbfile, objstore, queries
 from screener.errors import InputError, SchemaError, ScreenerError
-from screener.settings import Settings
+from screener.settings import Settings, memory_bytes
 
 log = logging.getLogger(__name__)
 
 PARQUET_VIEW = "screener_parquet"
 ARCHIVE_VIEW = "screener_archive_messages"
 IN_MEMORY = ":memory:"
+
+# Cached table blocks a scan lets DuckDB evict once they pass this (Store.release_cached_blocks), and the memory
+# it leaves free meanwhile.
+CACHED_BLOCKS_BYTES = 16 * 2**20
+RELEASE_MARGIN_BYTES = 8 * 2**20
 
 _TIME_TYPES = ("TIMESTAMP", "DATE", "VARCHAR")
 _TEXT_TYPES = ("VARCHAR",)
@@ -326,6 +331,27 @@ class Store:
         cur.execute(queries.load("session_setup"))
         self.attach_source(self.source, con=cur)
         return cur
+
+    def release_cached_blocks(self) -> bool:
+        """Let DuckDB evict the blocks of persistent tables it keeps cached, once they pass ``CACHED_BLOCKS_BYTES``.
+
+        DuckDB keeps every block it has written or read in memory until ``memory_limit`` is reached, so without
+        this a scan's memory grows with the scores it writes (45 MB a million) until the limit; the blocks are on
+        disk and come back when read. DuckDB has no statement for evicting them; lowering the limit to what is in
+        use besides them does it (DuckDB refuses where pinned memory is larger, and then nothing changes), and the
+        limit goes back at once. ``RELEASE_MARGIN_BYTES`` stays free for the other connection's work meanwhile.
+        Returns whether blocks were released."""
+        used, cached = self.run("buffer_memory").fetchone()
+        target = used - cached + RELEASE_MARGIN_BYTES
+        if cached < CACHED_BLOCKS_BYTES or target >= memory_bytes(self.settings.memory_limit):
+            return False
+        try:
+            self.con.execute(queries.load("memory_limit_set"), {"limit": f"{target}B"})
+            return True
+        except duckdb.OutOfMemoryException:
+            return False
+        finally:
+            self.con.execute(queries.load("memory_limit_set"), {"limit": self.settings.memory_limit})
 
     def stream(self, name: str, rows: int, params: dict | None = None, con=None):
         """The record batches of statement ``name`` on ``con`` (default: this store's connection), at most ``rows``
