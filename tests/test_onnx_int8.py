@@ -109,6 +109,33 @@ def test_a_smoothed_int8_entry_records_its_calibration_and_scores_near_fp32(tmp_
     assert again.model_id not in (int8.model_id, fp32.model_id)
 
 
+def test_down_smoothing_quantizes_the_down_projections_too_and_is_another_entry(tmp_path):
+    import onnx as onnx_lib
+
+    folder = smoothed_model(tmp_path / "m")
+    int8 = load_classifier(str(folder), device="cpu", backend="onnx-int8")
+    recipe_entry = entry_of(folder, "int8")
+    manifest = json.loads((folder / "screener_model.json").read_text())
+    (folder / "screener_model.json").write_text(json.dumps({**manifest, "onnx_down_smoothing": 0.95}))
+    fp32 = load_classifier(str(folder), device="cpu", backend="onnx-fp32")
+    down = load_classifier(str(folder), device="cpu", backend="onnx-int8")
+    np.testing.assert_allclose(down.predict_proba(TEXTS), fp32.predict_proba(TEXTS), atol=0.05)
+    entry = entry_of(folder, "int8")
+    assert entry != recipe_entry and down.model_id != int8.model_id
+    quantization = json.loads((entry / onnx.ENTRY_FILE).read_text())["record"]["quantization"]
+    assert quantization["fp32"] == "none" and quantization["smoothing"]["ffn_down_alpha"] == 0.95
+    graph = onnx_lib.load(str(entry / onnx.MODEL_FILE))
+    # Two layers: the seven smoothed activations of the recipe, and each layer's GELU output.
+    assert sum(node.name.endswith(".smooth") for node in graph.graph.node) == 9
+    assert float_weight_products(onnx_lib.load(str(recipe_entry / onnx.MODEL_FILE))) == 2
+    assert float_weight_products(graph) == 0
+
+
+def float_weight_products(graph) -> int:
+    weights = {init.name for init in graph.graph.initializer}
+    return sum(node.op_type == "MatMul" and any(i in weights for i in node.input) for node in graph.graph.node)
+
+
 def test_a_declared_smoothed_int8_is_what_auto_runs_and_keeps_the_model_id(tmp_path):
     folder = smoothed_model(tmp_path / "m", onnx_precision="int8")
     manifest = json.loads((folder / "screener_model.json").read_text())
@@ -121,6 +148,9 @@ def test_a_declared_smoothed_int8_is_what_auto_runs_and_keeps_the_model_id(tmp_p
     ({"onnx_smoothing": 0.85}, "onnx_calibration the name of a texts file"),
     ({"onnx_calibration": "calibration.txt"}, "found onnx_smoothing=None"),
     ({"onnx_smoothing": 0.85, "onnx_calibration": "missing.txt"}, "missing.txt, which does not exist"),
+    ({"onnx_smoothing": 0.85, "onnx_calibration": "calibration.txt", "onnx_down_smoothing": 0},
+     "onnx_down_smoothing must be a number in"),
+    ({"onnx_down_smoothing": 0.95}, "needs onnx_smoothing and onnx_calibration too"),
 ])
 def test_bad_smoothing_settings_say_what_was_expected(tmp_path, settings, message):
     folder = build_model(tmp_path / "m", seed=3, manifest=settings)

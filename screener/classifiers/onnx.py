@@ -24,7 +24,8 @@ Precision:
 
 - ``fp32`` computes what torch computes, to float rounding: it keeps the model's id.
 - ``int8``: dynamic quantization of the weight matrix products, smoothed first where the manifest gives
-  ``onnx_smoothing`` and ``onnx_calibration`` (``screener.classifiers.onnx_int8``). A model whose manifest says
+  ``onnx_smoothing`` and ``onnx_calibration``, the feed-forward down projections too where it gives
+  ``onnx_down_smoothing`` (``screener.classifiers.onnx_int8``). A model whose manifest says
   ``"onnx_precision": "int8"`` was checked to keep its accuracy on the evaluation sets and the same demo flags (its
   model card has the figures), and keeps its id; int8 asked of a model that does not declare it is another model,
   with an id of its own (``screener scan --rescore`` is needed to switch an archive to it).
@@ -131,30 +132,43 @@ def scored_model_id(model_id: str, precision: str, manifest: dict, folder: Path)
                                                   "graph": EXPORT_SCHEME})
 
 
-def smoothing(folder: Path, manifest: dict) -> tuple[float, Path] | None:
-    """(alpha, calibration texts file) where the manifest asks int8 to be smoothed, checked; else None."""
+def smoothing(folder: Path, manifest: dict) -> onnx_int8.Smoothing | None:
+    """How the manifest asks int8 to be smoothed (``onnx_smoothing``, ``onnx_calibration`` and, for int8 down
+    projections, ``onnx_down_smoothing``), checked; None where it does not."""
     alpha, calibration = manifest.get("onnx_smoothing"), manifest.get("onnx_calibration")
-    if alpha is None and calibration is None:
-        return None
+    down = manifest.get("onnx_down_smoothing")
     where = f"{folder}/screener_model.json"
-    if (not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= 1
-            or not isinstance(calibration, str)):
+    if alpha is None and calibration is None:
+        if down is not None:
+            raise ModelError(f"{where}: onnx_down_smoothing={down!r} needs onnx_smoothing and onnx_calibration too: "
+                             "the down projections are quantized only beside the other products, smoothed")
+        return None
+    if not alpha_setting(alpha) or not isinstance(calibration, str):
         raise ModelError(f"{where}: onnx_smoothing must be a number in (0, 1] and onnx_calibration the name of a "
                          f"texts file beside it, found onnx_smoothing={alpha!r}, onnx_calibration={calibration!r}")
+    if down is not None and not alpha_setting(down):
+        raise ModelError(f"{where}: onnx_down_smoothing must be a number in (0, 1] (the feed-forward down "
+                         f"projections' alpha), found {down!r}; leave it out to keep them fp32")
     path = Path(folder) / calibration
     if not path.is_file():
         raise ModelError(f"{where}: onnx_calibration names {path}, which does not exist: the calibration texts "
                          "ship beside the manifest, one text a line")
-    return float(alpha), path
+    return onnx_int8.Smoothing(float(alpha), path, None if down is None else float(down))
 
 
-def quantization(found: tuple[float, Path] | None) -> dict:
+def alpha_setting(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
+
+
+def quantization(found: onnx_int8.Smoothing | None) -> dict:
     """What the int8 form depends on besides the fp32 export: the recipe, and the smoothing (:func:`smoothing`'s
     answer) with its texts."""
     if found is None:
         return onnx_int8.RECIPE
-    alpha, path = found
-    return {**onnx_int8.RECIPE, "smoothing": {"alpha": alpha, "calibration_sha256": identity.file_sha256(path)}}
+    smoothed = {"alpha": found.alpha, "calibration_sha256": identity.file_sha256(found.calibration)}
+    if found.down_alpha is None:
+        return {**onnx_int8.RECIPE, "smoothing": smoothed}
+    return {**onnx_int8.RECIPE, "fp32": "none", "smoothing": {**smoothed, "ffn_down_alpha": found.down_alpha}}
 
 
 def calibration_feeds(path: Path, tokenizer_file: Path, text: dict) -> list[dict]:
@@ -270,9 +284,8 @@ def cached_entry(folder: Path, manifest: dict, model_id: str, precision: str) ->
             if found is None:
                 onnx_int8.quantize(source / MODEL_FILE, tmp / MODEL_FILE)
             else:
-                alpha, path = found
-                onnx_int8.quantize(source / MODEL_FILE, tmp / MODEL_FILE, alpha,
-                                   calibration_feeds(path, source / TOKENIZER_FILE, fields["text"]))
+                onnx_int8.quantize(source / MODEL_FILE, tmp / MODEL_FILE, found,
+                                   calibration_feeds(found.calibration, source / TOKENIZER_FILE, fields["text"]))
             return {key: fields[key] for key in ("text", "graph")}
     else:
         log.info("exporting %s to ONNX once, into %s", folder, target)

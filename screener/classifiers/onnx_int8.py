@@ -14,13 +14,15 @@ the model folder ships (``onnx_calibration``), run through the fp32 export; ``al
 manifest. A model that declares neither is quantized without smoothing.
 
 Which products: the query, key and value projections, the attention output and the feed-forward up projection.
-The feed-forward down projections, which read the GELU's output, stay fp32: their input is one-sided and
-heavy-tailed, and int8 there moved labels on every model measured (``benchmarks/onnx_int8_variants.py``).
+The feed-forward down projections read the GELU's output, which is one-sided and heavy-tailed: unsmoothed int8
+there moved labels on every model measured (``benchmarks/onnx_int8_variants.py``), so they stay fp32 unless the
+manifest gives them an alpha of their own (``onnx_down_smoothing``), smoothed apart from the other products.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,16 @@ GELU_OPS = ("Gelu", "FastGelu", "BiasGelu", "Erf", "Tanh")
 GELU_PARTS = ("Mul", "Add", "Div", "Pow")
 # Channels that calibration never saw above this are treated as this, so s stays finite.
 FLOOR = 1e-5
+
+
+@dataclass(frozen=True)
+class Smoothing:
+    """The manifest's smoothing: alpha for the recipe's products, the calibration texts, and the down projections'
+    alpha where they are int8 too."""
+
+    alpha: float
+    calibration: Path
+    down_alpha: float | None = None
 
 
 def fp32_matmuls(model) -> list[str]:
@@ -143,8 +155,8 @@ def smooth(model, nodes: list[str], alpha: float, feeds: list[dict]) -> None:
     OnnxModel.graph_topological_sort(model.graph)
 
 
-def quantize(source: Path, target: Path, alpha: float | None = None, feeds: list[dict] | None = None) -> None:
-    """Write the int8 form of the fp32 export ``source`` to ``target``, smoothed first where ``alpha`` is given
+def quantize(source: Path, target: Path, smoothing: Smoothing | None = None, feeds: list[dict] | None = None) -> None:
+    """Write the int8 form of the fp32 export ``source`` to ``target``, smoothed first where ``smoothing`` is given
     (with ``feeds``, the calibration batches)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -154,13 +166,16 @@ def quantize(source: Path, target: Path, alpha: float | None = None, feeds: list
     if not nodes:
         raise ModelError(f"cannot quantize {source} to int8: found no query, key, value, attention output or "
                          "feed-forward products in the graph")
-    keep = [node.name for node in model.graph.node if node.op_type == "MatMul" and node.name not in nodes]
+    down = matmul_kinds(model)["ffn_down"] if smoothing is not None and smoothing.down_alpha is not None else []
+    keep = [node.name for node in model.graph.node if node.op_type == "MatMul" and node.name not in nodes + down]
     # The quantizer reports every tensor on the root logger at INFO, and advises pre-processing at WARNING.
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        if alpha is not None:
-            smooth(model, nodes, alpha, feeds or [])
+        if smoothing is not None:
+            smooth(model, nodes, smoothing.alpha, feeds or [])
+            if down:
+                smooth(model, down, smoothing.down_alpha, feeds or [])
         quantize_dynamic(model, str(target), weight_type=QuantType.QInt8, per_channel=RECIPE["per_channel"],
                          reduce_range=RECIPE["reduce_range"], op_types_to_quantize=RECIPE["op_types"],
                          nodes_to_exclude=keep)
