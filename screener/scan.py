@@ -101,11 +101,13 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
     reader_con = store.reader_cursor()
     bar = None
     try:
-        bar = Progress(store.pending_count(clf.model_id, con=reader_con), bar=progress)
+        # The candidates view hashes every id of the archive: once for the count and the stream.
+        store.prepare_candidates(reader_con)
+        bar = Progress(store.pending_count(clf.model_id, con=reader_con, prepared=True), bar=progress)
         # DuckDB is called from the reading and the committing threads; the lock keeps a read from meeting the
         # moment the committing thread lowers the memory limit (Store.release_cached_blocks).
         duckdb_calls = threading.Lock()
-        reader = _locked(store.pending_messages(clf.model_id, window, con=reader_con), duckdb_calls)
+        reader = _locked(store.pending_messages(clf.model_id, window, con=reader_con, prepared=True), duckdb_calls)
         windows = (_prepared(clf, w) for w in whole_windows(reader, window))
         with ThreadPoolExecutor(max_workers=1) as read_pool, ThreadPoolExecutor(max_workers=1) as write_pool:
             next_batch = read_pool.submit(next, windows, None)

@@ -366,21 +366,24 @@ class Store:
                 raise
             raise error(str(exc)) from exc
 
-    def pending_messages(self, model_id: str, rows: int, con=None):
+    def pending_messages(self, model_id: str, rows: int, con=None, prepared: bool = False):
         """The messages without a score or skip record for ``model_id`` (``message_id``, ``text``), as record
-        batches of at most ``rows`` rows, on ``con`` (default: this store's connection)."""
+        batches of at most ``rows`` rows, on ``con`` (default: this store's connection); ``prepared``: the
+        candidates are already on ``con`` (:meth:`prepare_candidates`)."""
         con = con or self.con
-        self._candidates(con)
+        if not prepared:
+            self.prepare_candidates(con)
         return self.stream("pending_messages", rows, {"model_id": model_id}, con)
 
-    def pending_count(self, model_id: str, con=None) -> int:
+    def pending_count(self, model_id: str, con=None, prepared: bool = False) -> int:
         """How many messages :meth:`pending_messages` streams."""
         con = con or self.con
-        self._candidates(con)
+        if not prepared:
+            self.prepare_candidates(con)
         [(count,)] = self.run("pending_count", {"model_id": model_id}, con).fetchall()
         return int(count)
 
-    def _candidates(self, con) -> None:
+    def prepare_candidates(self, con) -> None:
         """Put ``screener_source_candidates`` on ``con``: the source view's rows, streamable. Only the ids that occur
         more than once need the source view's window, so their hashes are found here, 8 bytes a row; a window over
         the whole archive would hold every row's text until the last one is read."""

@@ -37,6 +37,16 @@ def test_second_scan_scores_nothing_and_added_messages_alone_are_scored_next(arc
     assert third.users == 13 and third.users_flagged == first.users_flagged + 1
 
 
+def test_a_scan_hashes_the_archive_ids_once(archive, monkeypatch):
+    from screener.store import Store
+
+    calls = []
+    original = Store.prepare_candidates
+    monkeypatch.setattr(Store, "prepare_candidates", lambda self, con: calls.append(con) or original(self, con))
+    assert run(archive).messages_scored == 120
+    assert len(calls) == 1
+
+
 def test_pending_messages_stream_the_earliest_copy_of_each_id_and_every_unique_row(tmp_path):
     t = AS_OF - timedelta(hours=3)
     rows = [("a", "u1", t, "only copy"),
