@@ -8,6 +8,9 @@ Any classifier with ``labels`` and ``predict_proba`` will do (``screener.classif
 loads it); a two-class model's neutral is 0. The message texts are ``training.data.unlabelled_messages``: every
 SMS and Sentiment140 text, cleaned, each once, none of the development set's. ``--sst2-fraction`` and ``--seed``
 pick the same share of SST-2 train that a recipe with those ``sst2_fraction`` and ``seed`` trains on.
+``--augment N`` adds up to N perturbed variants of every text (``training.augment``; source ``augmented``), none
+of them a development text of SST-2 or of the ``--exclude`` files; ``--augment-base`` names the encoder whose
+word embeddings give the replacement words.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from typing import Sequence
 import numpy as np
 
 from screener.classifiers.base import THREE_WAY_LABELS
-from training.data import (MESSAGES_DEV, SENTIMENT140_FILE, SMS_FILE, SST2_DIR, Unlabelled, load_sst2, subsample,
-                           unlabelled_messages)
+from training.augment import SOURCE as AUGMENTED
+from training.augment import Augmentation, augment, embedding_neighbours
+from training.data import (MESSAGES_DEV, SENTIMENT140_FILE, SMS_FILE, SST2_DIR, Unlabelled, excluded_keys, load_sst2,
+                           subsample, text_key, unlabelled_messages)
 
 log = logging.getLogger(__name__)
 CHUNK = 8192
@@ -43,6 +48,28 @@ def teacher_texts(sst2_dir: str | Path | None, sms: str | Path | None, sentiment
     texts += messages.texts[:limit]
     sources += messages.sources[:limit]
     return Unlabelled(texts, sources)
+
+
+def with_variants(data: Unlabelled, aug: Augmentation, base: str | None, sst2_dir: str | Path | None,
+                  exclude: Sequence[str | Path]) -> Unlabelled:
+    """``data`` followed by its augmented variants; none is a development text (SST-2 dev where ``sst2_dir`` has
+    it, and the ``exclude`` files' texts)."""
+    blocked = excluded_keys(exclude)
+    if sst2_dir is not None:
+        try:
+            blocked |= {text_key(t) for t in load_sst2("dev", sst2_dir).texts}
+        except FileNotFoundError:
+            pass
+    neighbours = {}
+    if base is not None:
+        from screener.classifiers import hf
+
+        neighbours = embedding_neighbours(hf.resolve_base(base, Path.cwd()),
+                                          {w for t in data.texts for w in t.split()})
+    variants = augment(data.texts, aug, neighbours, blocked)
+    log.info("augment: %d variants of %d texts (%d words with neighbours)", len(variants), len(data.texts),
+             len(neighbours))
+    return Unlabelled(data.texts + variants, data.sources + [AUGMENTED] * len(variants))
 
 
 def three_way_columns(probs: np.ndarray, labels: Sequence[str]) -> np.ndarray:
@@ -85,14 +112,18 @@ def write_teacher_file(path: str | Path, texts: Sequence[str], sources: Sequence
 def run(model: str, out: str | Path, device: str = "auto", sst2_dir: str | Path | None = SST2_DIR,
         sms: str | Path | None = SMS_FILE, sentiment140: str | Path | None = SENTIMENT140_FILE,
         exclude: Sequence[str | Path] = (MESSAGES_DEV,), sst2_fraction: float = 1.0, seed: int = 42,
-        limit: int | None = None, chunk: int = CHUNK) -> dict:
-    """Label the teacher texts with ``model`` and write the file; returns counts, seconds and texts/s, overall and
-    per source, and the share of each source's texts whose top class is each class."""
+        limit: int | None = None, chunk: int = CHUNK, augmentation: Augmentation | None = None,
+        augment_base: str | None = None) -> dict:
+    """Label the teacher texts (and, with ``augmentation``, their variants) with ``model`` and write the file;
+    returns counts, seconds and texts/s, overall and per source, and the share of each source's texts whose top
+    class is each class."""
     from screener.classifiers.registry import load_classifier
 
     data = teacher_texts(sst2_dir, sms, sentiment140, exclude, sst2_fraction, seed, limit)
     if not data.texts:
         raise ValueError("no texts to label: give an SST-2 folder or message files")
+    if augmentation is not None and augmentation.variants:
+        data = with_variants(data, augmentation, augment_base, sst2_dir, exclude)
     start = time.perf_counter()
     classifier = load_classifier(model, device=device)
     load_seconds = time.perf_counter() - start
@@ -139,12 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--limit", type=int, default=None, help="at most N SST-2 and N message texts")
     parser.add_argument("--chunk", type=int, default=CHUNK, help="texts per predict_proba call")
+    parser.add_argument("--augment", type=int, default=0, metavar="N",
+                        help="also label up to N augmented variants of every text (default 0: none)")
+    parser.add_argument("--augment-base", default=None,
+                        help="encoder whose word embeddings pick replacement words (pypi:NAME or a folder); "
+                             "without it, replacements are drawn from the texts' word frequencies")
     parser.add_argument("--summary", default=None, help="also write the summary JSON to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     summary = run(args.model, args.out, args.device, optional_path(args.sst2), optional_path(args.sms),
                   optional_path(args.sentiment140), args.exclude or [str(MESSAGES_DEV)], args.sst2_fraction,
-                  args.seed, args.limit, args.chunk)
+                  args.seed, args.limit, args.chunk,
+                  Augmentation(variants=args.augment, seed=args.seed) if args.augment else None, args.augment_base)
     text = json.dumps(summary, indent=2)
     if args.summary:
         Path(args.summary).write_text(text + "\n", encoding="utf-8")

