@@ -262,6 +262,7 @@ def main() -> None:
                                          c["min_ratio"]), reverse=True)
     chosen = next(c for c in ranked if c["confidence_z"] == SHARE_Z)
     previous = index[tuple(PREVIOUS[k] for k in SETTINGS)]
+    shipped = index[tuple(getattr(Settings(), k) for k in SETTINGS)]
     shown = [next(c for c in ranked if c["min_lower_bound"] == 0)]
     shown += [next(c for c in ranked if c["confidence_z"] == z and c["min_lower_bound"] > 0) for z in ZS]
 
@@ -300,13 +301,14 @@ def main() -> None:
                       "worst tuning seed, then the higher min_ratio"),
         "chosen": report(chosen),
         "previous_defaults": report(previous),
+        "shipped_defaults": report(shipped),
         "best_share_only_and_best_of_each_z": [report(c) for c in shown],
         "all_tuning": [{**{k: c[k] for k in SETTINGS}, **c["tuning"]} for c in grid],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    for name in ("chosen", "previous_defaults"):
+    for name in ("chosen", "shipped_defaults", "previous_defaults"):
         r = result[name]
         print(name, {k: r[k] for k in SETTINGS}, "tuning", r["tuning"]["pooled"], "report",
               r["report_summary"]["pooled"])

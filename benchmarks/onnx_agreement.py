@@ -3,6 +3,8 @@
 How to run (from the repository root, ../shared beside it for SST-2 dev):
     .venv/bin/python benchmarks/onnx_agreement.py --models default,accurate --out benchmarks/results/onnx_agreement.json
 
+On a CPU with bf16 units torch runs the model in bf16 (``cpu_bf16``); ``--torch-fp32`` compares with torch in fp32.
+
 For each model and each backend (torch, onnx-fp32, onnx-int8), in one process:
 1. SST-2 dev (positive/negative) and training/labels/messages_dev.tsv (negative/neutral/positive), scored through
    ``screener.batching.predict_proba`` as the scan scores: accuracy and macro-F1 (``training.evaluate.score``), and
@@ -72,7 +74,27 @@ def demo_flags(model: str, backend: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def measure(model: str, backends=BACKENDS, demo: bool = True) -> dict:
+def fp32_copy(model: str, into: Path) -> str:
+    """The model folder copied with ``"cpu_bf16": false``: torch in fp32 on a CPU with bf16 units too."""
+    import shutil
+
+    from screener.classifiers.registry import MANIFEST, resolve_model_dir
+
+    folder = into / resolve_model_dir(model).name
+    shutil.copytree(resolve_model_dir(model), folder)
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    manifest["cpu_bf16"] = False
+    (folder / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    return str(folder)
+
+
+def measure(model: str, backends=BACKENDS, demo: bool = True, torch_fp32: bool = False) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        torch_model = fp32_copy(model, Path(tmp)) if torch_fp32 else model
+        return measure_with(model, torch_model, backends, demo)
+
+
+def measure_with(model: str, torch_model: str, backends, demo: bool) -> dict:
     from screener.batching import predict_proba
     from screener.classifiers.registry import load_classifier
     from training.evaluate import read_data, score
@@ -88,8 +110,10 @@ def measure(model: str, backends=BACKENDS, demo: bool = True) -> dict:
     reference: dict = {}
     for backend in backends:
         start = time.perf_counter()
-        clf = load_classifier(model, device="cpu", backend=backend)
+        clf = load_classifier(torch_model if backend == "torch" else model, device="cpu", backend=backend)
         entry: dict = {"model_id": clf.model_id, "load_s": round(time.perf_counter() - start, 2)}
+        if backend == "torch":
+            entry["bf16"] = bool(getattr(clf, "bf16", False))
         for name, rows in data.items():
             start = time.perf_counter()
             proba = predict_proba(clf, list(rows.texts), 64)
@@ -111,7 +135,7 @@ def measure(model: str, backends=BACKENDS, demo: bool = True) -> dict:
             entry["sms_ham"] = score(predict_proba(clf, ham, 64), tuple(clf.labels), None)
         clf.close()
         if demo:
-            entry["demo_flags"] = demo_flags(model, backend)
+            entry["demo_flags"] = demo_flags(torch_model if backend == "torch" else model, backend)
         if backend != "torch":
             torch_entry = out["backends"]["torch"]
             entry["same_demo_flags"] = entry.get("demo_flags") == torch_entry.get("demo_flags") if demo else None
@@ -128,10 +152,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--backends", default=",".join(BACKENDS), help="torch first: the others are compared with it")
     parser.add_argument("--no-demo", action="store_true", help="skip the demo scans (slow for a large model)")
+    parser.add_argument("--torch-fp32", action="store_true",
+                        help="torch in fp32 even on a CPU with bf16 units (where it would run in bf16)")
     args = parser.parse_args()
     out = {"command": " ".join(sys.argv), "criteria": {"max_drop_points": MAX_DROP_POINTS,
                                                        "same_demo_flags": True},
-           "models": [measure(m, tuple(args.backends.split(",")), not args.no_demo)
+           "models": [measure(m, tuple(args.backends.split(",")), not args.no_demo, args.torch_fp32)
                       for m in args.models.split(",")]}
     if args.out:
         args.out.write_text(json.dumps(out, indent=2) + "\n")

@@ -620,9 +620,11 @@ def explain(db, user_id, run_id, as_json):
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default="screener-demo", show_default=True,
               help="Folder for the demo database and report.")
 @click.option("--model", default="default", show_default=True, help="Model to scan with.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="How the model runs on the CPU, as for scan (onnx, onnx-fp32, onnx-int8, torch or auto).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @translate_errors
-def demo(directory, model, as_json):
+def demo(directory, model, backend, as_json):
     """Build the example archive as DIR/messages.duckdb, scan it, and write DIR/report.html.
 
     \b
@@ -631,7 +633,7 @@ def demo(directory, model, as_json):
     """
     from screener.demo import run_demo
 
-    result, db, report_path = run_demo(Path(directory), model=model)
+    result, db, report_path = run_demo(Path(directory), model=model, backend=backend)
     if as_json:
         click.echo(json_text({**result.as_dict(), "db": str(db), "report": str(report_path)}))
     else:

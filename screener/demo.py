@@ -31,11 +31,11 @@ def write_demo_db(db: Path) -> None:
         con.close()
 
 
-def run_demo(directory: Path, model: str = "default") -> tuple[runs.ScanResult, Path, Path]:
+def run_demo(directory: Path, model: str = "default", backend: str = "auto") -> tuple[runs.ScanResult, Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     db = directory / "messages.duckdb"
     write_demo_db(db)
-    settings = Settings(model=model)
+    settings = Settings(model=model, backend=backend)
     with Store(db, settings) as store:
         store.attach_source(runs.resolve_source(db, None, settings))
         newest = store.scalar("source_max_time")

@@ -192,6 +192,9 @@ def scan_ray(
                 leftovers = _leftover_score_files(fs, model_dir)
                 pending, skipped_ids = _export_pending(store, fs, f"{run_dir}/pending", model_id,
                                                        options.rows_per_task, _ids_in(fs, leftovers))
+                # The export read the whole archive, and the load below writes every score: DuckDB keeps the
+                # blocks of both cached unless let go (Store.release_cached_blocks), as the local engine does.
+                store.release_cached_blocks()
                 written = []
                 if pending:
                     workers = worker_count(options, gpus, int(ray.cluster_resources().get("CPU", 0)))
@@ -205,6 +208,7 @@ def scan_ray(
                          "threads": options.cpus_per_worker if device == "cpu" else None, "loader": loader},
                         workers, actor_resources)
                 scored = _load_scores(store, fs, model_id, run_id, leftovers + written, skipped_ids)
+                store.release_cached_blocks()
                 result = runs.complete(store, run, scored)
             # Only now are the files' scores committed; earlier, a crash keeps them for the next run to load.
             _remove(fs, model_dir)

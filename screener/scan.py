@@ -104,6 +104,8 @@ def _score_pending(store: Store, clf: Classifier, run_id: int, settings: Setting
         # The candidates view hashes every id of the archive: once for the count and the stream.
         store.prepare_candidates(reader_con)
         bar = Progress(store.pending_count(clf.model_id, con=reader_con, prepared=True), bar=progress)
+        # Counting read the whole archive, whose blocks DuckDB now keeps cached.
+        store.release_cached_blocks()
         # DuckDB is called from the reading and the committing threads; the lock keeps a read from meeting the
         # moment the committing thread lowers the memory limit (Store.release_cached_blocks).
         duckdb_calls = threading.Lock()

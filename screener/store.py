@@ -31,8 +31,8 @@ IN_MEMORY = ":memory:"
 
 # Cached table blocks a scan lets DuckDB evict once they pass this (Store.release_cached_blocks), and the memory
 # it leaves free meanwhile.
-CACHED_BLOCKS_BYTES = 16 * 2**20
-RELEASE_MARGIN_BYTES = 8 * 2**20
+CACHED_BLOCKS_BYTES = 4 * 2**20
+RELEASE_MARGIN_BYTES = 2 * 2**20
 
 _TIME_TYPES = ("TIMESTAMP", "DATE", "VARCHAR")
 _TEXT_TYPES = ("VARCHAR",)

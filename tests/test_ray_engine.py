@@ -202,9 +202,13 @@ def flags(db, run_id: int) -> list[tuple]:
 
 @needs_ray
 def test_ray_engine_gives_the_local_engines_scores_and_flags_and_a_rerun_scores_nothing(
-        ray_cluster, tmp_path, tiny_model, tiny_threshold):
+        ray_cluster, tmp_path, tiny_model, tiny_threshold, monkeypatch):
     from screener.classifiers.registry import load_classifier
+    from screener.store import Store
 
+    released = []
+    original = Store.release_cached_blocks
+    monkeypatch.setattr(Store, "release_cached_blocks", lambda self: released.append(original(self)) or released[-1])
     settings = Settings(model=str(tiny_model), device="cpu", negative_threshold=tiny_threshold, batch_size=8)
     local_db = write_archive(tmp_path / "local.duckdb", rows_with_blanks())
     ray_db = tmp_path / "ray.duckdb"
@@ -212,8 +216,11 @@ def test_ray_engine_gives_the_local_engines_scores_and_flags_and_a_rerun_scores_
     local = scan(local_db, settings, as_of=AS_OF, classifier=load_classifier(str(tiny_model), device="cpu"),
                  progress=False)
     # 30 messages a pending file: four tasks over two actors
+    released.clear()
     result = scan_ray(ray_db, settings, as_of=AS_OF, progress=False,
                       options=RayOptions(workers=2, rows_per_task=30, token_budget=40))
+    # The driver lets DuckDB's cached blocks go after the export and after the load.
+    assert len(released) == 2
 
     assert (result.messages_scored, result.messages_skipped, result.users) == (118, 2, 12)
     assert (result.model_id, result.users_flagged) == (local.model_id, local.users_flagged)
