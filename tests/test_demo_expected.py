@@ -7,10 +7,9 @@ the windows or the flag rule that moves a score or a flag shows up here. Where s
 again from the repository root with ``python tests/test_demo_expected.py`` and review the difference.
 
 The scans here run the default with ONNX Runtime in fp32 (``--backend onnx-fp32``), whose scores differ between
-CPUs by far less than the 1e-3 checked. ``auto`` would pick int8 on one CPU and torch in bf16 on another, and
-int8's own scores differ between CPUs with and without VNNI (AVX2's int8 products can saturate) and with the batch
-parts a batch is cut into; int8's agreement with torch, the demo flags included, is
-``benchmarks/onnx_agreement.py``'s. The scans still run on two threads (``OMP_NUM_THREADS``), whatever the
+CPUs by far less than the 1e-3 checked. ``auto`` runs the default at int8, whose scores differ between CPUs with
+and without VNNI (AVX2's int8 products can saturate) and with the batch parts a batch is cut into; int8's agreement
+with torch, the demo flags included, is ``benchmarks/onnx_agreement.py``'s. The scans still run on two threads (``OMP_NUM_THREADS``), whatever the
 machine's core count.
 """
 
