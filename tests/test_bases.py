@@ -8,6 +8,7 @@ import importlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -211,7 +212,11 @@ def test_hf_model_loads_from_a_split_base_like_from_its_folder(site, monkeypatch
     folder.mkdir()
     manifest = {**json.loads((tiny_model / MANIFEST).read_text()), "base": "pypi:tiny-split", "cpu_bf16": False}
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    direct = load_classifier(str(tiny_model), device="cpu")
+    # fp32 on both sides, also on a CPU with bf16 units.
+    unsplit = tmp_path / "unsplit"
+    shutil.copytree(tiny_model, unsplit)
+    (unsplit / MANIFEST).write_text(json.dumps({**json.loads((tiny_model / MANIFEST).read_text()), "cpu_bf16": False}))
+    direct = load_classifier(str(unsplit), device="cpu")
     split = load_classifier(str(folder), device="cpu")
     texts = ["this is bad news", "all good here", ""]
     assert split.predict_negative(texts).tolist() == direct.predict_negative(texts).tolist()
