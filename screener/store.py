@@ -33,6 +33,10 @@ IN_MEMORY = ":memory:"
 # it leaves free meanwhile.
 CACHED_BLOCKS_BYTES = 4 * 2**20
 RELEASE_MARGIN_BYTES = 2 * 2**20
+# Committed rows stay in memory until a checkpoint writes them to the file, which DuckDB runs once the write-ahead
+# log reaches this (its own default is 16 MB): at 8 MB a scan's memory swings by half as much between checkpoints,
+# for a results file about 1 MB larger a million scores (more, smaller writes below 8 MB).
+CHECKPOINT_THRESHOLD = "8MB"
 
 _TIME_TYPES = ("TIMESTAMP", "DATE", "VARCHAR")
 _TEXT_TYPES = ("VARCHAR",)
@@ -96,7 +100,8 @@ class Store:
         if not in_memory:
             dbfile.check_path(self.path, read_only)
         existed = not in_memory and self.path.exists()
-        config: dict[str, Any] = {"memory_limit": settings.memory_limit, "threads": settings.duckdb_threads()}
+        config: dict[str, Any] = {"memory_limit": settings.memory_limit, "threads": settings.duckdb_threads(),
+                                  "checkpoint_threshold": CHECKPOINT_THRESHOLD}
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.Error as exc:

@@ -54,3 +54,21 @@ def test_a_scan_that_releases_blocks_every_window_scores_each_message_once(tmp_p
     assert len(released) == 21 and any(released)
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*), count(DISTINCT message_id) FROM screener_scores").fetchone() == (5000, 5000)
+
+
+def test_committed_rows_are_checkpointed_once_the_log_passes_the_store_threshold(tmp_path):
+    """DuckDB holds committed rows in memory until a checkpoint; a store's connection checkpoints at
+    ``CHECKPOINT_THRESHOLD`` (8 MB), half DuckDB's own 16 MB, so its write-ahead log never grows past it by more
+    than one commit."""
+    path = tmp_path / "w.duckdb"
+    wal = tmp_path / "w.duckdb.wal"
+    with Store(path, Settings()) as store:
+        store.con.execute("CREATE TABLE t (s VARCHAR)")
+        sizes = []
+        for k in range(24):
+            # About 1.3 MB of log a commit: 40,000 distinct 32-character strings.
+            store.con.execute(f"INSERT INTO t SELECT md5((range + {k * 40_000})::VARCHAR) FROM range(40000)")
+            sizes.append(wal.stat().st_size if wal.exists() else 0)
+        assert store.con.execute("SELECT count(*) FROM t").fetchone() == (24 * 40_000,)
+    assert max(sizes) < 8_000_000 + 2_000_000
+    assert sizes.count(0) + sum(1 for a, b in zip(sizes, sizes[1:]) if b < a) >= 2  # it did checkpoint, twice or more
