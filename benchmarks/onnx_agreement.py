@@ -110,7 +110,8 @@ def measure_with(model: str, torch_model: str, backends, demo: bool) -> dict:
     reference: dict = {}
     for backend in backends:
         start = time.perf_counter()
-        clf = load_classifier(torch_model if backend == "torch" else model, device="cpu", backend=backend)
+        folder = torch_model if backend == "torch" else model
+        clf = load_classifier(folder, device="cpu", backend=backend)
         entry: dict = {"model_id": clf.model_id, "load_s": round(time.perf_counter() - start, 2)}
         if backend == "torch":
             entry["bf16"] = bool(getattr(clf, "bf16", False))
@@ -135,7 +136,7 @@ def measure_with(model: str, torch_model: str, backends, demo: bool) -> dict:
             entry["sms_ham"] = score(predict_proba(clf, ham, 64), tuple(clf.labels), None)
         clf.close()
         if demo:
-            entry["demo_flags"] = demo_flags(torch_model if backend == "torch" else model, backend)
+            entry["demo_flags"] = demo_flags(folder, backend)
         if backend != "torch":
             torch_entry = out["backends"]["torch"]
             entry["same_demo_flags"] = entry.get("demo_flags") == torch_entry.get("demo_flags") if demo else None

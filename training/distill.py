@@ -2,7 +2,7 @@
 
 A teacher file is Parquet, CSV or TSV with a text column (``text`` or ``sentence``), ``p_negative`` and, from a
 three-way teacher, ``p_neutral`` and ``p_positive`` (``training.teacher`` writes them, with a ``source`` column
-naming where each text came from: ``sst2``, ``sms`` or ``sentiment140``). A file with ``p_negative`` alone is a
+naming where each text came from: ``sst2``, ``sms``, ``sentiment140`` or ``augmented``). A file with ``p_negative`` alone is a
 two-way teacher's: its neutral is 0 and its positive the rest. Rows are matched to the training texts by text
 (exactly, else case-insensitively after cleaning), so the teacher may have scored them in any order.
 """
@@ -21,7 +21,8 @@ from training.data import read_table, text_key
 TEXT_COLUMNS = ("text", "sentence")
 PROB_COLUMNS = ("p_negative", "p_neutral", "p_positive")  # THREE_WAY_LABELS order
 LEGACY_NEGATIVE = "p_neg"
-# Sources whose texts carry no label of their own: a teacher's rows from them are the unlabelled messages.
+# Sources whose texts carry a label of their own; a teacher's rows from any other source (the messages, augmented
+# variants) are unlabelled, trained on with the teacher's targets alone.
 LABELLED_SOURCES = ("sst2",)
 
 

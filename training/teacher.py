@@ -1,6 +1,6 @@
 """Teacher labelling: a trained classifier's class probabilities on SST-2 train and the unlabelled message texts,
 as the file ``training.distill`` reads (columns ``text``, ``source``, ``p_negative``, ``p_neutral``,
-``p_positive``; ``source`` is ``sst2``, ``sms`` or ``sentiment140``).
+``p_positive``; ``source`` is ``sst2``, ``sms``, ``sentiment140`` or ``augmented``).
 
     python -m training.teacher --model MODEL_DIR --out teacher.parquet --device cuda
 
