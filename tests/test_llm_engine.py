@@ -26,7 +26,7 @@ from screener.classifiers.base import Classifier, ClassifierBase  # noqa: E402
 from screener.classifiers.gpu import child, fp8  # noqa: E402
 from screener.classifiers.gpu.loader import load_engine  # noqa: E402
 from screener.classifiers.gpu.multi import MultiGPUEngine  # noqa: E402
-from screener.classifiers.gpu.packing import plan_batches  # noqa: E402
+from screener.classifiers.gpu.packing import pack_chunk, plan_batches, regroup  # noqa: E402
 from screener.classifiers.gpu.prompt_tokens import PromptTokenizer, shared_prefix_lengths  # noqa: E402
 from screener.classifiers.gpu.runner import LabelTokenEngine, default_max_padding  # noqa: E402
 from screener.errors import ModelError  # noqa: E402
@@ -223,6 +223,41 @@ def test_plan_batches_bounds_padding():
     # 10+10+11 padded to 3 x 11 = 33 <= 1.1 x 31; adding 20 would pad 51 real tokens to 80.
     assert [b.tolist() for b in plan_batches(lengths, shared, 100, 8, max_padding=0.1)] == [[0, 3, 1], [2]]
     assert [b.tolist() for b in plan_batches(lengths, shared, 100, 8, max_padding=1.0)] == [[0, 3, 1, 2]]
+
+
+def test_regroup_plans_small_batches_of_several_chunks_together_and_holds_back_what_stays_small():
+    small = [(np.array([[1, 2, 0], [3, 4, 5]]), np.array([1, 2]), np.array([0, 1]), 4),
+             (np.array([[6, 7]]), np.array([1]), np.array([7]), 4),
+             (np.array([[8]]), np.array([0]), np.array([9]), 3)]
+    options = {"token_budget": 100, "max_batch": 8, "max_padding": 0.5, "keep_below": 6}
+    # Shared 4, lengths 2, 2, 3: one batch of 3 x 3 = 9 tokens (<= 1.5 x 7 real), run; shared 3 alone: 1 token, held.
+    run, held = regroup(small, **options)
+    assert [(b[0].tolist(), b[1].tolist(), b[2].tolist(), b[3]) for b in run] == [
+        ([[1, 2, 0], [6, 7, 0], [3, 4, 5]], [1, 1, 2], [0, 7, 1], 4)]
+    assert [(b[0].tolist(), b[1].tolist(), b[2].tolist(), b[3]) for b in held] == [([[8]], [0], [9], 3)]
+    run, held = regroup(small, final=True, **options)
+    assert sorted(b[2].tolist() for b in run) == [[0, 7, 1], [9]] and held == []
+    assert regroup([], **options) == ([], [])
+
+
+def test_engine_batches_hold_small_batches_back_and_score_every_message_once():
+    _, _, _, engine = make_engine(0, producer="thread")
+    texts = [f"{t} {i}" for i in range(40) for t in TEXTS]
+    engine.token_budget, engine.chunk_size = 256, 16  # many chunks, each with a few rows of each length
+    batches = list(engine.batches(texts))
+    assert sorted(int(r) for b in batches for r in b.rows) == list(range(len(texts)))
+    options = {"max_text_tokens": engine.max_text_tokens, "token_budget": 256, "max_batch": engine.max_batch,
+               "max_padding": engine.max_padding}
+    chunked = [b for i in range(0, len(texts), 16)
+               for b in pack_chunk(engine.prompts, engine.prefix_ids, texts[i:i + 16], **options)]
+    whole = pack_chunk(engine.prompts, engine.prefix_ids, texts, **options)
+    # Batches under half the budget: about as few as if the call were planned in one piece (rows already run in
+    # a chunk's full batches are not there to join them), far fewer than chunk by chunk.
+    small = sum(b.ids.numel() < 128 for b in batches)
+    assert small <= 2 * sum(b[0].size < 128 for b in whole) and small < sum(b[0].size < 128 for b in chunked) / 4
+    assert len(batches) < len(chunked) / 2
+    expected = make_engine(0, producer="thread")[3].predict_negative(texts)
+    np.testing.assert_allclose(engine.predict_negative(texts), expected, atol=1e-6, rtol=0)
 
 
 def prefix_reuse(prompts: list[list[int]], prefix_ids: list[int]) -> list[int]:

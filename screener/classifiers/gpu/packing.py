@@ -74,3 +74,34 @@ def pack_chunk(prompts: PromptTokenizer, prefix_ids: Sequence[int], texts: Seque
         ids = np.where(cols < lengths[idx, None], flat[source], 0)
         out.append((ids, lengths[idx] - 1, idx, skip + head))
     return out
+
+
+def regroup(small: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]], token_budget: int, max_batch: int,
+            max_padding: float, keep_below: int, buckets: Buckets | None = None, final: bool = False):
+    """Batches of ``pack_chunk``'s shape planned again over the rows of ``small`` (batches under ``keep_below``
+    padded tokens, from one chunk or several): (the batches to run, the batches to hold back for the next chunk).
+
+    Each chunk is planned alone, and its few rows of each length, at its start and at each length's end, make
+    batches of a few hundred tokens whose matrix products run far below speed. Held back and planned with the
+    next chunk's, they fill batches of a sensible size; with ``final`` nothing is held back.
+    """
+    if not small:
+        return [], []
+    lengths = np.concatenate([last for _, last, _, _ in small]) + 1
+    shared = np.concatenate([np.full(len(last), s, dtype=np.int64) for _, last, _, s in small])
+    rows_at = np.concatenate([idx for _, _, idx, _ in small])
+    longest = int(lengths.max())
+    width = max(longest, (buckets.width(longest) if buckets is not None else None) or 0,
+                max(ids.shape[1] for ids, _, _, _ in small))
+    ids = np.zeros((len(lengths), width), dtype=np.int64)
+    start = 0
+    for batch_ids, _, _, _ in small:
+        ids[start:start + len(batch_ids), : batch_ids.shape[1]] = batch_ids
+        start += len(batch_ids)
+    run, held = [], []
+    for sel in plan_batches(lengths, shared, token_budget, max_batch, max_padding, buckets):
+        longest = int(lengths[sel].max())
+        cols = (buckets.width(longest) if buckets is not None else None) or longest
+        batch = (ids[sel, :cols], lengths[sel] - 1, rows_at[sel], int(shared[sel[0]]))
+        (run if final or len(sel) * cols >= keep_below else held).append(batch)
+    return run, held

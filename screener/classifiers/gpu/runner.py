@@ -21,7 +21,7 @@ from screener.classifiers.gpu import fp8, fused
 from screener.classifiers.gpu.buckets import Buckets, width_ladder
 from screener.classifiers.gpu.fast_paths import FastPaths
 from screener.classifiers.gpu.fp8 import scored_model_id as fp8_model_id
-from screener.classifiers.gpu.packing import pack_chunk
+from screener.classifiers.gpu.packing import pack_chunk, regroup
 from screener.classifiers.gpu.producer import ProducerProcess
 from screener.classifiers.gpu.prompt_tokens import PromptTokenizer
 from screener.errors import ModelError
@@ -330,8 +330,6 @@ class LabelTokenEngine(ClassifierBase):
 
     def batches(self, texts: Sequence[str]):
         """The batches ``predict_proba`` runs, in order: what the producer does, without the GPU."""
-        import torch
-
         texts = list(texts)
         # A small first chunk gets the GPU going sooner; later ones are large, so that sorting leaves little
         # padding.
@@ -346,12 +344,28 @@ class LabelTokenEngine(ClassifierBase):
             packed = self._packer.map(chunks, options)
         else:
             packed = (pack_chunk(self.prompts, self.prefix_ids, chunk, **options) for chunk in chunks)
-        for (start, _), arrays in zip(offsets, packed):
+        # Batches under half the budget wait for the next chunk's rows (packing.regroup).
+        keep_below = self.token_budget // 2
+        held: list = []
+        for n, ((start, _), arrays) in enumerate(zip(offsets, packed), 1):
+            small = held
             for ids, last, idx, shared in arrays:
-                tensors = [torch.from_numpy(a) for a in (ids, last, idx + start)]
-                if self.on_cuda:
-                    tensors = [t.pin_memory() for t in tensors]
-                yield Batch(*tensors, shared=shared)
+                if ids.size < keep_below:
+                    small.append((ids, last, idx + start, shared))
+                else:
+                    yield self._batch(ids, last, idx + start, shared)
+            run, held = regroup(small, final=n == len(offsets), keep_below=keep_below, **{
+                key: options[key] for key in ("token_budget", "max_batch", "max_padding", "buckets")})
+            for arrays in run:
+                yield self._batch(*arrays)
+
+    def _batch(self, ids, last, rows, shared: int) -> Batch:
+        import torch
+
+        tensors = [torch.from_numpy(a) for a in (ids, last, rows)]
+        if self.on_cuda:
+            tensors = [t.pin_memory() for t in tensors]
+        return Batch(*tensors, shared=shared)
 
     def close(self) -> None:
         """Stops the producer process, if any (it also stops with this process), and drops the CUDA graphs."""
