@@ -9,8 +9,8 @@ position of the Alpaca prompt, never ``generate()``), but spends the GPU only on
   with the cached one, so results never depend on where the tokenizer splits (``prompt_tokens``).
 - Messages are sorted by token count and cut into batches under a token budget and a padding bound, so padding
   costs little (``packing``); the small batches each chunk of a call leaves are held back and planned again with
-  the next chunk's rows, so that matrix products seldom run on a few hundred tokens. Right padding under a causal mask needs no per-row mask: no real token attends to
-  the padding after it.
+  the next chunk's rows, so that matrix products seldom run on a few hundred tokens. Right padding under a causal
+  mask needs no per-row mask: no real token attends to the padding after it.
 - q/k/v and gate/up are one matrix product each, normalisation uses torch's fused RMSNorm, grouped-query heads
   are folded into the query length, the last layer runs at each row's last position only, and the head multiplies
   by the label rows only (``runner``). ``fp8=True`` runs the projections in float8, each activation scaled and
