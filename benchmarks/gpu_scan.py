@@ -268,7 +268,7 @@ def run_model(name, model, tokenizer, texts, device, args, fp32_model=None, save
             err = np.abs(probs[: len(truth)] - truth)
             rec.update({"vs_fp32_max_abs": float(err.max()), "vs_fp32_mean_abs": float(err.mean()),
                         "vs_fp32_decision_agreement": float(((probs[: len(truth)] > 0.5) == (truth > 0.5)).mean())})
-        if (args.profile or args.profile_tables) and method in ("engine_fp8", "engine_fused", "engine_fused_tight"):
+        if (args.profile or args.profile_tables) and method in ("engine_fp8", "engine_fused"):
             profile_engine(engine, texts, device, Path(args.out).parent / f"{checks['model']}_{method}_profile.txt",
                            timed=False)
         records.append(rec)

@@ -11,6 +11,13 @@ from screener.classifiers.gpu.buckets import Buckets
 from screener.classifiers.gpu.prompt_tokens import PromptTokenizer, shared_prefix_lengths
 
 
+def padded_width(longest: int, buckets: Buckets | None) -> int:
+    """The width a batch whose longest row has ``longest`` tokens is padded to: its bucket's, or ``longest`` without
+    buckets or beyond their ladder."""
+    rounded = buckets.width(longest) if buckets is not None else None
+    return longest if rounded is None else rounded
+
+
 def plan_batches(lengths: np.ndarray, shared: np.ndarray, token_budget: int, max_batch: int,
                  max_padding: float = 0.1, buckets: Buckets | None = None) -> list[np.ndarray]:
     """Indices of each batch: rows sorted by (shared prefix, length) and cut so that rows x longest stays within
@@ -21,10 +28,6 @@ def plan_batches(lengths: np.ndarray, shared: np.ndarray, token_budget: int, max
     batch is cut back to a whole number of its width's row steps (the rows cut off start the next batch), so that
     padding batches to their bucket's rows adds little.
     """
-    def width(longest: int) -> int:
-        rounded = buckets.width(longest) if buckets is not None else None
-        return longest if rounded is None else rounded
-
     order = np.lexsort((lengths, shared))
     batches = []
     start, n = 0, len(order)
@@ -33,7 +36,8 @@ def plan_batches(lengths: np.ndarray, shared: np.ndarray, token_budget: int, max
         while end < n and end - start < max_batch and shared[order[end]] == shared[order[start]]:
             longest = int(lengths[order[end]])
             rows = end - start + 1
-            if rows * width(longest) > token_budget or rows * longest > (1 + max_padding) * (real + longest):
+            if (rows * padded_width(longest, buckets) > token_budget
+                    or rows * longest > (1 + max_padding) * (real + longest)):
                 break
             real += longest
             end += 1
@@ -69,7 +73,7 @@ def pack_chunk(prompts: PromptTokenizer, prefix_ids: Sequence[int], texts: Seque
     for idx in plan_batches(lengths, skips + head, token_budget, max_batch, max_padding, buckets):
         skip = int(skips[idx[0]])
         longest = int(lengths[idx].max())
-        cols = np.arange((buckets.width(longest) if buckets is not None else None) or longest)
+        cols = np.arange(padded_width(longest, buckets))
         source = np.minimum(starts[idx, None] + skip + cols, len(flat) - 1)
         ids = np.where(cols < lengths[idx, None], flat[source], 0)
         out.append((ids, lengths[idx] - 1, idx, skip + head))
@@ -90,18 +94,15 @@ def regroup(small: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]], token_b
     lengths = np.concatenate([last for _, last, _, _ in small]) + 1
     shared = np.concatenate([np.full(len(last), s, dtype=np.int64) for _, last, _, s in small])
     rows_at = np.concatenate([idx for _, _, idx, _ in small])
-    longest = int(lengths.max())
-    width = max(longest, (buckets.width(longest) if buckets is not None else None) or 0,
-                max(ids.shape[1] for ids, _, _, _ in small))
-    ids = np.zeros((len(lengths), width), dtype=np.int64)
+    # Bucket widths grow with the length, so the widest batch of any plan of these rows fits this.
+    ids = np.zeros((len(lengths), padded_width(int(lengths.max()), buckets)), dtype=np.int64)
     start = 0
     for batch_ids, _, _, _ in small:
         ids[start:start + len(batch_ids), : batch_ids.shape[1]] = batch_ids
         start += len(batch_ids)
     run, held = [], []
     for sel in plan_batches(lengths, shared, token_budget, max_batch, max_padding, buckets):
-        longest = int(lengths[sel].max())
-        cols = (buckets.width(longest) if buckets is not None else None) or longest
+        cols = padded_width(int(lengths[sel].max()), buckets)
         batch = (ids[sel, :cols], lengths[sel] - 1, rows_at[sel], int(shared[sel[0]]))
         (run if final or len(sel) * cols >= keep_below else held).append(batch)
     return run, held

@@ -354,8 +354,8 @@ class LabelTokenEngine(ClassifierBase):
                     small.append((ids, last, idx + start, shared))
                 else:
                     yield self._batch(ids, last, idx + start, shared)
-            run, held = regroup(small, final=n == len(offsets), keep_below=keep_below, **{
-                key: options[key] for key in ("token_budget", "max_batch", "max_padding", "buckets")})
+            run, held = regroup(small, self.token_budget, self.max_batch, self.max_padding, keep_below, self.buckets,
+                                final=n == len(offsets))
             for arrays in run:
                 yield self._batch(*arrays)
 
