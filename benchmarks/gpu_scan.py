@@ -17,7 +17,9 @@ model, and writes one JSON record per (model, method):
   replayed as CUDA graphs over bucketed shapes; its record says how many graphs and replays), ``engine_fp8``
   (float8 projections, activations quantized by the fused kernels), ``engine_fp8_graphs`` (both),
   ``engine_fused`` (bf16 with the fused attention over the cached prefix, rotary and SiLU * up kernels:
-  ``fused_attention``, ``fused_rotary``, ``fused_mlp``) and ``engine_fused_graphs`` (those on CUDA graphs). Without CUDA
+  ``fused_attention``, ``fused_rotary``, ``fused_mlp``; its batches ragged, rows end to end without padding, where
+  ``engine_fused_padded`` pads them as the other variants do) and ``engine_fused_graphs`` (those on CUDA graphs,
+  padded to their buckets). Without CUDA
   they are recorded as skipped; one that fails is recorded with its traceback and the others still run.
 - ``--accuracy-model DIR`` (a model folder with its base: smollm2-sst2, qwen-3way) scores SST-2 dev, the
   hand-labelled development messages and SMS ham with the engine in fp32, bf16, and bf16 with each fast path
@@ -289,14 +291,16 @@ VARIANTS = {"engine": {}, "engine_graphs": {"cuda_graphs": True}, "engine_fp8": 
             "engine_fused_graphs": {"fused_attention": True, "fused_rotary": True, "fused_mlp": True,
                                     "cuda_graphs": True}}
 FUSED = VARIANTS["engine_fused"]
-# What the residual fold and the batches' padding are worth, in the same run: the engine without the fold, and
-# batches of at most 3% ("tight") or 10% ("loose") padding whatever the model's width (the engine picks 3% for
-# models as wide as Llama-3.1-8B, 10% for narrower ones).
+# What the residual fold, ragged batches and the batches' padding are worth, in the same run: the engine without
+# the fold, the fused engine with padded batches instead of ragged ones ("padded"), and batches of at most 3%
+# ("tight") or 10% ("loose") padding whatever the model's width (the engine picks 3% for models as wide as
+# Llama-3.1-8B, 10% for narrower ones).
 VARIANTS.update({"engine_unfolded": {"fold_residual": False},
+                 "engine_fused_padded": {**FUSED, "ragged": False},
                  "engine_fused_unfolded": {**FUSED, "fold_residual": False},
                  "engine_loose": {"max_padding": 0.1},
-                 "engine_fused_loose": {**FUSED, "max_padding": 0.1},
-                 "engine_fused_tight": {**FUSED, "max_padding": 0.03},
+                 "engine_fused_loose": {**FUSED, "ragged": False, "max_padding": 0.1},
+                 "engine_fused_tight": {**FUSED, "ragged": False, "max_padding": 0.03},
                  "engine_fused_tight_graphs": {**FUSED, "max_padding": 0.03, "cuda_graphs": True}})
 
 

@@ -77,6 +77,18 @@ def cases(device: str, dtype):
         out.append((f"prefix_attention {'with' if k_v[0] is not None else 'without'} a prefix",
                     fused.prefix_attention(qk, v, *k_v, heads, 0.3),
                     fused.prefix_attention_reference(qk, v, *k_v, heads, 0.3)))
+    # Ragged: rows of 1, 40, 7 and 33 tokens end to end (several query blocks for the long ones, and a row that
+    # ends inside a key block), each row against the reference of that row alone.
+    lengths = [1, 40, 7, 33]
+    starts = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32, device=device)
+    flat = torch.randn(1, sum(lengths), heads + 2 * kv, head_dim, device=device).to(dtype)
+    qk_r, v_r = flat[:, :, : heads + kv], flat[:, :, heads + kv:]
+    bounds = starts.tolist()
+    for k_v in ((cache[0], cache[1]), (None, None)):
+        rows = [fused.prefix_attention_reference(qk_r[:, a:b], v_r[:, a:b], *k_v, heads, 0.3)
+                for a, b in zip(bounds, bounds[1:])]
+        out.append((f"ragged prefix_attention {'with' if k_v[0] is not None else 'without'} a prefix",
+                    fused.prefix_attention(qk_r, v_r, *k_v, heads, 0.3, starts, max(lengths)), torch.cat(rows, 1)))
     return out
 
 

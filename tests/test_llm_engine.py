@@ -26,7 +26,7 @@ from screener.classifiers.base import Classifier, ClassifierBase  # noqa: E402
 from screener.classifiers.gpu import child, fp8  # noqa: E402
 from screener.classifiers.gpu.loader import load_engine  # noqa: E402
 from screener.classifiers.gpu.multi import MultiGPUEngine  # noqa: E402
-from screener.classifiers.gpu.packing import pack_chunk, plan_batches, regroup  # noqa: E402
+from screener.classifiers.gpu.packing import end_to_end, pack_chunk, plan_batches, regroup  # noqa: E402
 from screener.classifiers.gpu.prompt_tokens import PromptTokenizer, shared_prefix_lengths  # noqa: E402
 from screener.classifiers.gpu.runner import LabelTokenEngine, default_max_padding  # noqa: E402
 from screener.errors import ModelError  # noqa: E402
@@ -258,6 +258,68 @@ def test_engine_batches_hold_small_batches_back_and_score_every_message_once():
     assert len(batches) < len(chunked) / 2
     expected = make_engine(0, producer="thread")[3].predict_negative(texts)
     np.testing.assert_allclose(engine.predict_negative(texts), expected, atol=1e-6, rtol=0)
+
+
+def test_plan_batches_ragged_cuts_by_real_tokens_whatever_the_lengths():
+    lengths, shared = np.array([5, 3, 9, 2, 12]), np.array([4, 4, 4, 4, 3])
+    # shared 3: the 12-token row alone, longer than the budget; shared 4 by length 2, 3, 5 (10 tokens), then 9.
+    plan = plan_batches(lengths, shared, 10, 8, max_padding=0.0, ragged=True)
+    assert [b.tolist() for b in plan] == [[4], [3, 1, 0], [2]]
+    assert [b.tolist() for b in plan_batches(lengths, shared, 100, 2, ragged=True)] == [[4], [3, 1], [0, 2]]
+
+
+def test_end_to_end_lays_each_rows_tokens_after_the_last():
+    flat = np.arange(10, 20)
+    assert end_to_end(flat, np.array([1, 6, 0]), np.array([2, 3, 1])).tolist() == [11, 12, 16, 17, 18, 10]
+    assert end_to_end(flat, np.array([], dtype=np.int64), np.array([], dtype=np.int64)).tolist() == []
+
+
+def test_regroup_plans_small_ragged_batches_again_as_ragged_ones():
+    small = [(np.array([1, 2, 3, 4, 5]), np.array([1, 2]), np.array([0, 1]), 4),
+             (np.array([6, 7]), np.array([1]), np.array([7]), 4),
+             (np.array([8]), np.array([0]), np.array([9]), 3)]
+    # Shared 4: lengths 2, 3, 2 sorted to rows 0, 7, 1 (7 tokens), run; shared 3: one token, held.
+    run, held = regroup(small, token_budget=100, max_batch=8, max_padding=0.0, keep_below=6)
+    assert [(b[0].tolist(), b[1].tolist(), b[2].tolist(), b[3]) for b in run] == [
+        ([1, 2, 6, 7, 3, 4, 5], [1, 1, 2], [0, 7, 1], 4)]
+    assert [(b[0].tolist(), b[1].tolist(), b[2].tolist(), b[3]) for b in held] == [([8], [0], [9], 3)]
+
+
+def test_ragged_batches_hold_every_rows_real_tokens_and_no_padding():
+    _, _, _, engine = make_engine(0, producer="thread")
+    texts = [f"{t} {'and more ' * (i % 7)}{i}" for i in range(30) for t in TEXTS]
+    options = {"max_text_tokens": engine.max_text_tokens, "token_budget": 512, "max_batch": engine.max_batch,
+               "max_padding": engine.max_padding}
+    padded = pack_chunk(engine.prompts, engine.prefix_ids, texts, **options)
+    ragged = pack_chunk(engine.prompts, engine.prefix_ids, texts, ragged=True, **options)
+    rows = {}
+    for ids, last, idx, shared in padded:
+        rows.update({int(i): (row[: n + 1].tolist(), shared) for row, n, i in zip(ids, last, idx)})
+    seen = {}
+    for ids, last, idx, shared in ragged:
+        assert ids.ndim == 1 and ids.size == int((last + 1).sum()) <= 512
+        bounds = np.concatenate(([0], np.cumsum(last + 1)))
+        seen.update({int(i): (ids[a:b].tolist(), shared) for a, b, i in zip(bounds, bounds[1:], idx)})
+    assert seen == rows and len(seen) == len(texts)
+    assert len(ragged) < len(padded)
+
+
+def test_ragged_batches_score_like_padded_ones():
+    texts = [f"{t} {'and more ' * (i % 7)}{i}" for i in range(12) for t in TEXTS]
+    fused = {"fused_attention": True, "fused_rotary": True, "fused_mlp": True, "producer": "thread"}
+    _, _, _, ragged = make_engine(0, **fused)
+    _, _, _, padded = make_engine(0, ragged=False, **fused)
+    assert ragged.ragged and not padded.ragged
+    batches = list(ragged.batches(texts))
+    assert all(b.starts is not None and b.ids.ndim == 1 for b in batches)
+    assert sorted(int(r) for b in batches for r in b.rows) == list(range(len(texts)))
+    b = batches[0]
+    assert b.starts.tolist() == [0, *np.cumsum(b.last.numpy() + 1).tolist()]
+    assert b.positions.tolist() == [p for n in (b.last + 1).tolist() for p in range(n)]
+    expected = make_engine(0, producer="thread")[3].predict_proba(texts)
+    assert expected[:, 0].max() - expected[:, 0].min() > 0.1
+    np.testing.assert_allclose(ragged.predict_proba(texts), expected, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(padded.predict_proba(texts), expected, atol=2e-6, rtol=0)
 
 
 def prefix_reuse(prompts: list[list[int]], prefix_ids: list[int]) -> list[int]:

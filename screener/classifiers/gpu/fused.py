@@ -16,16 +16,22 @@ import functools
 import os
 
 
-def prefix_attention(qk, v, prefix_k, prefix_v, n_heads: int, scale: float):
+def prefix_attention(qk, v, prefix_k, prefix_v, n_heads: int, scale: float, starts=None, longest: int = 0):
     """Attention output [rows, width, heads * head_dim] for rotated q and k in ``qk`` [rows, width, heads +
     kv_heads, head_dim] (q heads first) and v [rows, width, kv_heads, head_dim]: every query sees all ``shared``
     prefix positions of prefix_k / prefix_v [1, kv_heads, shared, head_dim] (None: no prefix) and its row's
-    positions up to its own."""
+    positions up to its own.
+
+    Ragged: with ``starts`` (int32 [rows + 1] on qk's device) qk and v hold every row's tokens end to end as one
+    row [1, tokens, ...], row i being tokens starts[i] to starts[i + 1], the longest ``longest`` tokens; the
+    output is [1, tokens, heads * head_dim]."""
     import torch
 
     kernels = triton_kernels(qk)
     head_dim = qk.shape[-1]
     if kernels is None or head_dim < 16 or head_dim & (head_dim - 1) or qk.stride(-1) != 1 or v.stride(-1) != 1:
+        if starts is not None:
+            return ragged_attention_reference(qk, v, prefix_k, prefix_v, n_heads, scale, starts)
         return prefix_attention_reference(qk, v, prefix_k, prefix_v, n_heads, scale)
     rows, width = qk.shape[:2]
     if prefix_k is None:
@@ -36,8 +42,17 @@ def prefix_attention(qk, v, prefix_k, prefix_v, n_heads: int, scale: float):
             prefix_k, prefix_v = prefix_k.contiguous(), prefix_v.contiguous()
     out = torch.empty((rows, width, n_heads * head_dim), dtype=qk.dtype, device=qk.device)
     if rows and width:
-        kernels.prefix_attention(qk, v, prefix_k, prefix_v, out, n_heads, scale)
+        kernels.prefix_attention(qk, v, prefix_k, prefix_v, out, n_heads, scale, starts, longest)
     return out
+
+
+def ragged_attention_reference(qk, v, prefix_k, prefix_v, n_heads: int, scale: float, starts):
+    """``prefix_attention_reference`` of each row of a ragged batch in turn."""
+    import torch
+
+    bounds = starts.tolist()
+    return torch.cat([prefix_attention_reference(qk[:, a:b], v[:, a:b], prefix_k, prefix_v, n_heads, scale)
+                      for a, b in zip(bounds, bounds[1:])], 1)
 
 
 def prefix_attention_reference(qk, v, prefix_k, prefix_v, n_heads: int, scale: float):

@@ -6,7 +6,8 @@ The attention kernel reads q straight from the rotated q/k projection [rows, wid
 and writes the output in the layout the output projection takes [rows, width, heads * head_dim], so neither the
 grouped-query fold nor its inverse is a copy. A program takes one row, one key/value head and a block of its
 queries (grouped heads times positions); it first runs the online softmax over the prefix keys, shared by every
-row and read from the one cached copy, then over the row's own keys up to each query's position.
+row and read from the one cached copy, then over the row's own keys up to each query's position. Ragged batches
+(rows end to end, ``RAGGED``) give each row's first token and length by an offsets array instead of a fixed width.
 """
 
 from __future__ import annotations
@@ -28,18 +29,27 @@ def _softmax_step(q, k, v, m_i, l_i, acc, allowed, scale):
 
 
 @triton.jit
-def _prefix_attention(qk_ptr, v_ptr, pk_ptr, pv_ptr, o_ptr, width, shared, scale,
+def _prefix_attention(qk_ptr, v_ptr, pk_ptr, pv_ptr, o_ptr, starts_ptr, width, shared, scale,
                       sqk_r, sqk_w, sqk_h, sv_r, sv_w, sv_h, spk_h, spk_p, spv_h, spv_p, so_r, so_w,
                       N_HEADS: tl.constexpr, GROUPS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RAGGED: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
+    if RAGGED:
+        begin = tl.load(starts_ptr + row).to(tl.int64)
+        width = (tl.load(starts_ptr + row + 1) - begin).to(tl.int32)
+        qk_row, v_row, o_row = qk_ptr + begin * sqk_w, v_ptr + begin * sv_w, o_ptr + begin * so_w
+        # The grid covers the longest row's queries: a shorter row's extra blocks have nothing to do.
+        if tl.program_id(2) * BLOCK_M >= GROUPS * width:
+            return
+    else:
+        qk_row, v_row, o_row = qk_ptr + row * sqk_r, v_ptr + row * sv_r, o_ptr + row * so_r
     kv = tl.program_id(1)
     m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = m < GROUPS * width
     head = kv * GROUPS + m // width
     pos = m % width
     d = tl.arange(0, HEAD_DIM)
-    q = tl.load(qk_ptr + row * sqk_r + pos[:, None] * sqk_w + head[:, None] * sqk_h + d[None, :],
+    q = tl.load(qk_row + pos[:, None] * sqk_w + head[:, None] * sqk_h + d[None, :],
                 mask=m_ok[:, None], other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -55,13 +65,13 @@ def _prefix_attention(qk_ptr, v_ptr, pk_ptr, pv_ptr, o_ptr, width, shared, scale
     for start in range(0, last, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         n_ok = n < width
-        k = tl.load(qk_ptr + row * sqk_r + n[:, None] * sqk_w + k_head * sqk_h + d[None, :], mask=n_ok[:, None],
+        k = tl.load(qk_row + n[:, None] * sqk_w + k_head * sqk_h + d[None, :], mask=n_ok[:, None],
                     other=0.0)
-        v = tl.load(v_ptr + row * sv_r + n[:, None] * sv_w + kv * sv_h + d[None, :], mask=n_ok[:, None],
+        v = tl.load(v_row + n[:, None] * sv_w + kv * sv_h + d[None, :], mask=n_ok[:, None],
                     other=0.0)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, n[None, :] <= pos[:, None], scale)
     o = acc / l_i[:, None]
-    tl.store(o_ptr + row * so_r + pos[:, None] * so_w + (head * HEAD_DIM)[:, None] + d[None, :],
+    tl.store(o_row + pos[:, None] * so_w + (head * HEAD_DIM)[:, None] + d[None, :],
              o.to(o_ptr.dtype.element_ty), mask=m_ok[:, None])
 
 
@@ -93,20 +103,25 @@ def _silu_mul(x_ptr, o_ptr, n, x_stride, BLOCK: tl.constexpr):
     tl.store(o_ptr + row * n + cols, (gate / (1.0 + tl.exp(-gate)) * up).to(o_ptr.dtype.element_ty), mask=mask)
 
 
-def prefix_attention(qk, v, prefix_k, prefix_v, out, n_heads: int, scale: float) -> None:
+def prefix_attention(qk, v, prefix_k, prefix_v, out, n_heads: int, scale: float, starts=None,
+                     longest: int = 0) -> None:
     """qk [rows, width, heads + kv_heads, head_dim] (unit stride last), v [rows, width, kv_heads, head_dim],
-    prefix_k / prefix_v [kv_heads, shared, head_dim] (shared may be 0), out [rows, width, heads * head_dim]."""
+    prefix_k / prefix_v [kv_heads, shared, head_dim] (shared may be 0), out [rows, width, heads * head_dim].
+    Ragged: qk, v and out of one row holding all tokens [1, tokens, ...], row i being tokens starts[i] to
+    starts[i + 1] (int32 on the device), the longest ``longest`` tokens."""
     rows, width, _, head_dim = qk.shape
     n_kv = v.shape[2]
     groups = n_heads // n_kv
     shared = prefix_k.shape[1]
     block_m = 64
+    if starts is not None:
+        rows, width = starts.shape[0] - 1, longest
     grid = (rows, n_kv, triton.cdiv(groups * width, block_m))
-    _prefix_attention[grid](qk, v, prefix_k, prefix_v, out, width, shared, scale,
+    _prefix_attention[grid](qk, v, prefix_k, prefix_v, out, starts if starts is not None else qk, width, shared, scale,
                             qk.stride(0), qk.stride(1), qk.stride(2), v.stride(0), v.stride(1), v.stride(2),
                             prefix_k.stride(0), prefix_k.stride(1), prefix_v.stride(0), prefix_v.stride(1),
                             out.stride(0), out.stride(1), N_HEADS=n_heads, GROUPS=groups, HEAD_DIM=head_dim,
-                            BLOCK_M=block_m, BLOCK_N=32, num_warps=4)
+                            BLOCK_M=block_m, BLOCK_N=32, RAGGED=starts is not None, num_warps=4)
 
 
 def rotate(x, cos, signed_sin) -> None:

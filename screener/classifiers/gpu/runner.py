@@ -37,12 +37,15 @@ GRAPH_WIDTH_MARGIN = 64
 
 @dataclass
 class Batch:
-    """One batch as the producer hands it to the forward."""
+    """One batch as the producer hands it to the forward: padded, or ragged (``starts`` set)."""
 
-    ids: object  # LongTensor [rows, width], right padded, pinned when the engine is on CUDA
-    last: object  # LongTensor [rows]: index of each row's last real token
+    ids: object  # LongTensor [rows, width] right padded, or [tokens] ragged; pinned when the engine is on CUDA
+    last: object  # LongTensor [rows]: index of each row's last real token within its row
     rows: object  # LongTensor [rows]: position of each row in the caller's texts
     shared: int  # cached prefix tokens every row reuses
+    starts: object = None  # ragged: IntTensor [rows + 1], row i is ids[starts[i]:starts[i + 1]]
+    positions: object = None  # ragged: LongTensor [tokens], each token's position within its row
+    longest: int = 0  # ragged: the longest row's tokens
 
 
 @dataclass
@@ -115,7 +118,10 @@ class LabelTokenEngine(ClassifierBase):
     * up (left to float8's own kernel when ``fp8`` is on). With ``fp8`` the scores carry a model id of their own,
     derived from ``model_id``; the other options compute the same probabilities to rounding and keep it.
     ``fold_residual`` (on by default; off only to measure it) adds each block's output projections into the
-    residual stream inside the matrix product.
+    residual stream inside the matrix product. ``ragged`` (on by default) lays the rows of a batch end to end
+    without padding where the fused attention runs eagerly (not on CUDA graphs, whose shapes are bucketed): batches
+    are then cut by real tokens alone, so they stay large whatever the mix of lengths; ``max_padding`` bounds the
+    padded batches only.
     """
 
     sizes_own_batches = True
@@ -126,7 +132,8 @@ class LabelTokenEngine(ClassifierBase):
                  max_batch: int = 4096, max_padding: float | None = None, chunk_size: int = 65536, prefetch: int = 4,
                  attention: Sequence[str] | str | None = None, producer: str | None = None, fp8: bool = False,
                  cuda_graphs: bool = False, fused_attention: bool = False, fused_rotary: bool = False,
-                 fused_mlp: bool = False, fold_residual: bool = True, labels: Sequence[str] = LABEL_WORDS):
+                 fused_mlp: bool = False, fold_residual: bool = True, ragged: bool = True,
+                 labels: Sequence[str] = LABEL_WORDS):
         import torch
 
         config = model.config
@@ -202,6 +209,7 @@ class LabelTokenEngine(ClassifierBase):
         self.prefix_ids = self.prompts.prefix_ids
         self._prefix_kv = self._compute_prefix_kv()
         self.cuda_graphs = bool(cuda_graphs) and self.on_cuda
+        self.ragged = bool(ragged) and self.fused_attention and not self.cuda_graphs
         self.buckets = self._graphs = None
         if self.cuda_graphs:
             from screener.classifiers.gpu.graphs import BatchGraphs
@@ -293,6 +301,10 @@ class LabelTokenEngine(ClassifierBase):
                 return probs
         ids = batch.ids.to(self.device, non_blocking=True)
         last = batch.last.to(self.device, non_blocking=True)
+        if batch.starts is not None:
+            return self._ragged_probabilities(ids, batch.starts.to(self.device, non_blocking=True),
+                                              batch.positions.to(self.device, non_blocking=True), last,
+                                              batch.longest, batch.shared)
         return self._probabilities(ids, last, batch.shared)
 
     def graph_stats(self) -> dict | None:
@@ -339,7 +351,8 @@ class LabelTokenEngine(ClassifierBase):
             start, size = start + size, min(4 * size, self.chunk_size)
         chunks = (texts[start:start + size] for start, size in offsets)
         options = {"max_text_tokens": self.max_text_tokens, "token_budget": self.token_budget,
-                   "max_batch": self.max_batch, "max_padding": self.max_padding, "buckets": self.buckets}
+                   "max_batch": self.max_batch, "max_padding": self.max_padding, "buckets": self.buckets,
+                   "ragged": self.ragged}
         if self._packer is not None:
             packed = self._packer.map(chunks, options)
         else:
@@ -362,10 +375,18 @@ class LabelTokenEngine(ClassifierBase):
     def _batch(self, ids, last, rows, shared: int) -> Batch:
         import torch
 
-        tensors = [torch.from_numpy(a) for a in (ids, last, rows)]
+        arrays, longest = [ids, last, rows], 0
+        if ids.ndim == 1:
+            lengths = last + 1
+            starts = np.zeros(len(lengths) + 1, dtype=np.int32)
+            np.cumsum(lengths, out=starts[1:])
+            arrays += [starts, np.arange(ids.size, dtype=np.int64) - np.repeat(starts[:-1].astype(np.int64), lengths)]
+            longest = int(lengths.max())
+        tensors = [torch.from_numpy(a) for a in arrays]
         if self.on_cuda:
             tensors = [t.pin_memory() for t in tensors]
-        return Batch(*tensors, shared=shared)
+        ids, last, rows, *ragged = tensors
+        return Batch(ids, last, rows, shared, *ragged, longest=longest)
 
     def close(self) -> None:
         """Stops the producer process, if any (it also stops with this process), and drops the CUDA graphs."""
@@ -427,8 +448,9 @@ class LabelTokenEngine(ClassifierBase):
         k = fused.rotate_(k, cos, sin) if self.fused_rotary else self._rotate(k, cos[:, None, :], sin[:, None, :])
         return k.transpose(1, 2), v.transpose(1, 2)
 
-    def _block(self, x, layer: _Layer, cos, sin, prefix_kv, mask):
-        """One decoder layer over every position of x [rows, width, hidden]."""
+    def _block(self, x, layer: _Layer, cos, sin, prefix_kv, mask, ragged=None):
+        """One decoder layer over every position of x [rows, width, hidden]; ``ragged`` (starts, longest): x is
+        a ragged batch's rows end to end [1, tokens, hidden] (fused attention only)."""
         import torch
         import torch.nn.functional as F
 
@@ -445,7 +467,7 @@ class LabelTokenEngine(ClassifierBase):
         if self.fused_attention:
             v = qkv[..., q_size + kv_size:].view(rows, width, self.n_kv, self.head_dim)
             pk, pv = prefix_kv if prefix_kv is not None else (None, None)
-            o = fused.prefix_attention(qk, v, pk, pv, self.n_heads, self._scaling)
+            o = fused.prefix_attention(qk, v, pk, pv, self.n_heads, self._scaling, *(ragged or ()))
             x = self._plus_linear(x, o, layer.wo, layer.bo)
             return self._mlp(self._norm(x, layer.ln2, layer.eps2), layer, x)
         q = qk[:, :, : self.n_heads].view(rows, width, self.n_kv, groups, self.head_dim)
@@ -492,24 +514,30 @@ class LabelTokenEngine(ClassifierBase):
     def _last_block(self, x, layer: _Layer, cos, sin, prefix_kv, last, shared: int):
         """The last decoder layer, evaluated at each row's last real position only: [rows, hidden]."""
         import torch
-        import torch.nn.functional as F
 
-        rows, width, _ = x.shape
-        groups = self.n_heads // self.n_kv
-        q_size = self.n_heads * self.head_dim
         h = self._norm(x, layer.ln1, layer.eps1)
         k, v = self._keys_values(h, layer, cos, sin)
+        index = torch.arange(x.shape[0], device=x.device)
+        return self._last_queries(x[index, last], h[index, last], k, v, layer, prefix_kv, last, shared)
+
+    def _last_queries(self, x_last, h_last, k, v, layer: _Layer, prefix_kv, last, shared: int):
+        """The last layer for the rows' last positions (x_last, h_last [rows, hidden]) over their rows' keys and
+        values k, v [rows, kv_heads, width, head_dim]: [rows, hidden]."""
+        import torch
+        import torch.nn.functional as F
+
+        rows, _, width, _ = k.shape
+        groups = self.n_heads // self.n_kv
+        q_size = self.n_heads * self.head_dim
         if prefix_kv is not None:
             k = torch.cat((prefix_kv[0].expand(rows, -1, -1, -1), k), 2)
             v = torch.cat((prefix_kv[1].expand(rows, -1, -1, -1), v), 2)
-        index = torch.arange(rows, device=x.device)
-        x_last = x[index, last]
-        q = self._linear(h[index, last], layer.wqkv, layer.bqkv, slice(None, q_size))
+        q = self._linear(h_last, layer.wqkv, layer.bqkv, slice(None, q_size))
         q = q.view(rows, self.n_kv, groups, self.head_dim)
         full_cos, full_sin = self._rope_tables(shared + width)
         q = self._rotate(q, full_cos[shared + last][:, None, None, :], full_sin[shared + last][:, None, None, :])
-        blocked = torch.arange(shared + width, device=x.device)[None, :] > (shared + last)[:, None]
-        mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill_(blocked, float("-inf"))
+        blocked = torch.arange(shared + width, device=k.device)[None, :] > (shared + last)[:, None]
+        mask = torch.zeros(blocked.shape, dtype=k.dtype, device=k.device).masked_fill_(blocked, float("-inf"))
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=self._scaling)
         x_last = self._plus_linear(x_last, o.reshape(rows, -1), layer.wo, layer.bo)
         return self._mlp(self._norm(x_last, layer.ln2, layer.eps2), layer, x_last)
@@ -529,9 +557,37 @@ class LabelTokenEngine(ClassifierBase):
         for layer, kv in zip(self._layers[:-1], prefix[:-1]):
             x = self._block(x, layer, cos, sin, kv, mask)
         x = self._last_block(x, self._layers[-1], cos, sin, prefix[-1], last, shared)
+        return self._head_probabilities(x)
+
+    def _head_probabilities(self, x):
+        import torch
+        import torch.nn.functional as F
+
         x = F.rms_norm(x, (self.hidden,), self._final_norm[0], self._final_norm[1])
         logits = F.linear(x, self._head, self._head_bias).float()
         return torch.softmax(logits, dim=-1)
+
+    def _ragged_probabilities(self, ids, starts, positions, last, longest: int, shared: int):
+        """``_probabilities`` of a ragged batch: ids [tokens] holding the rows end to end (row i from starts[i]),
+        each token at ``positions`` within its row, the longest row ``longest`` tokens."""
+        import torch
+
+        full_cos, full_sin = self._rope_tables(shared + longest)
+        cos, sin = full_cos[shared + positions], full_sin[shared + positions]
+        x = self._embed(ids)[None]
+        prefix = [(k[:, :, :shared], v[:, :, :shared]) if shared else None for k, v in self._prefix_kv]
+        for layer, kv in zip(self._layers[:-1], prefix[:-1]):
+            x = self._block(x, layer, cos, sin, kv, None, (starts, longest))
+        layer = self._layers[-1]
+        h = self._norm(x, layer.ln1, layer.eps1)
+        k, v = self._keys_values(h, layer, cos, sin)
+        # Each row's keys and values from its first token on, padded to the longest (past a row's end the mask
+        # blocks what the clamped index reads).
+        spread = (starts[:-1, None] + torch.arange(longest, device=ids.device)).clamp_(max=ids.shape[0] - 1)
+        k, v = k[0][:, spread].transpose(0, 1), v[0][:, spread].transpose(0, 1)
+        ends = starts[1:].long() - 1
+        x = self._last_queries(x[0, ends], h[0, ends], k, v, layer, prefix[-1], last, shared)
+        return self._head_probabilities(x)
 
     def _compute_prefix_kv(self):
         """Keys and values [1, kv_heads, prefix, head_dim] of every layer for the cached prompt prefix."""
