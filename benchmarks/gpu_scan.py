@@ -481,6 +481,9 @@ def fast_path_accuracy(args, device: str) -> dict:
             run[name] = figures
         runs.append(run)
         log(json.dumps(run))
+    if args.accuracy_probs:
+        np.savez_compressed(args.accuracy_probs, **{f"{label}/{name}": p for label, got in probs.items()
+                                                    for name, p in got.items()})
     return {"model_dir": folder.name, "labels": list(manifest.get("label_words", LABEL_WORDS)),
             "sets": {name: len(texts) for name, texts, _, _ in sets}, "runs": runs}
 
@@ -631,6 +634,9 @@ def main() -> None:
     parser.add_argument("--accuracy-model", default="",
                         help="a model folder (smollm2-sst2 with its base): SST-2 dev in fp32, bf16 and float8")
     parser.add_argument("--accuracy-n", type=int, default=0, help="SST-2 dev sentences for --accuracy-model (0: all)")
+    parser.add_argument("--accuracy-probs", default="",
+                        help="also write --accuracy-model's probabilities to this .npz, one array per path and set "
+                             "('fp32/sst2_dev', ...), for analysis offline")
     args = parser.parse_args()
     if "engine" not in args.variants:
         args.variants.insert(0, "engine")
