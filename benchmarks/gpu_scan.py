@@ -395,7 +395,8 @@ def profile_engine(engine: LabelTokenEngine, texts, device: str, path: Path, tim
 
 
 ACCURACY_ENGINES = (("fp32", "float32", "engine"), ("bf16", "bfloat16", "engine"),
-                    ("bf16+fused", "bfloat16", "engine_fused"), ("bf16+graphs", "bfloat16", "engine_graphs"),
+                    ("bf16+fused", "bfloat16", "engine_fused"), ("bf16+fused+padded", "bfloat16", "engine_fused_padded"),
+                    ("bf16+graphs", "bfloat16", "engine_graphs"),
                     ("bf16+fused+graphs", "bfloat16", "engine_fused_graphs"), ("bf16+fp8", "bfloat16", "engine_fp8"),
                     ("bf16+fp8+graphs", "bfloat16", "engine_fp8_graphs"))
 
