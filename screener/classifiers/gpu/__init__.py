@@ -19,7 +19,9 @@ position of the Alpaca prompt, never ``generate()``), but spends the GPU only on
   to a few bucketed shapes (``buckets``, ``graphs``). Both options are off by default.
 - ``fused_attention``, ``fused_rotary`` and ``fused_mlp`` (off by default) run attention over the cached prefix
   without copying it into every row, the rotary embedding of q and k, and SiLU(gate) * up as one Triton kernel
-  each (``fused``, its kernels in ``fused_kernels``).
+  each (``fused``, its kernels in ``fused_kernels``). With them and without CUDA graphs (``ragged=True``, the
+  default), batches are ragged: rows laid end to end with no padding, cut by real tokens alone, the attention
+  kernel reading each row by its offset, the last layer gathering each row's final position.
 - ``fast_paths``: these options as a scan chooses them (the settings ``gpu_fp8``, ``gpu_cuda_graphs``,
   ``gpu_fused``), and what happens where they cannot apply.
 - On CUDA a producer process tokenizes and packs the next batches while the GPU runs the current one
