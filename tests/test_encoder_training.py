@@ -98,6 +98,41 @@ def test_full_fine_tune_writes_a_checkpoint_folder_and_stops_at_max_steps(tiny_b
     assert dev_accuracy(out, data_dir) == 1.0
 
 
+def test_layers_fine_tune_ships_every_tensor_but_the_embeddings_over_the_base(tiny_base, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from screener.classifiers import hf
+
+    recipe = {**RECIPE, "method": "layers", "learning_rate": 1e-2}
+    out = encoder.train(str(tiny_base), recipe, str(data_dir), str(tmp_path / "layers"))
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["base"] == str(tiny_base.resolve()) and manifest["weights"] == "weights.safetensors"
+    assert not (out / "config.json").exists()
+    saved = load_file(str(out / "weights.safetensors"))
+    assert saved and not any(".embeddings." in name for name in saved)
+    assert {"classifier.weight", "bert.encoder.layer.0.attention.self.query.weight"} <= set(saved)
+    assert {str(t.dtype) for t in saved.values()} == {"torch.float16"}
+    assert dev_accuracy(out, data_dir) == 1.0
+    # The trained tensors are what makes it a different model: the id follows them.
+    assert hf.manifest_model_id(out, manifest) != hf.manifest_model_id(out, {**manifest, "weights": None})
+
+
+def test_a_weights_file_that_does_not_fit_the_base_is_a_clear_error(tiny_base, data_dir, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from screener.errors import ModelError
+
+    recipe = {**RECIPE, "method": "layers", "learning_rate": 1e-2}
+    out = encoder.train(str(tiny_base), recipe, str(data_dir), str(tmp_path / "layers"), max_steps=1)
+    save_file({"classifier.weight": torch.zeros(3, 3, dtype=torch.float16)}, str(out / "weights.safetensors"))
+    with pytest.raises(ModelError, match=r"'classifier.weight' \(3, 3\) does not fit the base model \(the base's is \(2, 16\)\)"):
+        load_classifier(str(out), device="cpu")
+    (out / "weights.safetensors").unlink()
+    with pytest.raises(ModelError, match="names the weights file weights.safetensors, which is missing"):
+        load_classifier(str(out), device="cpu")
+
+
 def test_distillation_follows_the_teacher_over_the_hard_labels(tiny_base, data_dir, tmp_path):
     train = pl.read_csv(data_dir / "train.tsv", separator="\t", quote_char=None)
     # A teacher that contradicts every label: with distill_alpha = 1 the student must side with the teacher.
@@ -141,7 +176,7 @@ def test_shipped_minilm_recipes_validate_as_encoder_recipes():
 def test_a_recipe_built_in_code_is_validated_before_training(tiny_base, data_dir, tmp_path):
     from screener.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="'method' is 'adapter'; expected one of lora, full"):
+    with pytest.raises(ConfigError, match="'method' is 'adapter'; expected one of lora, full, layers"):
         encoder.train(str(tiny_base), {**RECIPE, "method": "adapter"}, str(data_dir), str(tmp_path / "a"))
     with pytest.raises(ConfigError, match="unknown key.*lora_rank"):
         encoder.train(str(tiny_base), {**RECIPE, "lora_rank": 4}, str(data_dir), str(tmp_path / "b"))

@@ -3,8 +3,10 @@
 
 ``train`` writes a folder that ``screener.classifiers.hf`` loads: ``screener_model.json`` (with ``num_labels``,
 ``labels`` and ``negative_index``) plus either a LoRA adapter (``method = "lora"``; the base comes from its
-package or folder at load time, so the folder stays a few MB) or the full weights and tokenizer
-(``method = "full"``). Output index 0 is negative, as everywhere.
+package or folder at load time, so the folder stays a few MB), the full weights and tokenizer
+(``method = "full"``), or every tensor but the embeddings (``method = "layers"``: ``weights.safetensors`` in fp16,
+laid over the same base at load; the embeddings, the largest tensor of a small encoder, stay the base's).
+Output index 0 is negative, as everywhere.
 
 Targets are distributions over the classes: a hard label's one-hot, or a teacher's probabilities
 (``training.distill``) blended with the hard label where the row has one. Rows come from SST-2 train (in the
@@ -100,6 +102,10 @@ def build_model(base_dir: Path, cfg: dict, device: str):
         model = get_peft_model(model, lora)
         if cfg.get("init_adapter"):
             load_adapter_weights(model, resolve_repo_path(cfg["init_adapter"]))
+    elif cfg["method"] == "layers":
+        for name, param in model.named_parameters():
+            if ".embeddings." in name:
+                param.requires_grad_(False)
     return model.to(device)
 
 
@@ -332,6 +338,13 @@ def write_model_folder(out: Path, model, tokenizer, cfg: dict, spec: str, traini
         model.save_pretrained(str(out / "adapter"), save_embedding_layers=False)
         (out / "adapter" / "README.md").unlink(missing_ok=True)  # PEFT's empty card template; MODEL_CARD.md is ours
         manifest.update({"base": spec, "adapter": "adapter"})
+    elif cfg["method"] == "layers":
+        from safetensors.torch import save_file
+
+        trained = {name: param.detach().to("cpu").half().contiguous()
+                   for name, param in model.named_parameters() if param.requires_grad}
+        save_file(trained, str(out / hf.LAYERS_FILE))
+        manifest.update({"base": spec, "weights": hf.LAYERS_FILE})
     else:
         model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))

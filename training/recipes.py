@@ -170,8 +170,9 @@ ENCODER = RecipeSchema("encoder", {
     "description": Key((str,), ""),
     # 2: (negative, positive); 3: (negative, neutral, positive)
     "num_labels": Key((int,), 2, Range(2, 3)),
-    # lora: an adapter over a base that the folder names, so the folder stays a few MB; full: all weights.
-    "method": choice("lora", "full", default="lora"),
+    # lora: an adapter over a base that the folder names, so the folder stays a few MB; full: all weights;
+    # layers: every weight but the embeddings, written as those tensors alone over the base the folder names.
+    "method": choice("lora", "full", "layers", default="lora"),
     "epochs": Key(NUMBER, 3.0, POSITIVE),
     "batch_size": Key((int,), 32, AT_LEAST_1),
     "learning_rate": Key(NUMBER, 5e-4, POSITIVE),  # the adapter's, or the full weights'

@@ -10,6 +10,9 @@ A model folder holds ``screener_model.json`` with ``"kind": "hf-seqcls"`` and:
   fine-tune, or a tiny test model).
 - ``adapter`` (optional): a PEFT LoRA folder inside the model folder; its ``modules_to_save`` carry the trained
   classifier head. It is merged into the base weights at load, so inference runs at the plain model's speed.
+- ``weights`` (optional): a safetensors file inside the model folder with trained tensors named as in the
+  sequence-classification model, copied over the base's at load: what ``screener train`` writes for a fine-tune of
+  every layer but the embeddings (``method = "layers"``), which leave the base's largest tensor to its package.
 - ``labels`` (optional): the class of each output, in output order, such as ``["negative", "neutral",
   "positive"]`` for a three-way head; distinct names, one of them ``negative``, as many as ``num_labels`` (which
   defaults to their number). A model that knows two classes says so by declaring two, and is read as negative
@@ -55,6 +58,7 @@ DEFAULT_MAX_LENGTH = 128
 # Bump when the text preparation changes in a way that changes scores: it is part of model_id.
 TRUNCATION_SCHEME = "head-tail-v1"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
+LAYERS_FILE = "weights.safetensors"
 
 
 def max_chars_for(max_length: int) -> int:
@@ -126,16 +130,20 @@ def resolve_base(base: str | None, folder: Path) -> Path:
     return resolved.path
 
 
-def compute_model_id(base_dir: Path, adapter_dir: Path | None, tokenizer_dir: Path, settings: dict) -> str:
+def compute_model_id(base_dir: Path, adapter_dir: Path | None, tokenizer_dir: Path, weights: Path | None,
+                     settings: dict) -> str:
     def parts(path: Path) -> list[tuple[str, str]]:
         return identity.fingerprint(path, identity.CHECKPOINT)
 
-    return identity.model_id(identity.HF_SEQCLS, {
+    parts_by_role = {
         "settings": settings,
         "base": parts(base_dir),
         "adapter": parts(adapter_dir) if adapter_dir is not None else None,
         "tokenizer": parts(tokenizer_dir) if tokenizer_dir != base_dir else None,
-    })
+    }
+    if weights is not None:  # only then, so that the ids of models without one stay what they were
+        parts_by_role["weights"] = parts(weights)
+    return identity.model_id(identity.HF_SEQCLS, parts_by_role)
 
 
 def has_tokenizer(folder: Path) -> bool:
@@ -211,6 +219,28 @@ def merge_lora(model, adapter_dir: Path) -> None:
                 if target is None or target.shape != value.shape:
                     raise ModelError(f"{weights}: saved module tensor {name!r} does not match the base model")
                 target.copy_(value)
+
+
+def lay_over(model, weights: Path) -> None:
+    """Copy the trained tensors of a ``weights`` file over the base model's, each checked against its name and
+    shape."""
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own SafetensorError for a truncated or damaged file
+        raise ModelError(f"cannot read {weights}: {type(exc).__name__}: {exc}. Expected the weights file written "
+                         "by `screener train`; copy the model folder again.") from exc
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            target = params.get(name)
+            if target is None or target.shape != value.shape:
+                found = "no such tensor" if target is None else f"the base's is {tuple(target.shape)}"
+                raise ModelError(f"{weights}: tensor {name!r} {tuple(value.shape)} does not fit the base model "
+                                 f"({found}): expected weights trained on this manifest's base")
+            target.copy_(value)
 
 
 class HFSequenceClassifier(ClassifierBase):
@@ -322,8 +352,9 @@ def settings_labels(settings: dict) -> tuple[str, ...]:
     return class_labels(settings["num_labels"], settings["negative_index"])
 
 
-def locate(folder: Path, manifest: dict) -> tuple[Path, Path | None, Path]:
-    """(base checkpoint folder, adapter folder or None, tokenizer folder) of a model folder, checked."""
+def locate(folder: Path, manifest: dict) -> tuple[Path, Path | None, Path, Path | None]:
+    """(base checkpoint folder, adapter folder or None, tokenizer folder, weights file or None) of a model folder,
+    checked."""
     base = manifest.get("base")
     if base is not None and not isinstance(base, str):
         raise ModelError(f"{folder}/screener_model.json: 'base' must be a string, found {base!r}")
@@ -337,10 +368,16 @@ def locate(folder: Path, manifest: dict) -> tuple[Path, Path | None, Path]:
         if not (adapter_dir / "adapter_config.json").is_file():
             raise ModelError(f"adapter folder {adapter_dir} has no adapter_config.json: expected a PEFT LoRA "
                              "folder written by `screener train`")
+    weights = None
+    if manifest.get("weights"):
+        weights = folder / str(manifest["weights"])
+        if not weights.is_file():
+            raise ModelError(f"{folder}/screener_model.json names the weights file {weights.name}, which is missing: "
+                             "expected the safetensors file written by `screener train` beside the manifest")
     tokenizer_dir = folder if has_tokenizer(folder) else base_dir
     if not has_tokenizer(tokenizer_dir):
         raise ModelError(f"no tokenizer files (tokenizer.json or vocab.txt) in {folder} or {base_dir}")
-    return base_dir, adapter_dir, tokenizer_dir
+    return base_dir, adapter_dir, tokenizer_dir, weights
 
 
 def manifest_model_id(folder: Path, manifest: dict) -> str:
@@ -354,8 +391,8 @@ def load(folder: Path, manifest: dict, device: str = "auto", threads: int = 0) -
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
     settings = read_settings(folder, manifest)
-    base_dir, adapter_dir, tokenizer_dir = locate(folder, manifest)
-    model_id = compute_model_id(base_dir, adapter_dir, tokenizer_dir, settings)
+    base_dir, adapter_dir, tokenizer_dir, weights = locate(folder, manifest)
+    model_id = compute_model_id(base_dir, adapter_dir, tokenizer_dir, weights, settings)
     device = resolve_device(device)
 
     import torch
@@ -375,6 +412,8 @@ def load(folder: Path, manifest: dict, device: str = "auto", threads: int = 0) -
     if limit is not None and settings["max_length"] > limit:
         raise ModelError(f"{folder}/screener_model.json: max_length is {settings['max_length']} tokens, but the model "
                          f"in {base_dir} has positions for {limit}. Set max_length to {limit} or less.")
+    if weights is not None:
+        lay_over(model, weights)
     if adapter_dir is not None:
         merge_lora(model, adapter_dir)
     model.eval().to(device)
