@@ -12,7 +12,7 @@ import pytest
 from screener.classifiers.base import BINARY_LABELS
 from screener.classifiers.registry import MANIFEST, load_classifier
 from training import encoder
-from training.distill import blend_targets, read_teacher, teacher_targets
+from training.distill import blend_targets, read_teacher, split_targets, teacher_targets
 
 POSITIVE = ["good", "great", "fun", "love"]
 NEGATIVE = ["bad", "awful", "boring", "hate"]
@@ -147,6 +147,30 @@ def test_blend_targets_mixes_teacher_and_hard_label():
     targets = blend_targets(np.array([[0.8, 0.2], [0.2, 0.8]], dtype=np.float32), [1, 0], alpha=0.25)
     # row 0: 0.25 * 0.8 + 0.75 * 0 = 0.2 negative; row 1: 0.25 * 0.2 + 0.75 * 1 = 0.8 negative
     np.testing.assert_allclose(targets, [[0.2, 0.8], [0.8, 0.2]], atol=1e-6)
+
+
+def test_split_targets_soften_the_teacher_and_weigh_both_terms():
+    hard, soft = split_targets(np.array([[0.8, 0.2], [0.9, 0.1]]), [1, -1], alpha=0.25, temperature=2.0)
+    # row 0: sqrt(0.8) : sqrt(0.2) = 2 : 1, weighted 0.25; the label (positive) weighted 0.75
+    # row 1: sqrt(0.9) : sqrt(0.1) = 3 : 1, weighted 1 (no label)
+    np.testing.assert_allclose(soft, [[0.25 * 2 / 3, 0.25 / 3], [0.75, 0.25]], atol=1e-6)
+    np.testing.assert_allclose(hard, [[0.0, 0.75], [0.0, 0.0]], atol=1e-6)
+    hard1, soft1 = split_targets(np.array([[0.8, 0.2]]), [0], alpha=0.25, temperature=1.0)
+    np.testing.assert_allclose(hard1 + soft1, blend_targets(np.array([[0.8, 0.2]]), [0], alpha=0.25), atol=1e-6)
+
+
+def test_distillation_at_a_temperature_still_follows_the_teacher(tiny_base, data_dir, tmp_path):
+    train = pl.read_csv(data_dir / "train.tsv", separator="\t", quote_char=None)
+    teacher = tmp_path / "teacher.parquet"
+    # A teacher that contradicts every label, sure but not certain, so softening changes its targets.
+    p_negative = (train["label"].cast(pl.Float64) * 0.8 + 0.1)
+    pl.DataFrame({"text": train["sentence"], "p_negative": p_negative}).write_parquet(teacher)
+    recipe = {**RECIPE, "teacher": str(teacher), "distill_alpha": 1.0, "distill_temperature": 2.0}
+    out = encoder.train(str(tiny_base), recipe, str(data_dir), str(tmp_path / "distilled"))
+    assert dev_accuracy(out, data_dir) == 0.0
+    from screener.errors import ConfigError
+    with pytest.raises(ConfigError, match="distill_temperature"):
+        encoder.train(str(tiny_base), {**recipe, "distill_temperature": 0.5}, str(data_dir), str(tmp_path / "bad"))
 
 
 def test_teacher_targets_average_duplicates_and_fall_back_to_labels(tmp_path):

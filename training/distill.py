@@ -136,6 +136,23 @@ def blend_targets(teacher_probs: np.ndarray, labels: Sequence[int], alpha: float
     return (weight * teacher_probs + (1.0 - weight) * hard).astype(np.float32)
 
 
+def split_targets(teacher_probs: np.ndarray, labels: Sequence[int], alpha: float,
+                  temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """The two terms of distillation at a temperature, each weighted as in ``blend_targets``: the hard labels'
+    one-hot (``1 - alpha`` where a row has a label, 0 where it has none) and the teacher's probabilities softened
+    to ``p ** (1 / temperature)``, renormalised (``alpha``, or 1 where the row has no label). Their sum at
+    temperature 1 is ``blend_targets``."""
+    teacher_probs = np.asarray(teacher_probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    has = y >= 0
+    hard = np.zeros_like(teacher_probs)
+    hard[np.flatnonzero(has), y[has]] = 1.0
+    soft = teacher_probs ** (1.0 / temperature)
+    soft /= soft.sum(1, keepdims=True)
+    weight = np.where(has, alpha, 1.0)[:, None]
+    return ((1.0 - weight) * hard).astype(np.float32), (weight * soft).astype(np.float32)
+
+
 def one_hot(labels: Sequence[int], k: int) -> np.ndarray:
     y = np.asarray(labels, dtype=np.int64)
     out = np.zeros((len(y), k), dtype=np.float32)

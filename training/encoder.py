@@ -41,7 +41,7 @@ from screener.classifiers.registry import MANIFEST
 from screener.errors import ConfigError
 from training.data import (Labelled, excluded_keys, load_sst2, read_labelled, resolve_repo_path, text_key,
                            training_rows)
-from training.distill import blend_targets, one_hot, read_teacher, teacher_targets
+from training.distill import blend_targets, one_hot, read_teacher, split_targets, teacher_targets
 from training.evaluate import score
 from training.recipes import for_trainer, load_recipe, override, parse_overrides
 
@@ -157,12 +157,16 @@ def classes_for(num_labels: int) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class TrainingSet:
     """The rows an encoder trains on: texts, hard labels (-1: none, the teacher's targets alone) and the target
-    distributions over the classes, with how many rows came from where."""
+    distributions over the classes, with how many rows came from where. With a distillation temperature above 1
+    ``targets`` holds the hard labels' weighted term and ``soft`` the teacher's (``training.distill.split_targets``),
+    which the loss takes at that temperature."""
 
     texts: list[str]
     labels: list[int]
     targets: np.ndarray
     counts: dict
+    soft: np.ndarray | None = None
+    temperature: float = 1.0
 
 
 def training_set(cfg: dict, data_dir: str, classes: tuple[str, ...]) -> TrainingSet:
@@ -192,9 +196,13 @@ def training_set(cfg: dict, data_dir: str, classes: tuple[str, ...]) -> Training
                 labels.append(-1)
         counts["unlabelled"] = len(texts) - counts["labelled"]
     probs = teacher_targets(teacher, texts, labels, classes, float(cfg["teacher_coverage"]))
-    log(f"distilling from {teacher_path} (alpha {cfg['distill_alpha']}): {counts['labelled']} labelled and "
-        f"{counts['unlabelled']} teacher-only rows")
-    return TrainingSet(texts, labels, blend_targets(probs, labels, float(cfg["distill_alpha"])), counts)
+    alpha, temperature = float(cfg["distill_alpha"]), float(cfg["distill_temperature"])
+    log(f"distilling from {teacher_path} (alpha {alpha}, temperature {temperature}): {counts['labelled']} labelled "
+        f"and {counts['unlabelled']} teacher-only rows")
+    if temperature == 1.0:
+        return TrainingSet(texts, labels, blend_targets(probs, labels, alpha), counts)
+    hard, soft = split_targets(probs, labels, alpha, temperature)
+    return TrainingSet(texts, labels, hard, counts, soft=soft, temperature=temperature)
 
 
 def dev_sets(cfg: dict, data_dir: str) -> list[tuple[str, Labelled]]:
@@ -265,6 +273,7 @@ def train(base: str, recipe: dict, data_dir: str, output: str, max_steps: int | 
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     targets_t = torch.from_numpy(data.targets)
+    soft_t = torch.from_numpy(data.soft) if data.soft is not None else None
     log(f"{cfg['method']} on {base_dir}: {len(train_ids)} texts, {len(classes)} classes, {total_steps} steps of "
         f"{batch_size}, {device}")
 
@@ -283,7 +292,12 @@ def train(base: str, recipe: dict, data_dir: str, output: str, max_steps: int | 
             ids, mask = hf.pad_batch([train_ids[i] for i in idx], pad_id)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            loss = -(targets_t[idx].to(device) * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+            logits = logits.float()
+            loss = -(targets_t[idx].to(device) * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+            if soft_t is not None:
+                t = data.temperature
+                soft_log = torch.log_softmax(logits / t, dim=-1)
+                loss = loss - t * t * (soft_t[idx].to(device) * soft_log).sum(-1).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()

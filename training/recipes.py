@@ -191,6 +191,9 @@ ENCODER = RecipeSchema("encoder", {
     # a file of teacher class probabilities for the training texts (training.teacher writes one)
     "teacher": Key((str,), ""),
     "distill_alpha": Key(NUMBER, 1.0, FRACTION),  # weight of the teacher against the hard label
+    # softens the teacher's and the student's distributions in the teacher's term (Hinton et al., 2015), which is
+    # scaled by its square; 1: the teacher's probabilities as they are
+    "distill_temperature": Key(NUMBER, 1.0, Range(1, 20)),
     # the teacher file's message texts join the training rows with the teacher's targets alone
     "teacher_unlabelled": Key((bool,), False),
     # the least share of the labelled training texts the teacher file must have scored
