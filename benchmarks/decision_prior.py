@@ -25,16 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from screener.classifiers.base import THREE_WAY_LABELS  # noqa: E402
+from training.data import Labelled, load_sst2, read_labelled  # noqa: E402
 from training.evaluate import score  # noqa: E402
 
 MESSAGES = ROOT / "training" / "labels" / "messages_dev.tsv"
-SST2_DEV = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
 NEGATIVE_OFFSETS = (0.0, -0.25, -0.5, -0.75, -1.0, 0.5, 1.0)
 NEUTRAL_OFFSETS = (-0.5, 0.0, 0.5, 1.0)
-
-
-def read_rows(path: Path) -> list[list[str]]:
-    return [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[1:] if line]
 
 
 def shifted(probs: np.ndarray, offsets) -> np.ndarray:
@@ -42,10 +39,12 @@ def shifted(probs: np.ndarray, offsets) -> np.ndarray:
     return q / q.sum(1, keepdims=True)
 
 
-def figures(sets: dict, offsets, gold: list[int], sst2: np.ndarray) -> dict:
-    messages = score(shifted(sets["messages_dev"], offsets), THREE_WAY_LABELS, gold, THREE_WAY_LABELS)
+def figures(sets: dict, offsets, messages_dev: Labelled, sst2_dev: Labelled) -> dict:
+    messages = score(shifted(sets["messages_dev"], offsets), THREE_WAY_LABELS, messages_dev.labels,
+                     messages_dev.classes)
+    sst2 = score(shifted(sets["sst2_dev"], offsets), THREE_WAY_LABELS, sst2_dev.labels, sst2_dev.classes)
     return {"negative_offset": round(float(offsets[0]), 3), "neutral_offset": round(float(offsets[1]), 3),
-            "sst2_dev_accuracy": score(shifted(sets["sst2_dev"], offsets), THREE_WAY_LABELS, sst2)["accuracy"],
+            "sst2_dev_accuracy": sst2["accuracy"],
             "messages_dev_macro_f1": messages["macro_f1"],
             "messages_dev_called_negative": messages["called_negative"],
             "sms_ham_called_negative": score(shifted(sets["sms_ham"], offsets), THREE_WAY_LABELS, None)["called_negative"]}
@@ -68,23 +67,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--probs", required=True, help="the --accuracy-probs file of qwen_paths.sh")
     parser.add_argument("--path", default="bf16", help="the engine path whose probabilities to read")
-    parser.add_argument("--sst2-dev", default=str(SST2_DEV))
+    parser.add_argument("--sst2", default=str(SST2), help="the folder with SST-2's dev.tsv")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     store = np.load(args.probs)
     sets = {name: store[f"{args.path}/{name}"] for name in ("sst2_dev", "messages_dev", "sms_ham")}
-    gold = [THREE_WAY_LABELS.index(row[2]) for row in read_rows(MESSAGES)]
-    sst2 = np.array([int(row[-1]) for row in read_rows(Path(args.sst2_dev))])
-    shares = np.bincount(gold, minlength=3) / len(gold)
+    messages_dev = read_labelled(MESSAGES).in_classes(THREE_WAY_LABELS)
+    sst2_dev = load_sst2("dev", args.sst2)
+    shares = np.bincount(messages_dev.labels, minlength=3) / len(messages_dev)
     fitted = label_shift(sets["messages_dev"], shares)
     result = {
         "command": "python benchmarks/decision_prior.py " + " ".join(sys.argv[1:]),
         "path": args.path,
         "messages_dev_shares": dict(zip(THREE_WAY_LABELS, shares.round(4).tolist())),
         "model_mean_shares": dict(zip(THREE_WAY_LABELS, sets["messages_dev"].mean(0).round(4).tolist())),
-        "unshifted": figures(sets, (0.0, 0.0), gold, sst2),
-        "label_shift_fitted_on_messages_dev": figures(sets, fitted, gold, sst2),
-        "grid": [figures(sets, (n, u), gold, sst2) for n in NEGATIVE_OFFSETS for u in NEUTRAL_OFFSETS],
+        "unshifted": figures(sets, (0.0, 0.0), messages_dev, sst2_dev),
+        "label_shift_fitted_on_messages_dev": figures(sets, fitted, messages_dev, sst2_dev),
+        "grid": [figures(sets, (n, u), messages_dev, sst2_dev) for n in NEGATIVE_OFFSETS for u in NEUTRAL_OFFSETS],
     }
     text = json.dumps(result, indent=1) + "\n"
     if args.out:

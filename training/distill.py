@@ -123,15 +123,22 @@ def teacher_targets(teacher: Teacher, texts: Sequence[str], labels: Sequence[int
     return targets
 
 
+def hard_labels(labels: Sequence[int], like: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The one-hot of each row's label, shaped and typed like ``like`` (a row without a label, -1, all zeros),
+    and which rows have one."""
+    y = np.asarray(labels, dtype=np.int64)
+    has = y >= 0
+    hard = np.zeros_like(like)
+    hard[np.flatnonzero(has), y[has]] = 1.0
+    return hard, has
+
+
 def blend_targets(teacher_probs: np.ndarray, labels: Sequence[int], alpha: float) -> np.ndarray:
     """Target distributions: ``alpha`` of the teacher's and ``1 - alpha`` of the hard label's one-hot where a row
     has a label (>= 0), the teacher's alone where it has none (-1). Cross-entropy against this mix equals the
     usual weighted sum of the two losses."""
     teacher_probs = np.asarray(teacher_probs, dtype=np.float32)
-    y = np.asarray(labels, dtype=np.int64)
-    hard = np.zeros_like(teacher_probs)
-    has = y >= 0
-    hard[np.flatnonzero(has), y[has]] = 1.0
+    hard, has = hard_labels(labels, teacher_probs)
     weight = np.where(has, alpha, 1.0).astype(np.float32)[:, None]
     return (weight * teacher_probs + (1.0 - weight) * hard).astype(np.float32)
 
@@ -143,10 +150,7 @@ def split_targets(teacher_probs: np.ndarray, labels: Sequence[int], alpha: float
     to ``p ** (1 / temperature)``, renormalised (``alpha``, or 1 where the row has no label). Their sum at
     temperature 1 is ``blend_targets``."""
     teacher_probs = np.asarray(teacher_probs, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    has = y >= 0
-    hard = np.zeros_like(teacher_probs)
-    hard[np.flatnonzero(has), y[has]] = 1.0
+    hard, has = hard_labels(labels, teacher_probs)
     soft = teacher_probs ** (1.0 / temperature)
     soft /= soft.sum(1, keepdims=True)
     weight = np.where(has, alpha, 1.0)[:, None]

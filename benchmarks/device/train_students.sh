@@ -71,14 +71,14 @@ def figures(record):
             by_kind.get("three-way", {}).get("macro_f1"))
 
 
-fit = [(figures(r)[0], name) for name, r in students.items()
-       if figures(r)[0] is not None and figures(r)[1] is not None and figures(r)[1] <= max_ham]
+scored = {name: figures(r) for name, r in students.items()}
+fit = [(sst2, name) for name, (sst2, ham, _) in scored.items() if sst2 is not None and ham is not None and ham <= max_ham]
 chosen = max(fit)[1] if fit else None
 (out / "students.json").write_text(json.dumps({"chosen": chosen, "max_ham_negative": max_ham,
                                                "students": students}, indent=1) + "\n")
 if chosen:
     for part in sorted((root / chosen / "out").glob("minilm-3way.tar*")):
         shutil.copy(part, out / part.name)
-print(json.dumps({name: figures(r) for name, r in students.items()}), "chosen:", chosen)
+print(json.dumps(scored), "chosen:", chosen)
 PY
 ls -l "$OUT"

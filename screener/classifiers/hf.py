@@ -173,12 +173,22 @@ def quiet_transformers(errors_only: bool = True):
 LORA_PREFIX = "base_model.model."
 
 
+def read_trained(path: Path, what: str) -> dict:
+    """The tensors of a safetensors file that `screener train` wrote (``what``: adapter or weights)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError for a truncated or damaged file
+        raise ModelError(f"cannot read {path}: {type(exc).__name__}: {exc}. Expected the {what} file written "
+                         "by `screener train`; copy the model folder again.") from exc
+
+
 def merge_lora(model, adapter_dir: Path) -> None:
     """Fold a PEFT LoRA adapter into the model's weights: W += B @ A * alpha / r, and copy the saved modules
     (the classifier head). Done by hand because importing peft at scan time would cost far more memory than the
     merge itself."""
     import torch
-    from safetensors.torch import load_file
 
     try:
         config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
@@ -194,11 +204,7 @@ def merge_lora(model, adapter_dir: Path) -> None:
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
         raise ModelError(f"{adapter_dir} has no adapter_model.safetensors")
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own SafetensorError for a truncated or damaged file
-        raise ModelError(f"cannot read {weights}: {type(exc).__name__}: {exc}. Expected the adapter file written "
-                         "by `screener train`; copy the model folder again.") from exc
+    state = read_trained(weights, "adapter")
     params = dict(model.named_parameters())
     with torch.no_grad():
         for key, value in state.items():
@@ -225,13 +231,8 @@ def lay_over(model, weights: Path) -> None:
     """Copy the trained tensors of a ``weights`` file over the base model's, each checked against its name and
     shape."""
     import torch
-    from safetensors.torch import load_file
 
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own SafetensorError for a truncated or damaged file
-        raise ModelError(f"cannot read {weights}: {type(exc).__name__}: {exc}. Expected the weights file written "
-                         "by `screener train`; copy the model folder again.") from exc
+    state = read_trained(weights, "weights")
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state.items():
